@@ -1,0 +1,47 @@
+# coact: `make all` runs the default study end to end (fetching the offline
+# assets first when needed); `make test` runs the test suite.
+
+# Builds live outside the clone so that repeated runs (and CI) stay incremental.
+CARGO_TARGET_DIR ?= $(HOME)/.cache/coact/target
+export CARGO_TARGET_DIR
+CONFIG ?= pipeline.yaml
+COACT := $(CARGO_TARGET_DIR)/debug/coact
+RUN := $(COACT) --config $(CONFIG)
+
+.PHONY: all setup build tokenize extract train compete evals report status query clean test lint
+
+all: setup build
+	$(RUN) run
+
+setup:
+	stages/setup.sh data/raw
+
+build:
+	cargo build -p coact-pipeline --bin coact
+
+# One target per stage; each also runs whatever the stage needs first.
+tokenize extract train compete report: build
+	$(RUN) run $@
+
+# The benchmark stage (SAEBench-style evaluations). `make bench` is reserved
+# for speed benchmarks.
+evals: build
+	$(RUN) run bench
+
+status: build
+	$(RUN) status
+
+# make query SQL="select split, count(*) from tokenize_sequences group by split"
+query: build
+	@test -n "$(SQL)" || { echo 'usage: make query SQL="select ..."  (tables: make query SQL= TABLES=1)'; $(RUN) query --tables; exit 2; }
+	$(RUN) query "$(SQL)"
+
+clean: build
+	$(RUN) clean
+
+test: setup
+	cargo test --workspace
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings

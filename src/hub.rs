@@ -1,0 +1,30 @@
+//! Files from the Hugging Face hub, cached in the usual HF cache (HF_HOME is
+//! respected). The only place coact touches the network, and only when a
+//! configuration names a hub id.
+
+use anyhow::{anyhow, Result};
+use std::path::PathBuf;
+
+/// Returns the local path of `file` in `repo` (at `revision`, default main),
+/// downloading it into the HF cache when it is not cached yet.
+pub fn fetch_file(repo: &str, revision: Option<&str>, file: &str) -> Result<PathBuf> {
+    use hf_hub::api::sync::ApiBuilder;
+    use hf_hub::{Repo, RepoType};
+    let revision = revision.unwrap_or("main").to_string();
+    let repo_spec = Repo::with_revision(repo.to_string(), RepoType::Model, revision.clone());
+    // A cached file needs no network at all.
+    let cache = hf_hub::Cache::from_env();
+    if let Some(path) = cache.repo(repo_spec.clone()).get(file) {
+        return Ok(path);
+    }
+    let api = ApiBuilder::from_env()
+        .with_progress(false)
+        .build()
+        .map_err(|e| anyhow!("hub: cannot set up the Hugging Face client: {e}"))?;
+    api.repo(repo_spec).get(file).map_err(|e| {
+        anyhow!(
+            "hub: could not fetch '{file}' of '{repo}' (revision {revision}) from the Hugging Face hub: {e}. \
+             Without network access, download the file elsewhere and give its local path in the configuration instead"
+        )
+    })
+}

@@ -1,0 +1,306 @@
+//! The Gemma forward: embedding, blocks, final norm, unembedding, with an
+//! early exit and a residual splice.
+
+use anyhow::{bail, Context, Result};
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Module, Tensor};
+
+use super::config::{Arch, GemmaConfig};
+use super::ops::{rms_norm, rope_bthd, rope_tables, softcap, Geglu, MaskedSoftmax};
+
+/// A residual splice: after block `.0`, the residual `[B, T, d_model]` is
+/// replaced by `.1(residual)` (same shape). Any function of the residual will do.
+pub type Splice<'a> = (usize, &'a dyn Fn(&Tensor) -> Result<Tensor>);
+
+/// A linear map without bias.
+#[derive(Debug, Clone)]
+pub(crate) enum Proj {
+    /// f32 weight stored `[in, out]` contiguous: `y = x w` (gemm's natural layout).
+    Dense(Tensor),
+    /// f32 weight stored `[out, in]` (the tied unembedding reuses the
+    /// embedding matrix this way without a copy): `y = x w^T`.
+    DenseT(Tensor),
+    /// candle's quantized matmul on a GGUF tensor.
+    Quant(QMatMul),
+}
+
+impl Proj {
+    pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Proj::Dense(w) => x.matmul(w),
+            Proj::DenseT(w) => x.matmul(&w.t()?),
+            Proj::Quant(q) => q.forward(x),
+        }
+    }
+}
+
+/// Several projections of the same input (q, k, v or gate, up): one fused
+/// matmul whose output is split by column, or separate (quantized) matmuls.
+#[derive(Debug, Clone)]
+pub(crate) enum MultiProj {
+    Fused(Proj, Vec<usize>),
+    Separate(Vec<Proj>),
+}
+
+impl MultiProj {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        match self {
+            MultiProj::Fused(p, widths) => {
+                let y = p.forward(x)?;
+                let mut start = 0;
+                let mut out = Vec::with_capacity(widths.len());
+                for w in widths {
+                    out.push(y.narrow(1, start, *w)?);
+                    start += w;
+                }
+                Ok(out)
+            }
+            MultiProj::Separate(ps) => ps.iter().map(|p| p.forward(x)).collect(),
+        }
+    }
+
+    /// The fused output itself (for the gate/up pair, which the GeGLU kernel
+    /// reads in one piece).
+    fn forward_fused(&self, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        match self {
+            MultiProj::Fused(p, _) => Ok(Some(p.forward(x)?)),
+            MultiProj::Separate(_) => Ok(None),
+        }
+    }
+}
+
+/// One transformer block. Norm tensors hold the effective multiplier `1 + w`.
+#[derive(Debug, Clone)]
+pub(crate) struct Block {
+    pub(crate) attn_norm: Tensor,
+    pub(crate) post_attn_norm: Tensor,
+    pub(crate) mlp_norm: Tensor,
+    pub(crate) post_mlp_norm: Tensor,
+    pub(crate) q_norm: Option<Tensor>,
+    pub(crate) k_norm: Option<Tensor>,
+    /// q, k, v.
+    pub(crate) qkv: MultiProj,
+    pub(crate) o: Proj,
+    /// gate, up.
+    pub(crate) gate_up: MultiProj,
+    pub(crate) down: Proj,
+}
+
+/// A loaded Gemma model (gemma-2 or gemma-3), immutable after loading: it is
+/// `Send + Sync`, so batches may run on several threads at once.
+#[derive(Debug, Clone)]
+pub struct Gemma {
+    pub(crate) cfg: GemmaConfig,
+    /// Token embedding `[vocab, d_model]`, f32.
+    pub(crate) embed: Tensor,
+    pub(crate) blocks: Vec<Block>,
+    pub(crate) final_norm: Tensor,
+    pub(crate) unembed: Proj,
+    pub(crate) device: Device,
+}
+
+/// Rope tables for one forward call: (cos, sin) of the local and global layers.
+struct Rope {
+    local: (Tensor, Tensor),
+    global: (Tensor, Tensor),
+}
+
+impl Gemma {
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &GemmaConfig {
+        &self.cfg
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Runs blocks `0..=layer` on `tokens` (`[B, T]`, u32) and returns the
+    /// residual stream after block `layer` (`blocks.{layer}.hook_resid_post`),
+    /// `[B, T, d_model]` f32. Later blocks and the unembedding are not run.
+    pub fn resid_post(&self, tokens: &Tensor, layer: usize) -> Result<Tensor> {
+        self.cfg.check_layer(layer)?;
+        let (b, t) = self.check_tokens(tokens)?;
+        let x = self.run(tokens, layer, None)?;
+        Ok(x.reshape((b, t, self.cfg.d_model))?)
+    }
+
+    /// Full forward: logits `[B, T, vocab]` (f32, after the final softcap when
+    /// the model has one). With `splice = Some((layer, f))`, the residual after
+    /// block `layer` is replaced by `f(residual)` before the later blocks run
+    /// (`f` gets and must return `[B, T, d_model]`).
+    pub fn logits(&self, tokens: &Tensor, splice: Option<Splice<'_>>) -> Result<Tensor> {
+        if let Some((layer, _)) = splice {
+            self.cfg.check_layer(layer)?;
+        }
+        let (b, t) = self.check_tokens(tokens)?;
+        let x = self.run(tokens, self.cfg.n_layers - 1, splice)?;
+        let x = rms_norm(&x, &self.final_norm, self.cfg.rms_norm_eps)?;
+        let mut logits = self.unembed.forward(&x)?;
+        if let Some(c) = self.cfg.final_softcap {
+            logits = softcap(&logits, c)?;
+        }
+        Ok(logits.reshape((b, t, self.cfg.vocab))?)
+    }
+
+    fn check_tokens(&self, tokens: &Tensor) -> Result<(usize, usize)> {
+        let (b, t) = tokens
+            .dims2()
+            .with_context(|| format!("tokens must be [B, T], got {:?}", tokens.shape()))?;
+        if tokens.dtype() != DType::U32 {
+            bail!("tokens must be u32, got {:?}", tokens.dtype());
+        }
+        if b == 0 || t == 0 {
+            bail!("empty token batch {:?}", tokens.shape());
+        }
+        let max = tokens.flatten_all()?.max(0)?.to_scalar::<u32>()?;
+        if max as usize >= self.cfg.vocab {
+            bail!(
+                "token id {max} is out of range for a vocabulary of {}",
+                self.cfg.vocab
+            );
+        }
+        Ok((b, t))
+    }
+
+    /// Embeds and runs blocks `0..=last`, applying the splice; returns the
+    /// residual as `[B * T, d_model]`.
+    fn run(&self, tokens: &Tensor, last: usize, splice: Option<Splice<'_>>) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (b, t) = tokens.dims2()?;
+        let ids = tokens.flatten_all()?.to_device(&self.device)?;
+        let mut x = (self.embed.index_select(&ids, 0)? * (cfg.d_model as f64).sqrt())?;
+        let rope = Rope {
+            local: rope_tables(t, cfg.head_dim, cfg.rope_local_theta, 1.0, &self.device)?,
+            global: rope_tables(
+                t,
+                cfg.head_dim,
+                cfg.rope_theta,
+                cfg.rope_global_scale,
+                &self.device,
+            )?,
+        };
+        for (l, block) in self.blocks.iter().enumerate().take(last + 1) {
+            x = self
+                .block(l, block, &x, b, t, &rope)
+                .with_context(|| format!("block {l}"))?;
+            if let Some((at, f)) = splice {
+                if at == l {
+                    let r = x.reshape((b, t, cfg.d_model))?;
+                    let y = f(&r).with_context(|| format!("residual splice at layer {l}"))?;
+                    if y.dims() != r.dims() {
+                        bail!(
+                            "the residual splice at layer {l} returned shape {:?}, expected {:?}",
+                            y.shape(),
+                            r.shape()
+                        );
+                    }
+                    x = y
+                        .to_device(&self.device)?
+                        .to_dtype(DType::F32)?
+                        .reshape((b * t, cfg.d_model))?;
+                }
+            }
+        }
+        Ok(x)
+    }
+
+    fn block(
+        &self,
+        l: usize,
+        blk: &Block,
+        x: &Tensor,
+        b: usize,
+        t: usize,
+        rope: &Rope,
+    ) -> candle_core::Result<Tensor> {
+        let cfg = &self.cfg;
+        let eps = cfg.rms_norm_eps;
+        let local = cfg.local_layers[l];
+        // Attention.
+        let h = rms_norm(x, &blk.attn_norm, eps)?;
+        let h = self.attention(blk, &h, b, t, local, rope)?;
+        let h = rms_norm(&h, &blk.post_attn_norm, eps)?;
+        let x = (x + h)?;
+        // MLP.
+        let h = rms_norm(&x, &blk.mlp_norm, eps)?;
+        let act = Geglu {
+            activation: cfg.activation,
+        };
+        let a = match blk.gate_up.forward_fused(&h)? {
+            Some(gu) => act.forward(&gu)?,
+            None => {
+                let gu = blk.gate_up.forward(&h)?;
+                (act.act_tensor(&gu[0])? * &gu[1])?
+            }
+        };
+        let h = blk.down.forward(&a)?;
+        let h = rms_norm(&h, &blk.post_mlp_norm, eps)?;
+        x + h
+    }
+
+    fn attention(
+        &self,
+        blk: &Block,
+        x: &Tensor,
+        b: usize,
+        t: usize,
+        local: bool,
+        rope: &Rope,
+    ) -> candle_core::Result<Tensor> {
+        let cfg = &self.cfg;
+        let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
+        let g = nh / nkv;
+        let qkv = blk.qkv.forward(x)?;
+        let (cos, sin) = if local { &rope.local } else { &rope.global };
+        // [B*T, H*hd] -> [B, T, H, hd]; q/k norms over hd; rope.
+        let mut q = qkv[0].contiguous()?.reshape((b, t, nh, hd))?;
+        let mut k = qkv[1].contiguous()?.reshape((b, t, nkv, hd))?;
+        let v = qkv[2].reshape((b, t, nkv, hd))?;
+        if let Some(w) = &blk.q_norm {
+            q = rms_norm(&q, w, cfg.rms_norm_eps)?;
+        }
+        if let Some(w) = &blk.k_norm {
+            k = rms_norm(&k, w, cfg.rms_norm_eps)?;
+        }
+        let q = rope_bthd(&q, cos, sin)?;
+        let k = rope_bthd(&k, cos, sin)?;
+        // Group the query heads by their kv head: q [B*KV, G*T, hd] so that one
+        // batched matmul per (sequence, kv head) covers all its query heads.
+        let q = q
+            .reshape((b, t, nkv, g, hd))?
+            .permute((0, 2, 3, 1, 4))?
+            .contiguous()?
+            .reshape((b * nkv, g * t, hd))?;
+        let k = k.transpose(1, 2)?.contiguous()?.reshape((b * nkv, t, hd))?;
+        let v = v.transpose(1, 2)?.contiguous()?.reshape((b * nkv, t, hd))?;
+        let scores = q.matmul(&k.t()?)?.reshape((b * nkv * g, t, t))?;
+        let probs = MaskedSoftmax {
+            scale: 1.0 / cfg.query_pre_attn_scalar.sqrt(),
+            softcap: cfg.attn_softcap,
+            window: local.then_some(cfg.sliding_window),
+        }
+        .forward(&scores)?;
+        let out = probs.reshape((b * nkv, g * t, t))?.matmul(&v)?;
+        let out = out
+            .reshape((b, nkv, g, t, hd))?
+            .permute((0, 3, 1, 2, 4))?
+            .contiguous()?
+            .reshape((b * t, nh * hd))?;
+        blk.o.forward(&out)
+    }
+}
+
+#[allow(dead_code)]
+fn assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<Gemma>();
+}
+
+impl Arch {
+    /// Whether blocks have q/k RMSNorms.
+    pub(crate) fn has_qk_norm(self) -> bool {
+        matches!(self, Arch::Gemma3)
+    }
+}

@@ -1,0 +1,318 @@
+//! extract: token sequences -> resid_post activations at the configured layer,
+//! as Parquet shards (one row per token) per split.
+//!
+//! Resumable: shards are numbered deterministically from the sequence order
+//! and each appears under its final name only when complete, so a killed run
+//! continues from its finished shards and ends with identical files.
+
+use crate::config::{Config, ExtractDtype, ModelSourceKind};
+use crate::runner::{StageInput, StageOutput};
+use crate::store::{Store, TableEntry};
+use anyhow::{anyhow, bail, Context, Result};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, FixedSizeListArray, Float16Array, Float32Array, Int32Array,
+    Int64Array, RecordBatch, StringArray,
+};
+use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema};
+use candle_core::{Device, Tensor};
+use coact::lm::{hook_name, Gemma, ModelSource};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+pub const SPLITS: [&str; 2] = ["train", "eval"];
+
+/// The model named by the config.
+pub fn model_source(cfg: &Config) -> ModelSource {
+    let m = &cfg.model;
+    match m.source {
+        ModelSourceKind::Gguf => ModelSource::Gguf(cfg.resolve(m.path.as_deref().expect("validated"))),
+        ModelSourceKind::Safetensors => ModelSource::Safetensors(cfg.resolve(m.path.as_deref().expect("validated"))),
+        ModelSourceKind::Hf => ModelSource::Hub {
+            repo: m.hf_id.clone().expect("validated"),
+            revision: m.revision.clone(),
+        },
+    }
+}
+
+/// Token sequences of one split, in seq_id order.
+pub struct Sequences {
+    pub seq_ids: Vec<i64>,
+    pub tokens: Vec<Vec<u32>>,
+}
+
+/// Reads `tokenize_sequences` of the given tokenize artifact, by split.
+pub fn read_sequences(store: &Store, tokenize_key: &str) -> Result<BTreeMap<String, Sequences>> {
+    let path = store.artifact_dir("tokenize", tokenize_key).join("sequences.parquet");
+    let mut out: BTreeMap<String, Sequences> = BTreeMap::new();
+    for batch in crate::parquet_io::read_all(&path)? {
+        let ids = batch.column_by_name("seq_id").context("sequences: no seq_id")?.as_primitive::<Int64Type>();
+        let splits = batch.column_by_name("split").context("sequences: no split")?.as_string::<i32>();
+        let lists = batch.column_by_name("tokens").context("sequences: no tokens")?.as_list::<i32>();
+        for r in 0..batch.num_rows() {
+            let toks = lists.value(r);
+            let toks = toks.as_primitive::<Int32Type>();
+            let s = out
+                .entry(splits.value(r).to_string())
+                .or_insert(Sequences { seq_ids: vec![], tokens: vec![] });
+            s.seq_ids.push(ids.value(r));
+            s.tokens.push(toks.values().iter().map(|&t| t as u32).collect());
+        }
+    }
+    Ok(out)
+}
+
+/// Running sums for the norm statistics of one shard (BOS excluded, because
+/// its residual is an outlier hundreds of times larger than other tokens').
+#[derive(Serialize, Deserialize, Default, Clone)]
+pub struct ShardStats {
+    pub tokens: u64,
+    pub bos_tokens: u64,
+    pub norm_sum: f64,
+    pub sq_norm_sum: f64,
+    pub bos_norm_sum: f64,
+    pub dim_sum: Vec<f64>,
+}
+
+impl ShardStats {
+    fn add(&mut self, o: &ShardStats) {
+        self.tokens += o.tokens;
+        self.bos_tokens += o.bos_tokens;
+        self.norm_sum += o.norm_sum;
+        self.sq_norm_sum += o.sq_norm_sum;
+        self.bos_norm_sum += o.bos_norm_sum;
+        if self.dim_sum.is_empty() {
+            self.dim_sum = vec![0.0; o.dim_sum.len()];
+        }
+        for (a, b) in self.dim_sum.iter_mut().zip(&o.dim_sum) {
+            *a += b;
+        }
+    }
+}
+
+pub fn run(input: &StageInput) -> Result<StageOutput> {
+    let cfg = input.cfg;
+    let ex = &cfg.extract;
+    let layer = cfg.model.layer;
+    let tokenize_key = &input.planned.inputs["tokenize"];
+    let tok_manifest = input.store.manifest("tokenize", tokenize_key)?;
+    let context = tok_manifest.summary["context_size"].as_u64().unwrap_or(0) as usize;
+
+    let source = model_source(cfg);
+    let spinner = input.progress.spinner(format!("loading {source}"));
+    let model = Gemma::load(&source, &Device::Cpu).map_err(|e| anyhow!("model ({source}): {e:#}"))?;
+    spinner.finish_and_clear();
+    let mc = model.config().clone();
+    if layer >= mc.n_layers {
+        bail!(
+            "model.layer = {layer}: {} has {} layers (0..={})",
+            cfg.model.name,
+            mc.n_layers,
+            mc.n_layers - 1
+        );
+    }
+    let tok_vocab = tok_manifest.summary["vocab_size"].as_u64().unwrap_or(0) as usize;
+    if tok_vocab != mc.vocab {
+        bail!(
+            "the tokens artifact tokenize/{tokenize_key} was made with a tokenizer of {tok_vocab} tokens, \
+             but the model {source} has a vocabulary of {}: model.tokenizer does not belong to this model",
+            mc.vocab
+        );
+    }
+
+    let splits = read_sequences(input.store, tokenize_key)?;
+    let total_tokens: u64 = splits.values().map(|s| s.tokens.len() as u64 * context as u64).sum();
+    let bar = input.progress.bar(total_tokens, format!("extract {}", hook_name(layer)), "tokens");
+    let seqs_per_shard = (ex.shard_tokens / context).max(1);
+    let bos = tok_manifest.summary["bos_id"].as_u64().unwrap_or(u64::MAX);
+    let mut tables_files = Vec::new();
+    let mut summary_splits = serde_json::Map::new();
+    let mut rows = 0u64;
+    for split in SPLITS {
+        let Some(seqs) = splits.get(split) else { continue };
+        let mut stats = ShardStats::default();
+        for (shard, start) in (0..seqs.tokens.len()).step_by(seqs_per_shard).enumerate() {
+            let end = (start + seqs_per_shard).min(seqs.tokens.len());
+            let name = format!("{split}-{shard:05}.parquet");
+            let stats_name = format!("stats/{split}-{shard:05}.json");
+            let final_path = input.out_dir.join(&name);
+            let shard_stats: ShardStats = if final_path.is_file() {
+                // Finished by an earlier, interrupted run.
+                let text = std::fs::read_to_string(input.out_dir.join(&stats_name))?;
+                let st: ShardStats = serde_json::from_str(&text)?;
+                bar.inc(st.tokens + st.bos_tokens);
+                st
+            } else {
+                let tokens = &seqs.tokens[start..end];
+                for t in tokens.iter().flatten() {
+                    if *t as usize >= mc.vocab {
+                        bail!("tokens artifact tokenize/{tokenize_key}: token id {t} is outside the model's vocabulary of {}", mc.vocab);
+                    }
+                }
+                let (batch, st) = extract_shard(&model, layer, split, &seqs.seq_ids[start..end], tokens, bos, ex.batch_size, ex.dtype, &bar)?;
+                std::fs::create_dir_all(input.out_dir.join("stats"))?;
+                std::fs::write(input.out_dir.join(&stats_name), serde_json::to_string(&st)?)?;
+                write_shard(&final_path, &batch)?;
+                st
+            };
+            rows += shard_stats.tokens + shard_stats.bos_tokens;
+            stats.add(&shard_stats);
+            tables_files.push(name);
+        }
+        summary_splits.insert(split.to_string(), stats_summary(&stats));
+    }
+    bar.finish_and_clear();
+    input.progress.note(format!(
+        "extract: {rows} tokens of {} at {} (d_model {})",
+        cfg.model.name,
+        hook_name(layer),
+        mc.d_model
+    ));
+    Ok(StageOutput {
+        tables: BTreeMap::from([("activations".to_string(), TableEntry { files: tables_files, rows })]),
+        summary: json!({
+            "model": cfg.model.name,
+            "source": source.to_string(),
+            "layer": layer,
+            "hook_name": hook_name(layer),
+            "d_model": mc.d_model,
+            "dtype": ex.dtype,
+            "context_size": context,
+            "splits": summary_splits,
+        }),
+    })
+}
+
+fn stats_summary(s: &ShardStats) -> serde_json::Value {
+    let n = s.tokens.max(1) as f64;
+    json!({
+        "tokens": s.tokens + s.bos_tokens,
+        "non_bos_tokens": s.tokens,
+        "mean_norm": s.norm_sum / n,
+        "mean_sq_norm": s.sq_norm_sum / n,
+        "mean_norm_bos": s.bos_norm_sum / s.bos_tokens.max(1) as f64,
+        "dim_mean": s.dim_sum.iter().map(|v| v / n).collect::<Vec<_>>(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn extract_shard(
+    model: &Gemma,
+    layer: usize,
+    split: &str,
+    seq_ids: &[i64],
+    tokens: &[Vec<u32>],
+    bos: u64,
+    batch_size: usize,
+    dtype: ExtractDtype,
+    bar: &indicatif::ProgressBar,
+) -> Result<(RecordBatch, ShardStats)> {
+    let d = model.config().d_model;
+    let t = tokens.first().map_or(0, |s| s.len());
+    let n = tokens.len() * t;
+    let mut acts: Vec<f32> = Vec::with_capacity(n * d);
+    for chunk in tokens.chunks(batch_size) {
+        let flat: Vec<u32> = chunk.iter().flatten().copied().collect();
+        let ids = Tensor::from_vec(flat, (chunk.len(), t), &Device::Cpu)?;
+        let resid = model.resid_post(&ids, layer)?;
+        acts.extend(resid.flatten_all()?.to_vec1::<f32>()?);
+        bar.inc((chunk.len() * t) as u64);
+    }
+    let mut stats = ShardStats { dim_sum: vec![0.0; d], ..Default::default() };
+    let flat_tokens: Vec<u32> = tokens.iter().flatten().copied().collect();
+    for (row, x) in acts.chunks_exact(d).enumerate() {
+        let sq: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+        if flat_tokens[row] as u64 == bos && row % t == 0 {
+            stats.bos_tokens += 1;
+            stats.bos_norm_sum += sq.sqrt();
+            continue;
+        }
+        stats.tokens += 1;
+        stats.norm_sum += sq.sqrt();
+        stats.sq_norm_sum += sq;
+        for (s, &v) in stats.dim_sum.iter_mut().zip(x) {
+            *s += v as f64;
+        }
+    }
+    let seq_col: Int64Array = seq_ids.iter().flat_map(|&s| std::iter::repeat_n(s, t)).collect();
+    let pos_col: Int32Array = (0..tokens.len()).flat_map(|_| 0..t as i32).collect();
+    let tok_col: Int32Array = flat_tokens.iter().map(|&x| x as i32).collect();
+    let special: BooleanArray = (0..n).map(|r| Some(r % t == 0 && flat_tokens[r] as u64 == bos)).collect();
+    let (item_type, values): (DataType, ArrayRef) = match dtype {
+        ExtractDtype::F32 => (DataType::Float32, Arc::new(Float32Array::from(acts))),
+        ExtractDtype::F16 => (
+            DataType::Float16,
+            Arc::new(Float16Array::from(acts.iter().map(|&v| half::f16::from_f32(v)).collect::<Vec<_>>())),
+        ),
+    };
+    let item = Arc::new(Field::new("item", item_type, false));
+    let activation = FixedSizeListArray::try_new(item.clone(), d as i32, values, None)?;
+    let schema = Schema::new(vec![
+        Field::new("split", DataType::Utf8, false),
+        Field::new("seq_id", DataType::Int64, false),
+        Field::new("pos", DataType::Int32, false),
+        Field::new("token", DataType::Int32, false),
+        Field::new("is_special", DataType::Boolean, false),
+        Field::new("activation", DataType::FixedSizeList(item, d as i32), false),
+    ]);
+    let batch = RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(StringArray::from(vec![split; n])),
+            Arc::new(seq_col),
+            Arc::new(pos_col),
+            Arc::new(tok_col),
+            Arc::new(special),
+            Arc::new(activation),
+        ],
+    )?;
+    Ok((batch, stats))
+}
+
+/// Writes a shard under a temporary name and renames it: a shard file that
+/// exists is complete.
+fn write_shard(path: &Path, batch: &RecordBatch) -> Result<()> {
+    let tmp = path.with_extension("parquet.partial");
+    let props = WriterProperties::builder()
+        // Activations are noise to a general-purpose compressor or dictionary.
+        .set_compression(Compression::UNCOMPRESSED)
+        .set_dictionary_enabled(false)
+        .set_max_row_group_row_count(Some(8192))
+        .build();
+    let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
+    w.write(batch)?;
+    w.close()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))?;
+    Ok(())
+}
+
+/// Activations of one split as a dense row-major matrix, f32, with the
+/// token's is_special flag; for the stages that train and evaluate on them.
+pub fn read_activations(dir: &Path, files: &[String], split: &str) -> Result<(Vec<f32>, Vec<bool>, usize)> {
+    let mut data = Vec::new();
+    let mut special = Vec::new();
+    let mut d = 0usize;
+    for f in files.iter().filter(|f| f.starts_with(&format!("{split}-"))) {
+        for batch in crate::parquet_io::read_all(&dir.join(f))? {
+            let col = batch.column_by_name("activation").context("no activation column")?.as_fixed_size_list();
+            d = col.value_length() as usize;
+            let values = col.values();
+            match values.data_type() {
+                DataType::Float32 => data.extend_from_slice(values.as_primitive::<arrow::datatypes::Float32Type>().values()),
+                DataType::Float16 => data.extend(
+                    values.as_primitive::<arrow::datatypes::Float16Type>().values().iter().map(|v| v.to_f32()),
+                ),
+                t => bail!("{f}: activation values are {t}, expected float32 or float16"),
+            }
+            let sp = batch.column_by_name("is_special").context("no is_special column")?.as_boolean();
+            special.extend((0..sp.len()).map(|i| sp.value(i)));
+        }
+    }
+    Ok((data, special, d))
+}

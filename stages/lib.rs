@@ -1,0 +1,15 @@
+//! coact's pipeline: pipeline.yaml, the artifact store, the stages and SQL.
+//! Stages talk to each other only through artifacts under data/.
+
+pub mod clean;
+pub mod config;
+pub mod corpus;
+pub mod extract;
+pub mod parquet_io;
+pub mod plan;
+pub mod progress;
+pub mod query;
+pub mod runner;
+pub mod status;
+pub mod store;
+pub mod tokenize;

@@ -1,0 +1,101 @@
+//! `coact run`: runs stages in dependency order, serving fresh artifacts from
+//! the store and publishing new ones atomically.
+
+use crate::config::Config;
+use crate::plan::{plan, stage_def, stage_names, Planned, STAGES};
+use crate::progress::Progress;
+use crate::store::{now_unix, Manifest, Store, TableEntry};
+use anyhow::{anyhow, bail, Result};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// What a stage gets: the config, its planned key and inputs, the store (to
+/// read its inputs' artifacts) and the folder to write into.
+pub struct StageInput<'a> {
+    pub cfg: &'a Config,
+    pub store: &'a Store,
+    pub planned: &'a Planned,
+    pub out_dir: &'a Path,
+    pub progress: &'a Progress,
+}
+
+pub struct StageOutput {
+    pub tables: BTreeMap<String, TableEntry>,
+    pub summary: Value,
+}
+
+fn run_stage(name: &str, input: &StageInput) -> Result<StageOutput> {
+    match name {
+        "tokenize" => crate::tokenize::run(input),
+        "extract" => crate::extract::run(input),
+        other => bail!("stage {other} is not implemented yet"),
+    }
+}
+
+/// Runs the named stages (all when empty) and whatever they need. `force`
+/// reruns the named stages even when fresh.
+pub fn run(cfg: &Config, names: &[String], force: bool, progress: &Progress) -> Result<()> {
+    for n in names {
+        let def = stage_def(n).ok_or_else(|| anyhow!("unknown stage '{n}'; stages: {}", stage_names().join(", ")))?;
+        if let Some(issue) = def.pending {
+            bail!("stage {n} is not implemented yet ({issue}); `coact status` shows what is built");
+        }
+    }
+    let wanted = closure(names);
+    let store = Store::new(cfg.data_dir());
+    let planned = plan(cfg)?;
+    for def in STAGES.iter().filter(|d| wanted.contains(d.name)) {
+        if let Some(issue) = def.pending {
+            progress.note(format!("{:<9} not yet implemented ({issue})", def.name));
+            continue;
+        }
+        let p = planned.iter().find(|p| p.stage == def.name).expect("planned");
+        let forced = force && names.iter().any(|n| n == def.name);
+        if store.exists(def.name, &p.key) && !forced {
+            progress.note(format!("{:<9} fresh  {} (cache hit)", def.name, p.key));
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let staging = if def.resumable {
+            store.begin_resumable(def.name, &p.key)?
+        } else {
+            store.begin(def.name, &p.key)?
+        };
+        let input = StageInput { cfg, store: &store, planned: p, out_dir: staging.path(), progress };
+        let out = run_stage(def.name, &input).map_err(|e| anyhow!("stage {} failed: {e:#}", def.name))?;
+        let elapsed_s = started.elapsed().as_secs_f64();
+        let manifest = Manifest {
+            stage: def.name.to_string(),
+            key: p.key.clone(),
+            format_version: p.format_version,
+            inputs: p.inputs.clone(),
+            config: p.config.clone(),
+            coact_version: env!("CARGO_PKG_VERSION").to_string(),
+            created_unix: now_unix(),
+            elapsed_s,
+            files: vec![],
+            tables: out.tables,
+            summary: out.summary,
+        };
+        let dir = staging.publish(manifest)?;
+        progress.note(format!("{:<9} done   {} in {elapsed_s:.1} s -> {}", def.name, p.key, dir.display()));
+    }
+    Ok(())
+}
+
+/// The named stages plus all their prerequisites; every stage when none named.
+fn closure(names: &[String]) -> BTreeSet<&'static str> {
+    let mut out = BTreeSet::new();
+    let mut todo: Vec<&'static str> = if names.is_empty() {
+        stage_names()
+    } else {
+        names.iter().filter_map(|n| stage_def(n).map(|d| d.name)).collect()
+    };
+    while let Some(n) = todo.pop() {
+        if out.insert(n) {
+            todo.extend(stage_def(n).expect("known stage").deps.iter().copied());
+        }
+    }
+    out
+}
