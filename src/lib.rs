@@ -6,4 +6,5 @@
 pub mod hub;
 pub mod lm;
 pub mod rng;
+pub mod sae;
 pub mod text;

@@ -17,10 +17,17 @@ impl TextTokenizer {
         if !path.is_file() {
             bail!("tokenizer file {} not found", path.display());
         }
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| anyhow!("tokenizer {}: not a valid tokenizer.json: {e}", path.display()))?;
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| {
+            anyhow!(
+                "tokenizer {}: not a valid tokenizer.json: {e}",
+                path.display()
+            )
+        })?;
         let bos_id = inner.token_to_id(bos_token).ok_or_else(|| {
-            anyhow!("tokenizer {}: BOS token '{bos_token}' is not in its vocabulary", path.display())
+            anyhow!(
+                "tokenizer {}: BOS token '{bos_token}' is not in its vocabulary",
+                path.display()
+            )
         })?;
         Ok(Self { inner, bos_id })
     }
@@ -145,8 +152,16 @@ pub fn allocate_splits(
             sequences: take,
         };
     }
-    let total_eval: usize = out.iter().filter(|a| a.split == Split::Eval).map(|a| a.sequences).sum();
-    let total_train: usize = out.iter().filter(|a| a.split == Split::Train).map(|a| a.sequences).sum();
+    let total_eval: usize = out
+        .iter()
+        .filter(|a| a.split == Split::Eval)
+        .map(|a| a.sequences)
+        .sum();
+    let total_train: usize = out
+        .iter()
+        .filter(|a| a.split == Split::Train)
+        .map(|a| a.sequences)
+        .sum();
     if total_eval == 0 || total_train == 0 {
         let available: usize = sequences_per_doc.iter().sum();
         bail!(
@@ -165,11 +180,21 @@ pub fn encode_all(tokenizer: &TextTokenizer, texts: &[&str]) -> Result<Vec<Vec<u
     std::thread::scope(|scope| {
         let handles: Vec<_> = texts
             .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().map(|t| tokenizer.encode(t)).collect::<Result<Vec<_>>>()))
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|t| tokenizer.encode(t))
+                        .collect::<Result<Vec<_>>>()
+                })
+            })
             .collect();
         let mut all = Vec::with_capacity(texts.len());
         for h in handles {
-            all.extend(h.join().map_err(|_| anyhow!("a tokenizing thread panicked"))?.context("tokenizing")?);
+            all.extend(
+                h.join()
+                    .map_err(|_| anyhow!("a tokenizing thread panicked"))?
+                    .context("tokenizing")?,
+            );
         }
         Ok(all)
     })
@@ -183,7 +208,14 @@ mod tests {
     fn packing_prepends_bos_and_drops_the_short_tail() {
         let toks: Vec<u32> = (10..20).collect(); // 10 tokens
         let seqs = pack_document(&toks, 4, 2);
-        assert_eq!(seqs, vec![vec![2, 10, 11, 12], vec![2, 13, 14, 15], vec![2, 16, 17, 18]]);
+        assert_eq!(
+            seqs,
+            vec![
+                vec![2, 10, 11, 12],
+                vec![2, 13, 14, 15],
+                vec![2, 16, 17, 18]
+            ]
+        );
         assert!(pack_document(&toks[..2], 4, 2).is_empty());
     }
 
@@ -191,7 +223,13 @@ mod tests {
     fn splits_respect_budgets_and_never_share_a_document() {
         let per_doc = [5, 0, 7, 3, 9, 4];
         let alloc = allocate_splits(&per_doc, 6, Some(10), 42).unwrap();
-        let sum = |s: Split| -> usize { alloc.iter().filter(|a| a.split == s).map(|a| a.sequences).sum() };
+        let sum = |s: Split| -> usize {
+            alloc
+                .iter()
+                .filter(|a| a.split == s)
+                .map(|a| a.sequences)
+                .sum()
+        };
         assert_eq!(sum(Split::Eval), 6);
         assert_eq!(sum(Split::Train), 10);
         for (a, &n) in alloc.iter().zip(&per_doc) {
@@ -204,7 +242,9 @@ mod tests {
         assert_eq!(alloc[1].split, Split::Unused);
         // Deterministic for a seed, different for another.
         assert_eq!(alloc, allocate_splits(&per_doc, 6, Some(10), 42).unwrap());
-        let others: Vec<_> = (0..20).map(|s| allocate_splits(&per_doc, 6, Some(10), s).unwrap()).collect();
+        let others: Vec<_> = (0..20)
+            .map(|s| allocate_splits(&per_doc, 6, Some(10), s).unwrap())
+            .collect();
         assert!(others.iter().any(|o| o != &alloc));
     }
 

@@ -16,9 +16,13 @@ pub fn clean(cfg: &Config, all: bool) -> Result<Vec<String>> {
             std::fs::remove_dir_all(&dir)?;
             removed.push(dir.display().to_string());
         }
-        let fresh_key = planned.iter().find(|p| p.stage == def.name).map(|p| p.key.as_str());
+        let fresh: Vec<&str> = planned
+            .iter()
+            .filter(|p| p.stage == def.name)
+            .map(|p| p.key.as_str())
+            .collect();
         for m in store.list(def.name)? {
-            if all || Some(m.key.as_str()) != fresh_key {
+            if all || !fresh.contains(&m.key.as_str()) {
                 store.remove(def.name, &m.key)?;
                 removed.push(store.artifact_dir(def.name, &m.key).display().to_string());
             }

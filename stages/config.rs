@@ -18,6 +18,7 @@ pub struct Config {
     pub tokenize: TokenizeConfig,
     #[serde(default)]
     pub extract: ExtractConfig,
+    pub train: TrainConfig,
     /// The config file itself and its folder (relative paths resolve there).
     #[serde(skip)]
     pub file: PathBuf,
@@ -142,8 +143,63 @@ fn default_shard_tokens() -> usize {
 
 impl Default for ExtractConfig {
     fn default() -> Self {
-        Self { batch_size: default_extract_batch(), dtype: default_extract_dtype(), shard_tokens: default_shard_tokens() }
+        Self {
+            batch_size: default_extract_batch(),
+            dtype: default_extract_dtype(),
+            shard_tokens: default_shard_tokens(),
+        }
     }
+}
+
+/// The train stage: the schedule shared by every variant, the base SAE and
+/// the variants (see stages/variants.rs).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Tokens per step.
+    #[serde(default = "default_train_batch")]
+    pub batch_size: usize,
+    /// Passes over the train split.
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    /// None: 2e-4 / sqrt(d_sae / 2^14).
+    #[serde(default)]
+    pub lr: Option<f32>,
+    /// None: min(1000, steps / 10).
+    #[serde(default)]
+    pub warmup_steps: Option<usize>,
+    #[serde(default = "default_decay_frac")]
+    pub decay_frac: f32,
+    /// A latent that has not fired for this many tokens is dead (AuxK).
+    #[serde(default = "default_dead_after")]
+    pub dead_after_tokens: u64,
+    /// Pairs sampled per step by the uniform orthogonality term.
+    #[serde(default = "default_uniform_pairs")]
+    pub uniform_pairs: usize,
+    /// Steps between checkpoints (a killed run resumes from the last one).
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: usize,
+    pub base: crate::variants::VariantSettings,
+    pub variants: Vec<crate::variants::VariantSpec>,
+}
+
+fn default_train_batch() -> usize {
+    4096
+}
+fn default_epochs() -> usize {
+    1
+}
+fn default_decay_frac() -> f32 {
+    0.2
+}
+fn default_dead_after() -> u64 {
+    10_000_000
+}
+fn default_uniform_pairs() -> usize {
+    8192
+}
+fn default_checkpoint_every() -> usize {
+    50
 }
 
 impl Config {
@@ -159,8 +215,9 @@ impl Config {
         let de = serde_yaml::Deserializer::from_str(text);
         let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            let inner = e.into_inner();
-            if path == "." || path.is_empty() {
+            let inner = e.into_inner().to_string();
+            // serde_yaml sometimes names the path itself.
+            if path == "." || path.is_empty() || inner.starts_with(&format!("{path}: ")) {
                 anyhow!("{}: {inner}", file.display())
             } else {
                 anyhow!("{}: {path}: {inner}", file.display())
@@ -169,7 +226,13 @@ impl Config {
         cfg.file = file.to_path_buf();
         cfg.base_dir = file
             .parent()
-            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
             .unwrap_or(Path::new("."))
             .to_path_buf();
         cfg.validate()
@@ -222,8 +285,35 @@ impl Config {
                 t.context_size
             );
         }
-        if self.corpus.label_columns.iter().any(|c| c == &self.corpus.text_column) {
-            bail!("corpus.label_columns: contains the text column '{}'", self.corpus.text_column);
+        let tr = &self.train;
+        if tr.batch_size == 0 || tr.epochs == 0 || tr.checkpoint_every == 0 || tr.uniform_pairs == 0
+        {
+            bail!("train.batch_size, train.epochs, train.checkpoint_every and train.uniform_pairs must be >= 1");
+        }
+        if !(0.0..1.0).contains(&tr.decay_frac) {
+            bail!(
+                "train.decay_frac = {}: expected a fraction in [0, 1)",
+                tr.decay_frac
+            );
+        }
+        if let Some(lr) = tr.lr {
+            if !(lr.is_finite() && lr > 0.0) {
+                bail!(
+                    "train.lr = {lr}: expected a positive learning rate, or null for the default"
+                );
+            }
+        }
+        crate::variants::expand(&tr.base, &tr.variants)?;
+        if self
+            .corpus
+            .label_columns
+            .iter()
+            .any(|c| c == &self.corpus.text_column)
+        {
+            bail!(
+                "corpus.label_columns: contains the text column '{}'",
+                self.corpus.text_column
+            );
         }
         for (i, c) in self.corpus.label_columns.iter().enumerate() {
             if ["doc_id", "source", "split", "n_tokens", "n_sequences"].contains(&c.as_str()) {
@@ -244,6 +334,10 @@ impl Config {
 
     pub fn data_dir(&self) -> PathBuf {
         self.resolve(&self.data_dir)
+    }
+
+    pub fn variants(&self) -> Vec<crate::variants::Variant> {
+        crate::variants::expand(&self.train.base, &self.train.variants).expect("validated at load")
     }
 
     pub fn corpus_format(&self) -> Result<CorpusFormat> {
@@ -282,10 +376,20 @@ corpus:
 tokenize:
   context_size: 8
   eval_tokens: 16
+train:
+  base: {kind: topk, d_sae: 16, k: 2, ortho: none}
+  variants:
+    - name: topk
+    - name: guided
+      ortho: guided
+      lambda: 0.1
+      tau: [0.1, 0.2]
 "#;
 
     fn err(text: &str) -> String {
-        Config::from_yaml(text, Path::new("cfg/p.yaml")).unwrap_err().to_string()
+        Config::from_yaml(text, Path::new("cfg/p.yaml"))
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -300,23 +404,40 @@ tokenize:
     #[test]
     fn unknown_key_is_rejected_with_its_path() {
         let e = err(&GOOD.replace("  eval_tokens: 16", "  eval_tokens: 16\n  contxt: 3"));
-        assert!(e.contains("cfg/p.yaml") && e.contains("tokenize") && e.contains("unknown field `contxt`"), "{e}");
+        assert!(
+            e.contains("cfg/p.yaml")
+                && e.contains("tokenize")
+                && e.contains("unknown field `contxt`"),
+            "{e}"
+        );
     }
 
     #[test]
     fn wrong_type_names_key_and_value() {
         let e = err(&GOOD.replace("context_size: 8", "context_size: eight"));
-        assert!(e.contains("tokenize.context_size") && e.contains("eight"), "{e}");
+        assert!(
+            e.contains("tokenize.context_size") && e.contains("eight"),
+            "{e}"
+        );
     }
 
     #[test]
     fn semantic_errors_name_key_value_and_expectation() {
         let e = err(&GOOD.replace("context_size: 8", "context_size: 1"));
-        assert!(e.contains("tokenize.context_size = 1") && e.contains(">= 2"), "{e}");
+        assert!(
+            e.contains("tokenize.context_size = 1") && e.contains(">= 2"),
+            "{e}"
+        );
         let e = err(&GOOD.replace("eval_tokens: 16", "eval_tokens: 4"));
         assert!(e.contains("tokenize.eval_tokens = 4"), "{e}");
         let e = err(&GOOD.replace("  path: m.gguf\n", ""));
         assert!(e.contains("model.path: missing"), "{e}");
+        let e = err(&GOOD.replace("tau: [0.1, 0.2]", "tau: [0.1, 2.0]"));
+        assert!(e.contains("train.variants[1].tau = 2"), "{e}");
+        let e = err(&GOOD.replace("lambda: 0.1", "lambda: lots"));
+        assert!(e.contains("train.variants[1].lambda"), "{e}");
+        let e = err(&GOOD.replace("kind: topk", "kind: gated"));
+        assert!(e.contains("train.base.kind") && e.contains("gated"), "{e}");
         let e = err(&GOOD.replace("source: gguf", "source: onnx"));
         assert!(e.contains("model.source") && e.contains("onnx"), "{e}");
     }

@@ -4,7 +4,7 @@
 use crate::config::{Config, CorpusFormat};
 use anyhow::{anyhow, bail, Context, Result};
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Int64Type, Float64Type, Int32Type};
+use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type};
 use std::path::Path;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -59,7 +59,12 @@ pub fn read_corpus(cfg: &Config) -> Result<Corpus> {
     let mut seen = std::collections::HashSet::new();
     for d in &docs {
         if !seen.insert(d.id.as_str()) {
-            bail!("corpus {}: document id '{}' appears twice ({})", path.display(), d.id, d.source);
+            bail!(
+                "corpus {}: document id '{}' appears twice ({})",
+                path.display(),
+                d.id,
+                d.source
+            );
         }
     }
     let label_types = cfg
@@ -67,9 +72,16 @@ pub fn read_corpus(cfg: &Config) -> Result<Corpus> {
         .label_columns
         .iter()
         .enumerate()
-        .map(|(i, name)| label_type(&docs, i).map_err(|e| anyhow!("corpus {}: label column '{name}': {e}", path.display())))
+        .map(|(i, name)| {
+            label_type(&docs, i)
+                .map_err(|e| anyhow!("corpus {}: label column '{name}': {e}", path.display()))
+        })
         .collect::<Result<Vec<_>>>()?;
-    Ok(Corpus { label_names: cfg.corpus.label_columns.clone(), label_types, docs })
+    Ok(Corpus {
+        label_names: cfg.corpus.label_columns.clone(),
+        label_types,
+        docs,
+    })
 }
 
 /// One type per column: integers widen to floats; strings mix with nothing else.
@@ -85,7 +97,9 @@ fn label_type(docs: &[Document], col: usize) -> Result<LabelType> {
         t = Some(match (t, this) {
             (None, x) => x,
             (Some(a), b) if a == b => a,
-            (Some(LabelType::Int), LabelType::Float) | (Some(LabelType::Float), LabelType::Int) => LabelType::Float,
+            (Some(LabelType::Int), LabelType::Float) | (Some(LabelType::Float), LabelType::Int) => {
+                LabelType::Float
+            }
             (Some(a), b) => bail!("mixes {a:?} and {b:?} values (document {})", d.id),
         });
     }
@@ -105,10 +119,19 @@ fn read_txt_dir(dir: &Path, labels: &[String]) -> Result<Vec<Document>> {
     files
         .into_iter()
         .map(|p| {
-            let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            let text =
+                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
             Ok(Document {
-                id: p.file_stem().unwrap_or_default().to_string_lossy().to_string(),
-                source: p.file_name().unwrap_or_default().to_string_lossy().to_string(),
+                id: p
+                    .file_stem()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .to_string(),
+                source: p
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .to_string(),
                 text,
                 labels: vec![],
             })
@@ -118,17 +141,34 @@ fn read_txt_dir(dir: &Path, labels: &[String]) -> Result<Vec<Document>> {
 
 fn read_jsonl(path: &Path, cfg: &Config) -> Result<Vec<Document>> {
     let c = &cfg.corpus;
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let file = path.file_name().unwrap_or_default().to_string_lossy().to_string();
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let file = path
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .to_string();
     let mut docs = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let at = format!("{}:{}", path.display(), i + 1);
         let obj: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(line).map_err(|e| anyhow!("{at}: not a JSON object: {e}"))?;
-        let field = |name: &str| obj.get(name).ok_or_else(|| anyhow!("{at}: no field '{name}'"));
+        let field = |name: &str| {
+            obj.get(name)
+                .ok_or_else(|| anyhow!("{at}: no field '{name}'"))
+        };
         let body = field(&c.text_column)?
             .as_str()
-            .ok_or_else(|| anyhow!("{at}: field '{}' (corpus.text_column) is not a string", c.text_column))?
+            .ok_or_else(|| {
+                anyhow!(
+                    "{at}: field '{}' (corpus.text_column) is not a string",
+                    c.text_column
+                )
+            })?
             .to_string();
         let id = match &c.id_column {
             Some(col) => match field(col)? {
@@ -153,7 +193,12 @@ fn read_jsonl(path: &Path, cfg: &Config) -> Result<Vec<Document>> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        docs.push(Document { id, source: format!("{file}:{}", i + 1), text: body, labels });
+        docs.push(Document {
+            id,
+            source: format!("{file}:{}", i + 1),
+            text: body,
+            labels,
+        });
     }
     Ok(docs)
 }
@@ -161,7 +206,11 @@ fn read_jsonl(path: &Path, cfg: &Config) -> Result<Vec<Document>> {
 fn read_parquet(path: &Path, cfg: &Config) -> Result<Vec<Document>> {
     let c = &cfg.corpus;
     let batches = crate::parquet_io::read_all(path)?;
-    let file = path.file_name().unwrap_or_default().to_string_lossy().to_string();
+    let file = path
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .to_string();
     let mut docs = Vec::new();
     let mut row = 0usize;
     for batch in &batches {
@@ -169,15 +218,31 @@ fn read_parquet(path: &Path, cfg: &Config) -> Result<Vec<Document>> {
             batch
                 .column_by_name(name)
                 .map(|a| a.as_ref())
-                .ok_or_else(|| anyhow!("{}: no column '{name}' (columns: {})", path.display(), column_names(batch)))
+                .ok_or_else(|| {
+                    anyhow!(
+                        "{}: no column '{name}' (columns: {})",
+                        path.display(),
+                        column_names(batch)
+                    )
+                })
         };
         let texts = col(&c.text_column)?;
         let ids = c.id_column.as_deref().map(col).transpose()?;
-        let labels: Vec<&dyn Array> = c.label_columns.iter().map(|n| col(n)).collect::<Result<_>>()?;
+        let labels: Vec<&dyn Array> = c
+            .label_columns
+            .iter()
+            .map(|n| col(n))
+            .collect::<Result<_>>()?;
         for r in 0..batch.num_rows() {
-            let body = match cell(texts, r).map_err(|e| anyhow!("{}: column '{}': {e}", path.display(), c.text_column))? {
+            let body = match cell(texts, r)
+                .map_err(|e| anyhow!("{}: column '{}': {e}", path.display(), c.text_column))?
+            {
                 LabelValue::Str(s) => s,
-                _ => bail!("{}: column '{}' (corpus.text_column) is not text", path.display(), c.text_column),
+                _ => bail!(
+                    "{}: column '{}' (corpus.text_column) is not text",
+                    path.display(),
+                    c.text_column
+                ),
             };
             let id = match ids {
                 Some(a) => match cell(a, r)? {
@@ -190,9 +255,16 @@ fn read_parquet(path: &Path, cfg: &Config) -> Result<Vec<Document>> {
             let values = labels
                 .iter()
                 .zip(&c.label_columns)
-                .map(|(a, n)| cell(*a, r).map_err(|e| anyhow!("{}: column '{n}': {e}", path.display())))
+                .map(|(a, n)| {
+                    cell(*a, r).map_err(|e| anyhow!("{}: column '{n}': {e}", path.display()))
+                })
                 .collect::<Result<Vec<_>>>()?;
-            docs.push(Document { id, source: format!("{file}:{}", row + r), text: body, labels: values });
+            docs.push(Document {
+                id,
+                source: format!("{file}:{}", row + r),
+                text: body,
+                labels: values,
+            });
         }
         row += batch.num_rows();
     }
@@ -200,7 +272,13 @@ fn read_parquet(path: &Path, cfg: &Config) -> Result<Vec<Document>> {
 }
 
 fn column_names(batch: &RecordBatch) -> String {
-    batch.schema().fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+    batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn cell(a: &dyn Array, r: usize) -> Result<LabelValue> {

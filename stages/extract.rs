@@ -10,8 +10,8 @@ use crate::runner::{StageInput, StageOutput};
 use crate::store::{Store, TableEntry};
 use anyhow::{anyhow, bail, Context, Result};
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, FixedSizeListArray, Float16Array, Float32Array, Int32Array,
-    Int64Array, RecordBatch, StringArray,
+    Array, ArrayRef, AsArray, BooleanArray, FixedSizeListArray, Float16Array, Float32Array,
+    Int32Array, Int64Array, RecordBatch, StringArray,
 };
 use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema};
 use candle_core::{Device, Tensor};
@@ -31,8 +31,12 @@ pub const SPLITS: [&str; 2] = ["train", "eval"];
 pub fn model_source(cfg: &Config) -> ModelSource {
     let m = &cfg.model;
     match m.source {
-        ModelSourceKind::Gguf => ModelSource::Gguf(cfg.resolve(m.path.as_deref().expect("validated"))),
-        ModelSourceKind::Safetensors => ModelSource::Safetensors(cfg.resolve(m.path.as_deref().expect("validated"))),
+        ModelSourceKind::Gguf => {
+            ModelSource::Gguf(cfg.resolve(m.path.as_deref().expect("validated")))
+        }
+        ModelSourceKind::Safetensors => {
+            ModelSource::Safetensors(cfg.resolve(m.path.as_deref().expect("validated")))
+        }
         ModelSourceKind::Hf => ModelSource::Hub {
             repo: m.hf_id.clone().expect("validated"),
             revision: m.revision.clone(),
@@ -48,20 +52,33 @@ pub struct Sequences {
 
 /// Reads `tokenize_sequences` of the given tokenize artifact, by split.
 pub fn read_sequences(store: &Store, tokenize_key: &str) -> Result<BTreeMap<String, Sequences>> {
-    let path = store.artifact_dir("tokenize", tokenize_key).join("sequences.parquet");
+    let path = store
+        .artifact_dir("tokenize", tokenize_key)
+        .join("sequences.parquet");
     let mut out: BTreeMap<String, Sequences> = BTreeMap::new();
     for batch in crate::parquet_io::read_all(&path)? {
-        let ids = batch.column_by_name("seq_id").context("sequences: no seq_id")?.as_primitive::<Int64Type>();
-        let splits = batch.column_by_name("split").context("sequences: no split")?.as_string::<i32>();
-        let lists = batch.column_by_name("tokens").context("sequences: no tokens")?.as_list::<i32>();
+        let ids = batch
+            .column_by_name("seq_id")
+            .context("sequences: no seq_id")?
+            .as_primitive::<Int64Type>();
+        let splits = batch
+            .column_by_name("split")
+            .context("sequences: no split")?
+            .as_string::<i32>();
+        let lists = batch
+            .column_by_name("tokens")
+            .context("sequences: no tokens")?
+            .as_list::<i32>();
         for r in 0..batch.num_rows() {
             let toks = lists.value(r);
             let toks = toks.as_primitive::<Int32Type>();
-            let s = out
-                .entry(splits.value(r).to_string())
-                .or_insert(Sequences { seq_ids: vec![], tokens: vec![] });
+            let s = out.entry(splits.value(r).to_string()).or_insert(Sequences {
+                seq_ids: vec![],
+                tokens: vec![],
+            });
             s.seq_ids.push(ids.value(r));
-            s.tokens.push(toks.values().iter().map(|&t| t as u32).collect());
+            s.tokens
+                .push(toks.values().iter().map(|&t| t as u32).collect());
         }
     }
     Ok(out)
@@ -105,7 +122,8 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
 
     let source = model_source(cfg);
     let spinner = input.progress.spinner(format!("loading {source}"));
-    let model = Gemma::load(&source, &Device::Cpu).map_err(|e| anyhow!("model ({source}): {e:#}"))?;
+    let model =
+        Gemma::load(&source, &Device::Cpu).map_err(|e| anyhow!("model ({source}): {e:#}"))?;
     spinner.finish_and_clear();
     let mc = model.config().clone();
     if layer >= mc.n_layers {
@@ -126,15 +144,24 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
     }
 
     let splits = read_sequences(input.store, tokenize_key)?;
-    let total_tokens: u64 = splits.values().map(|s| s.tokens.len() as u64 * context as u64).sum();
-    let bar = input.progress.bar(total_tokens, format!("extract {}", hook_name(layer)), "tokens");
+    let total_tokens: u64 = splits
+        .values()
+        .map(|s| s.tokens.len() as u64 * context as u64)
+        .sum();
+    let bar = input.progress.bar(
+        total_tokens,
+        format!("extract {}", hook_name(layer)),
+        "tokens",
+    );
     let seqs_per_shard = (ex.shard_tokens / context).max(1);
     let bos = tok_manifest.summary["bos_id"].as_u64().unwrap_or(u64::MAX);
     let mut tables_files = Vec::new();
     let mut summary_splits = serde_json::Map::new();
     let mut rows = 0u64;
     for split in SPLITS {
-        let Some(seqs) = splits.get(split) else { continue };
+        let Some(seqs) = splits.get(split) else {
+            continue;
+        };
         let mut stats = ShardStats::default();
         for (shard, start) in (0..seqs.tokens.len()).step_by(seqs_per_shard).enumerate() {
             let end = (start + seqs_per_shard).min(seqs.tokens.len());
@@ -154,7 +181,17 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
                         bail!("tokens artifact tokenize/{tokenize_key}: token id {t} is outside the model's vocabulary of {}", mc.vocab);
                     }
                 }
-                let (batch, st) = extract_shard(&model, layer, split, &seqs.seq_ids[start..end], tokens, bos, ex.batch_size, ex.dtype, &bar)?;
+                let (batch, st) = extract_shard(
+                    &model,
+                    layer,
+                    split,
+                    &seqs.seq_ids[start..end],
+                    tokens,
+                    bos,
+                    ex.batch_size,
+                    ex.dtype,
+                    &bar,
+                )?;
                 std::fs::create_dir_all(input.out_dir.join("stats"))?;
                 std::fs::write(input.out_dir.join(&stats_name), serde_json::to_string(&st)?)?;
                 write_shard(&final_path, &batch)?;
@@ -174,7 +211,13 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
         mc.d_model
     ));
     Ok(StageOutput {
-        tables: BTreeMap::from([("activations".to_string(), TableEntry { files: tables_files, rows })]),
+        tables: BTreeMap::from([(
+            "activations".to_string(),
+            TableEntry {
+                files: tables_files,
+                rows,
+            },
+        )]),
         summary: json!({
             "model": cfg.model.name,
             "source": source.to_string(),
@@ -223,7 +266,10 @@ fn extract_shard(
         acts.extend(resid.flatten_all()?.to_vec1::<f32>()?);
         bar.inc((chunk.len() * t) as u64);
     }
-    let mut stats = ShardStats { dim_sum: vec![0.0; d], ..Default::default() };
+    let mut stats = ShardStats {
+        dim_sum: vec![0.0; d],
+        ..Default::default()
+    };
     let flat_tokens: Vec<u32> = tokens.iter().flatten().copied().collect();
     for (row, x) in acts.chunks_exact(d).enumerate() {
         let sq: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
@@ -239,15 +285,24 @@ fn extract_shard(
             *s += v as f64;
         }
     }
-    let seq_col: Int64Array = seq_ids.iter().flat_map(|&s| std::iter::repeat_n(s, t)).collect();
+    let seq_col: Int64Array = seq_ids
+        .iter()
+        .flat_map(|&s| std::iter::repeat_n(s, t))
+        .collect();
     let pos_col: Int32Array = (0..tokens.len()).flat_map(|_| 0..t as i32).collect();
     let tok_col: Int32Array = flat_tokens.iter().map(|&x| x as i32).collect();
-    let special: BooleanArray = (0..n).map(|r| Some(r % t == 0 && flat_tokens[r] as u64 == bos)).collect();
+    let special: BooleanArray = (0..n)
+        .map(|r| Some(r % t == 0 && flat_tokens[r] as u64 == bos))
+        .collect();
     let (item_type, values): (DataType, ArrayRef) = match dtype {
         ExtractDtype::F32 => (DataType::Float32, Arc::new(Float32Array::from(acts))),
         ExtractDtype::F16 => (
             DataType::Float16,
-            Arc::new(Float16Array::from(acts.iter().map(|&v| half::f16::from_f32(v)).collect::<Vec<_>>())),
+            Arc::new(Float16Array::from(
+                acts.iter()
+                    .map(|&v| half::f16::from_f32(v))
+                    .collect::<Vec<_>>(),
+            )),
         ),
     };
     let item = Arc::new(Field::new("item", item_type, false));
@@ -284,7 +339,8 @@ fn write_shard(path: &Path, batch: &RecordBatch) -> Result<()> {
         .set_dictionary_enabled(false)
         .set_max_row_group_row_count(Some(8192))
         .build();
-    let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let file =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
     w.write(batch)?;
     w.close()?;
@@ -294,23 +350,41 @@ fn write_shard(path: &Path, batch: &RecordBatch) -> Result<()> {
 
 /// Activations of one split as a dense row-major matrix, f32, with the
 /// token's is_special flag; for the stages that train and evaluate on them.
-pub fn read_activations(dir: &Path, files: &[String], split: &str) -> Result<(Vec<f32>, Vec<bool>, usize)> {
+pub fn read_activations(
+    dir: &Path,
+    files: &[String],
+    split: &str,
+) -> Result<(Vec<f32>, Vec<bool>, usize)> {
     let mut data = Vec::new();
     let mut special = Vec::new();
     let mut d = 0usize;
     for f in files.iter().filter(|f| f.starts_with(&format!("{split}-"))) {
         for batch in crate::parquet_io::read_all(&dir.join(f))? {
-            let col = batch.column_by_name("activation").context("no activation column")?.as_fixed_size_list();
+            let col = batch
+                .column_by_name("activation")
+                .context("no activation column")?
+                .as_fixed_size_list();
             d = col.value_length() as usize;
             let values = col.values();
             match values.data_type() {
-                DataType::Float32 => data.extend_from_slice(values.as_primitive::<arrow::datatypes::Float32Type>().values()),
+                DataType::Float32 => data.extend_from_slice(
+                    values
+                        .as_primitive::<arrow::datatypes::Float32Type>()
+                        .values(),
+                ),
                 DataType::Float16 => data.extend(
-                    values.as_primitive::<arrow::datatypes::Float16Type>().values().iter().map(|v| v.to_f32()),
+                    values
+                        .as_primitive::<arrow::datatypes::Float16Type>()
+                        .values()
+                        .iter()
+                        .map(|v| v.to_f32()),
                 ),
                 t => bail!("{f}: activation values are {t}, expected float32 or float16"),
             }
-            let sp = batch.column_by_name("is_special").context("no is_special column")?.as_boolean();
+            let sp = batch
+                .column_by_name("is_special")
+                .context("no is_special column")?
+                .as_boolean();
             special.extend((0..sp.len()).map(|i| sp.value(i)));
         }
     }

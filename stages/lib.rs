@@ -13,3 +13,5 @@ pub mod runner;
 pub mod status;
 pub mod store;
 pub mod tokenize;
+pub mod train;
+pub mod variants;

@@ -8,7 +8,11 @@ use coact_pipeline::query::{self, Format};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "coact", version, about = "Sparse autoencoders with sparsity-guided orthogonality: a cached, queryable study pipeline")]
+#[command(
+    name = "coact",
+    version,
+    about = "Sparse autoencoders with sparsity-guided orthogonality: a cached, queryable study pipeline"
+)]
 struct Cli {
     /// The study configuration.
     #[arg(long, short, global = true, default_value = "pipeline.yaml")]
@@ -62,18 +66,26 @@ fn real_main(cli: Cli) -> Result<()> {
     let cfg = Config::load(&cli.config)?;
     let progress = Progress { quiet: cli.quiet };
     match cli.command {
-        Command::Run { stages, force } => coact_pipeline::runner::run(&cfg, &stages, force, &progress),
+        Command::Run { stages, force } => {
+            coact_pipeline::runner::run(&cfg, &stages, force, &progress)
+        }
         Command::Status => {
             print!("{}", coact_pipeline::status::report(&cfg)?);
             Ok(())
         }
-        Command::Query { sql, format, tables } => {
+        Command::Query {
+            sql,
+            format,
+            tables,
+        } => {
             let sources = query::fresh_tables(&cfg)?;
             if tables {
                 print!("{}", query::describe(&sources)?);
                 return Ok(());
             }
-            let sql = sql.ok_or_else(|| anyhow::anyhow!("give a SQL statement, or --tables to list the tables"))?;
+            let sql = sql.ok_or_else(|| {
+                anyhow::anyhow!("give a SQL statement, or --tables to list the tables")
+            })?;
             let batches = query::run_sql(&sources, &sql)?;
             print!("{}", query::format(&batches, format)?);
             Ok(())

@@ -19,10 +19,34 @@ pub struct StageDef {
 }
 
 pub const STAGES: &[StageDef] = &[
-    StageDef { name: "tokenize", deps: &[], format_version: 1, pending: None, resumable: false },
-    StageDef { name: "extract", deps: &["tokenize"], format_version: 1, pending: None, resumable: true },
-    StageDef { name: "train", deps: &["extract"], format_version: 1, pending: Some("issue 4"), resumable: true },
-    StageDef { name: "compete", deps: &["train"], format_version: 1, pending: Some("issue 5"), resumable: false },
+    StageDef {
+        name: "tokenize",
+        deps: &[],
+        format_version: 1,
+        pending: None,
+        resumable: false,
+    },
+    StageDef {
+        name: "extract",
+        deps: &["tokenize"],
+        format_version: 1,
+        pending: None,
+        resumable: true,
+    },
+    StageDef {
+        name: "train",
+        deps: &["extract"],
+        format_version: 1,
+        pending: None,
+        resumable: true,
+    },
+    StageDef {
+        name: "compete",
+        deps: &["train"],
+        format_version: 1,
+        pending: Some("issue 5"),
+        resumable: false,
+    },
     StageDef {
         name: "bench",
         deps: &["extract", "train"],
@@ -30,7 +54,13 @@ pub const STAGES: &[StageDef] = &[
         pending: Some("issues 6 and 7"),
         resumable: false,
     },
-    StageDef { name: "report", deps: &["compete", "bench"], format_version: 1, pending: Some("issue 8"), resumable: false },
+    StageDef {
+        name: "report",
+        deps: &["compete", "bench"],
+        format_version: 1,
+        pending: Some("issue 8"),
+        resumable: false,
+    },
 ];
 
 pub fn stage_def(name: &str) -> Option<&'static StageDef> {
@@ -41,32 +71,78 @@ pub fn stage_names() -> Vec<&'static str> {
     STAGES.iter().map(|s| s.name).collect()
 }
 
-/// What a built stage's artifact must be, given the config.
+/// What a built stage's artifact must be, given the config. Most stages make
+/// one artifact; train makes one per variant (`unit` = the variant's name).
 #[derive(Debug, Clone)]
 pub struct Planned {
     pub stage: &'static str,
+    pub unit: Option<String>,
     pub key: String,
     pub config: Value,
     pub inputs: BTreeMap<String, String>,
     pub format_version: u32,
 }
 
-/// Keys for every built stage, in dependency order.
+/// Keys for every built stage, in dependency order. A stage's inputs are the
+/// keys of every artifact of the stages it depends on (`train/<variant>` for
+/// the train stage's units).
 pub fn plan(cfg: &Config) -> Result<Vec<Planned>> {
     let mut keys: BTreeMap<String, String> = BTreeMap::new();
-    let mut out = Vec::new();
+    let mut out: Vec<Planned> = Vec::new();
     for def in STAGES.iter().filter(|s| s.pending.is_none()) {
-        let config = stage_config(def.name, cfg)?;
-        let inputs: BTreeMap<String, String> = def
-            .deps
+        let inputs: BTreeMap<String, String> = keys
             .iter()
-            .map(|d| (d.to_string(), keys.get(*d).cloned().unwrap_or_default()))
+            .filter(|(name, _)| {
+                def.deps
+                    .iter()
+                    .any(|d| *name == d || name.starts_with(&format!("{d}/")))
+            })
+            .map(|(n, k)| (n.clone(), k.clone()))
             .collect();
-        let key = compute_key(def.name, def.format_version, &config, &inputs);
-        keys.insert(def.name.to_string(), key.clone());
-        out.push(Planned { stage: def.name, key, config, inputs, format_version: def.format_version });
+        for (unit, config) in stage_units(def.name, cfg)? {
+            let key = compute_key(def.name, def.format_version, &config, &inputs);
+            out.push(Planned {
+                stage: def.name,
+                unit,
+                key,
+                config,
+                inputs: inputs.clone(),
+                format_version: def.format_version,
+            });
+        }
+        for p in out.iter().filter(|p| p.stage == def.name) {
+            let name = match &p.unit {
+                Some(u) => format!("{}/{u}", def.name),
+                None => def.name.to_string(),
+            };
+            keys.insert(name, p.key.clone());
+        }
     }
     Ok(out)
+}
+
+/// The artifacts a stage makes: (unit name, config the key hashes).
+fn stage_units(stage: &str, cfg: &Config) -> Result<Vec<(Option<String>, Value)>> {
+    if stage == "train" {
+        let shared = json!({
+            "batch_size": cfg.train.batch_size,
+            "epochs": cfg.train.epochs,
+            "lr": cfg.train.lr,
+            "warmup_steps": cfg.train.warmup_steps,
+            "decay_frac": cfg.train.decay_frac,
+            "dead_after_tokens": cfg.train.dead_after_tokens,
+            "uniform_pairs": cfg.train.uniform_pairs,
+        });
+        return Ok(cfg
+            .variants()
+            .into_iter()
+            .map(|v| {
+                let config = json!({ "variant": v.name, "sae": v.settings, "schedule": shared });
+                (Some(v.name), config)
+            })
+            .collect());
+    }
+    Ok(vec![(None, stage_config(stage, cfg)?)])
 }
 
 /// The part of the config a stage depends on, and fingerprints of the raw
@@ -116,7 +192,11 @@ fn stage_config(stage: &str, cfg: &Config) -> Result<Value> {
 fn fingerprint(path: &Path, format: Option<CorpusFormat>) -> String {
     let one = |p: &Path| -> Option<String> {
         let m = std::fs::metadata(p).ok()?;
-        let t = m.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+        let t = m
+            .modified()
+            .ok()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?;
         Some(format!("{}:{}", m.len(), t.as_nanos()))
     };
     if format == Some(CorpusFormat::TxtDir) && path.is_dir() {
@@ -124,7 +204,13 @@ fn fingerprint(path: &Path, format: Option<CorpusFormat>) -> String {
             .map(|rd| {
                 rd.filter_map(|e| e.ok())
                     .filter(|e| e.path().extension().is_some_and(|x| x == "txt"))
-                    .filter_map(|e| Some(format!("{}={}", e.file_name().to_string_lossy(), one(&e.path())?)))
+                    .filter_map(|e| {
+                        Some(format!(
+                            "{}={}",
+                            e.file_name().to_string_lossy(),
+                            one(&e.path())?
+                        ))
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -143,7 +229,7 @@ pub enum State {
     NotImplemented(&'static str),
 }
 
-/// The state of every stage, in graph order.
+/// The state of every artifact (one line per stage, or per unit), in graph order.
 pub fn status(cfg: &Config, store: &Store) -> Result<Vec<(&'static str, Option<Planned>, State)>> {
     let planned = plan(cfg)?;
     let mut out = Vec::new();
@@ -152,16 +238,18 @@ pub fn status(cfg: &Config, store: &Store) -> Result<Vec<(&'static str, Option<P
             out.push((def.name, None, State::NotImplemented(issue)));
             continue;
         }
-        let p = planned.iter().find(|p| p.stage == def.name).expect("planned").clone();
-        let state = if store.exists(def.name, &p.key) {
-            State::Fresh
-        } else {
-            match store.list(def.name)?.first() {
-                Some(old) => State::Stale(why_stale(old, &p)),
-                None => State::Missing,
-            }
-        };
-        out.push((def.name, Some(p), state));
+        let existing = store.list(def.name)?;
+        for p in planned.iter().filter(|p| p.stage == def.name) {
+            let state = if store.exists(def.name, &p.key) {
+                State::Fresh
+            } else {
+                match existing.iter().find(|m| m.unit == p.unit) {
+                    Some(old) => State::Stale(why_stale(old, p)),
+                    None => State::Missing,
+                }
+            };
+            out.push((def.name, Some(p.clone()), state));
+        }
     }
     Ok(out)
 }
@@ -169,7 +257,10 @@ pub fn status(cfg: &Config, store: &Store) -> Result<Vec<(&'static str, Option<P
 fn why_stale(old: &Manifest, new: &Planned) -> Vec<String> {
     let mut why = Vec::new();
     if old.format_version != new.format_version {
-        why.push(format!("format version {} -> {}", old.format_version, new.format_version));
+        why.push(format!(
+            "format version {} -> {}",
+            old.format_version, new.format_version
+        ));
     }
     for (stage, key) in &new.inputs {
         match old.inputs.get(stage) {

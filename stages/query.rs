@@ -30,12 +30,18 @@ pub fn fresh_tables(cfg: &Config) -> Result<Vec<TableSource>> {
     let store = Store::new(cfg.data_dir());
     let mut tables: BTreeMap<String, TableSource> = BTreeMap::new();
     for (stage, planned, state) in status(cfg, &store)? {
-        let (Some(p), State::Fresh) = (planned, state) else { continue };
+        let (Some(p), State::Fresh) = (planned, state) else {
+            continue;
+        };
         let m = store.manifest(stage, &p.key)?;
         let dir = store.artifact_dir(stage, &p.key);
         for (table, entry) in &m.tables {
             let name = format!("{stage}_{table}");
-            let t = tables.entry(name.clone()).or_insert(TableSource { name, files: vec![], rows: 0 });
+            let t = tables.entry(name.clone()).or_insert(TableSource {
+                name,
+                files: vec![],
+                rows: 0,
+            });
             t.files.extend(entry.files.iter().map(|f| dir.join(f)));
             t.rows += entry.rows;
         }
@@ -73,7 +79,11 @@ pub fn run_sql(tables: &[TableSource], sql: &str) -> Result<Vec<RecordBatch>> {
         if tables.is_empty() {
             "none yet (run `coact run` first)".to_string()
         } else {
-            tables.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+            tables
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         }
     };
     runtime()?.block_on(async {
@@ -83,7 +93,10 @@ pub fn run_sql(tables: &[TableSource], sql: &str) -> Result<Vec<RecordBatch>> {
             .await
             .map_err(|e| anyhow!("query failed: {e}\navailable tables: {}", names()))?;
         let schema = df.schema().inner().clone();
-        let mut batches = df.collect().await.map_err(|e| anyhow!("query failed: {e}"))?;
+        let mut batches = df
+            .collect()
+            .await
+            .map_err(|e| anyhow!("query failed: {e}"))?;
         // An empty result still has columns (and a CSV header).
         if batches.is_empty() {
             batches.push(RecordBatch::new_empty(schema));
@@ -113,11 +126,15 @@ pub fn describe(tables: &[TableSource]) -> Result<String> {
 
 pub fn format(batches: &[RecordBatch], format: Format) -> Result<String> {
     match format {
-        Format::Table => Ok(arrow::util::pretty::pretty_format_batches(batches)?.to_string() + "\n"),
+        Format::Table => {
+            Ok(arrow::util::pretty::pretty_format_batches(batches)?.to_string() + "\n")
+        }
         Format::Csv => {
             let mut buf = Vec::new();
             {
-                let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut buf);
+                let mut w = arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(&mut buf);
                 for b in batches {
                     w.write(b)?;
                 }

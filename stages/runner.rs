@@ -29,6 +29,7 @@ fn run_stage(name: &str, input: &StageInput) -> Result<StageOutput> {
     match name {
         "tokenize" => crate::tokenize::run(input),
         "extract" => crate::extract::run(input),
+        "train" => crate::train::run(input),
         other => bail!("stage {other} is not implemented yet"),
     }
 }
@@ -37,7 +38,8 @@ fn run_stage(name: &str, input: &StageInput) -> Result<StageOutput> {
 /// reruns the named stages even when fresh.
 pub fn run(cfg: &Config, names: &[String], force: bool, progress: &Progress) -> Result<()> {
     for n in names {
-        let def = stage_def(n).ok_or_else(|| anyhow!("unknown stage '{n}'; stages: {}", stage_names().join(", ")))?;
+        let def = stage_def(n)
+            .ok_or_else(|| anyhow!("unknown stage '{n}'; stages: {}", stage_names().join(", ")))?;
         if let Some(issue) = def.pending {
             bail!("stage {n} is not implemented yet ({issue}); `coact status` shows what is built");
         }
@@ -50,37 +52,71 @@ pub fn run(cfg: &Config, names: &[String], force: bool, progress: &Progress) -> 
             progress.note(format!("{:<9} not yet implemented ({issue})", def.name));
             continue;
         }
-        let p = planned.iter().find(|p| p.stage == def.name).expect("planned");
-        let forced = force && names.iter().any(|n| n == def.name);
-        if store.exists(def.name, &p.key) && !forced {
-            progress.note(format!("{:<9} fresh  {} (cache hit)", def.name, p.key));
-            continue;
+        for p in planned.iter().filter(|p| p.stage == def.name) {
+            run_unit(
+                cfg,
+                &store,
+                def,
+                p,
+                force && names.iter().any(|n| n == def.name),
+                progress,
+            )?;
         }
-        let started = std::time::Instant::now();
-        let staging = if def.resumable {
-            store.begin_resumable(def.name, &p.key)?
-        } else {
-            store.begin(def.name, &p.key)?
-        };
-        let input = StageInput { cfg, store: &store, planned: p, out_dir: staging.path(), progress };
-        let out = run_stage(def.name, &input).map_err(|e| anyhow!("stage {} failed: {e:#}", def.name))?;
-        let elapsed_s = started.elapsed().as_secs_f64();
-        let manifest = Manifest {
-            stage: def.name.to_string(),
-            key: p.key.clone(),
-            format_version: p.format_version,
-            inputs: p.inputs.clone(),
-            config: p.config.clone(),
-            coact_version: env!("CARGO_PKG_VERSION").to_string(),
-            created_unix: now_unix(),
-            elapsed_s,
-            files: vec![],
-            tables: out.tables,
-            summary: out.summary,
-        };
-        let dir = staging.publish(manifest)?;
-        progress.note(format!("{:<9} done   {} in {elapsed_s:.1} s -> {}", def.name, p.key, dir.display()));
     }
+    Ok(())
+}
+
+fn run_unit(
+    cfg: &Config,
+    store: &Store,
+    def: &crate::plan::StageDef,
+    p: &Planned,
+    forced: bool,
+    progress: &Progress,
+) -> Result<()> {
+    let label = match &p.unit {
+        Some(u) => format!("{}/{u}", def.name),
+        None => def.name.to_string(),
+    };
+    if store.exists(def.name, &p.key) && !forced {
+        progress.note(format!("{label:<9} fresh  {} (cache hit)", p.key));
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let staging = if def.resumable {
+        store.begin_resumable(def.name, &p.key)?
+    } else {
+        store.begin(def.name, &p.key)?
+    };
+    let input = StageInput {
+        cfg,
+        store,
+        planned: p,
+        out_dir: staging.path(),
+        progress,
+    };
+    let out = run_stage(def.name, &input).map_err(|e| anyhow!("stage {label} failed: {e:#}"))?;
+    let elapsed_s = started.elapsed().as_secs_f64();
+    let manifest = Manifest {
+        stage: def.name.to_string(),
+        unit: p.unit.clone(),
+        key: p.key.clone(),
+        format_version: p.format_version,
+        inputs: p.inputs.clone(),
+        config: p.config.clone(),
+        coact_version: env!("CARGO_PKG_VERSION").to_string(),
+        created_unix: now_unix(),
+        elapsed_s,
+        files: vec![],
+        tables: out.tables,
+        summary: out.summary,
+    };
+    let dir = staging.publish(manifest)?;
+    progress.note(format!(
+        "{label:<9} done   {} in {elapsed_s:.1} s -> {}",
+        p.key,
+        dir.display()
+    ));
     Ok(())
 }
 
@@ -90,7 +126,10 @@ fn closure(names: &[String]) -> BTreeSet<&'static str> {
     let mut todo: Vec<&'static str> = if names.is_empty() {
         stage_names()
     } else {
-        names.iter().filter_map(|n| stage_def(n).map(|d| d.name)).collect()
+        names
+            .iter()
+            .filter_map(|n| stage_def(n).map(|d| d.name))
+            .collect()
     };
     while let Some(n) = todo.pop() {
         if out.insert(n) {

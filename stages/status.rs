@@ -10,23 +10,45 @@ use std::fmt::Write;
 pub fn report(cfg: &Config) -> Result<String> {
     let store = Store::new(cfg.data_dir());
     let mut out = String::new();
-    writeln!(out, "study {} ({}), data in {}", cfg.study, cfg.file.display(), store.root().display())?;
+    writeln!(
+        out,
+        "study {} ({}), data in {}",
+        cfg.study,
+        cfg.file.display(),
+        store.root().display()
+    )?;
     for (stage, planned, state) in status(cfg, &store)? {
         let key = planned.as_ref().map(|p| p.key.as_str()).unwrap_or("-");
+        let unit = planned
+            .as_ref()
+            .and_then(|p| p.unit.as_deref())
+            .map(|u| format!("  [{u}]"))
+            .unwrap_or_default();
         match state {
             State::Fresh => {
                 let m = store.manifest(stage, key)?;
-                let tables: Vec<String> = m.tables.iter().map(|(t, e)| format!("{stage}_{t} {} rows", e.rows)).collect();
-                writeln!(out, "{stage:<9} fresh    {key}  {:.1} s; {}", m.elapsed_s, tables.join(", "))?;
+                let tables: Vec<String> = m
+                    .tables
+                    .iter()
+                    .map(|(t, e)| format!("{stage}_{t} {} rows", e.rows))
+                    .collect();
+                writeln!(
+                    out,
+                    "{stage:<9} fresh    {key}{unit}  {:.1} s; {}",
+                    m.elapsed_s,
+                    tables.join(", ")
+                )?;
             }
             State::Stale(why) => {
-                writeln!(out, "{stage:<9} stale    {key}  (rerun needed)")?;
+                writeln!(out, "{stage:<9} stale    {key}{unit}  (rerun needed)")?;
                 for w in why {
                     writeln!(out, "{:<19}{w}", "")?;
                 }
             }
-            State::Missing => writeln!(out, "{stage:<9} missing  {key}")?,
-            State::NotImplemented(issue) => writeln!(out, "{stage:<9} not yet implemented ({issue})")?,
+            State::Missing => writeln!(out, "{stage:<9} missing  {key}{unit}")?,
+            State::NotImplemented(issue) => {
+                writeln!(out, "{stage:<9} not yet implemented ({issue})")?
+            }
         }
     }
     Ok(out)

@@ -17,7 +17,12 @@ const TMP_PREFIX: &str = ".tmp-";
 
 /// The content key of one artifact. serde_json's maps are ordered, so the
 /// serialisation below is canonical.
-pub fn compute_key(stage: &str, format_version: u32, config: &Value, inputs: &BTreeMap<String, String>) -> String {
+pub fn compute_key(
+    stage: &str,
+    format_version: u32,
+    config: &Value,
+    inputs: &BTreeMap<String, String>,
+) -> String {
     let canonical = serde_json::json!({
         "stage": stage,
         "format": format_version,
@@ -44,6 +49,9 @@ pub struct TableEntry {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
     pub stage: String,
+    /// Which of the stage's artifacts this is (the variant, for train).
+    #[serde(default)]
+    pub unit: Option<String>,
     pub key: String,
     pub format_version: u32,
     /// Input stage -> key of the artifact it was made from.
@@ -84,8 +92,10 @@ impl Store {
 
     pub fn manifest(&self, stage: &str, key: &str) -> Result<Manifest> {
         let path = self.artifact_dir(stage, key).join(MANIFEST);
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{}: not a coact manifest", path.display()))
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a coact manifest", path.display()))
     }
 
     /// Published artifacts of a stage, newest first.
@@ -95,7 +105,9 @@ impl Store {
         if !dir.is_dir() {
             return Ok(out);
         }
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
+        {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().to_string();
             if name.starts_with('.') || !entry.path().join(MANIFEST).is_file() {
@@ -122,7 +134,8 @@ impl Store {
     /// published, so a failed or interrupted stage leaves no artifact.
     pub fn begin(&self, stage: &str, key: &str) -> Result<Staging> {
         let parent = self.root.join(stage);
-        std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(&parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
         let dir = parent.join(format!("{TMP_PREFIX}{key}-{}", std::process::id()));
         if dir.exists() {
             std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
@@ -164,7 +177,10 @@ fn remove_atomically(dir: &Path) -> Result<()> {
     if !dir.exists() {
         return Ok(());
     }
-    let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     let doomed = dir.with_file_name(format!("{TMP_PREFIX}old-{name}-{}", std::process::id()));
     std::fs::rename(dir, &doomed).with_context(|| format!("moving {} aside", dir.display()))?;
     std::fs::remove_dir_all(&doomed).with_context(|| format!("removing {}", doomed.display()))
@@ -200,7 +216,11 @@ impl Staging {
             remove_atomically(&self.final_dir)?;
         }
         std::fs::rename(&self.dir, &self.final_dir).map_err(|e| {
-            anyhow!("publishing {} as {}: {e}", self.dir.display(), self.final_dir.display())
+            anyhow!(
+                "publishing {} as {}: {e}",
+                self.dir.display(),
+                self.final_dir.display()
+            )
         })?;
         self.published = true;
         Ok(self.final_dir.clone())
@@ -225,8 +245,15 @@ fn list_files(dir: &Path) -> Result<Vec<FileEntry>> {
             if meta.is_dir() {
                 stack.push(entry.path());
             } else {
-                let rel = entry.path().strip_prefix(dir)?.to_string_lossy().to_string();
-                out.push(FileEntry { name: rel, bytes: meta.len() });
+                let rel = entry
+                    .path()
+                    .strip_prefix(dir)?
+                    .to_string_lossy()
+                    .to_string();
+                out.push(FileEntry {
+                    name: rel,
+                    bytes: meta.len(),
+                });
             }
         }
     }
@@ -240,8 +267,17 @@ pub fn json_diff(prefix: &str, old: &Value, new: &Value, out: &mut Vec<String>) 
         (Value::Object(a), Value::Object(b)) => {
             let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
             for k in keys {
-                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-                json_diff(&p, a.get(k).unwrap_or(&Value::Null), b.get(k).unwrap_or(&Value::Null), out);
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                json_diff(
+                    &p,
+                    a.get(k).unwrap_or(&Value::Null),
+                    b.get(k).unwrap_or(&Value::Null),
+                    out,
+                );
             }
         }
         (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
@@ -275,19 +311,28 @@ mod tests {
         assert_ne!(k, compute_key("extract", 2, &json!({"a": 1}), &inputs));
         assert_ne!(k, compute_key("extract", 1, &json!({"a": 2}), &inputs));
         assert_ne!(k, compute_key("train", 1, &json!({"a": 1}), &inputs));
-        assert_ne!(k, compute_key("extract", 1, &json!({"a": 1}), &BTreeMap::new()));
+        assert_ne!(
+            k,
+            compute_key("extract", 1, &json!({"a": 1}), &BTreeMap::new())
+        );
     }
 
     #[test]
     fn diff_names_changed_leaves() {
         let mut out = Vec::new();
-        json_diff("", &json!({"t": {"c": 128, "s": 0}}), &json!({"t": {"c": 256, "s": 0}}), &mut out);
+        json_diff(
+            "",
+            &json!({"t": {"c": 128, "s": 0}}),
+            &json!({"t": {"c": 256, "s": 0}}),
+            &mut out,
+        );
         assert_eq!(out, vec!["t.c: 128 -> 256"]);
     }
 
     fn manifest(key: &str) -> Manifest {
         Manifest {
             stage: "s".into(),
+            unit: None,
             key: key.into(),
             format_version: 1,
             inputs: BTreeMap::new(),
@@ -317,16 +362,34 @@ mod tests {
         let st = store.begin("s", "k2").unwrap();
         std::fs::write(st.path().join("t.parquet"), b"abc").unwrap();
         let mut m = manifest("k2");
-        m.tables.insert("t".into(), TableEntry { files: vec!["t.parquet".into()], rows: 1 });
+        m.tables.insert(
+            "t".into(),
+            TableEntry {
+                files: vec!["t.parquet".into()],
+                rows: 1,
+            },
+        );
         st.publish(m).unwrap();
         assert!(store.exists("s", "k2"));
         let back = store.manifest("s", "k2").unwrap();
-        assert_eq!(back.files, vec![FileEntry { name: "t.parquet".into(), bytes: 3 }]);
+        assert_eq!(
+            back.files,
+            vec![FileEntry {
+                name: "t.parquet".into(),
+                bytes: 3
+            }]
+        );
 
         // A manifest naming a table file that is not there is refused.
         let st = store.begin("s", "k3").unwrap();
         let mut m = manifest("k3");
-        m.tables.insert("t".into(), TableEntry { files: vec!["missing.parquet".into()], rows: 1 });
+        m.tables.insert(
+            "t".into(),
+            TableEntry {
+                files: vec!["missing.parquet".into()],
+                rows: 1,
+            },
+        );
         assert!(st.publish(m).is_err());
         assert!(!store.exists("s", "k3"));
         assert!(store.leftovers("s").is_empty());

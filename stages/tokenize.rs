@@ -9,7 +9,9 @@ use crate::corpus::{read_corpus, Corpus, LabelType, LabelValue};
 use crate::runner::{StageInput, StageOutput};
 use crate::store::TableEntry;
 use anyhow::{anyhow, Result};
-use arrow::array::{ArrayRef, Float64Builder, Int32Builder, Int64Builder, ListBuilder, RecordBatch, StringBuilder};
+use arrow::array::{
+    ArrayRef, Float64Builder, Int32Builder, Int64Builder, ListBuilder, RecordBatch, StringBuilder,
+};
 use arrow::datatypes::{DataType, Field, Schema};
 use coact::text::{allocate_splits, encode_all, pack_document, Split, TextTokenizer};
 use serde_json::json;
@@ -20,7 +22,11 @@ use std::sync::Arc;
 /// Where the tokenizer.json comes from: a local path or the model's hub repo.
 pub fn tokenizer_path(cfg: &Config) -> Result<PathBuf> {
     if cfg.model.tokenizer == "hf" {
-        let repo = cfg.model.hf_id.as_deref().expect("validated: hf tokenizer needs hf_id");
+        let repo = cfg
+            .model
+            .hf_id
+            .as_deref()
+            .expect("validated: hf tokenizer needs hf_id");
         coact::hub::fetch_file(repo, cfg.model.revision.as_deref(), "tokenizer.json")
             .map_err(|e| anyhow!("model.tokenizer = hf: {e}"))
     } else {
@@ -34,7 +40,10 @@ pub fn load_tokenizer(cfg: &Config) -> Result<TextTokenizer> {
         if path.exists() {
             anyhow!("model.tokenizer: {e}")
         } else {
-            anyhow!("model.tokenizer = {}: {e} (run `make setup` for the default assets)", cfg.model.tokenizer)
+            anyhow!(
+                "model.tokenizer = {}: {e} (run `make setup` for the default assets)",
+                cfg.model.tokenizer
+            )
         }
     })
 }
@@ -45,7 +54,9 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
     let tokenizer = load_tokenizer(cfg)?;
     let corpus = read_corpus(cfg)?;
 
-    let spinner = input.progress.spinner(format!("tokenizing {} documents", corpus.docs.len()));
+    let spinner = input
+        .progress
+        .spinner(format!("tokenizing {} documents", corpus.docs.len()));
     let texts: Vec<&str> = corpus.docs.iter().map(|d| d.text.as_str()).collect();
     let tokens = encode_all(&tokenizer, &texts)?;
     spinner.finish_and_clear();
@@ -67,7 +78,11 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
     let mut seq_ids = Int64Builder::new();
     let mut seq_docs = StringBuilder::new();
     let mut seq_split = StringBuilder::new();
-    let mut seq_tokens = ListBuilder::new(Int32Builder::new()).with_field(Field::new("item", DataType::Int32, false));
+    let mut seq_tokens = ListBuilder::new(Int32Builder::new()).with_field(Field::new(
+        "item",
+        DataType::Int32,
+        false,
+    ));
     let mut counts: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
     let mut next_id = 0i64;
     for split in [Split::Eval, Split::Train] {
@@ -76,7 +91,9 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
                 seq_ids.append_value(next_id);
                 seq_docs.append_value(&corpus.docs[d].id);
                 seq_split.append_value(split.as_str());
-                seq_tokens.values().append_slice(&seq.iter().map(|&x| x as i32).collect::<Vec<_>>());
+                seq_tokens
+                    .values()
+                    .append_slice(&seq.iter().map(|&x| x as i32).collect::<Vec<_>>());
                 seq_tokens.append(true);
                 next_id += 1;
             }
@@ -90,7 +107,11 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
             Field::new("seq_id", DataType::Int64, false),
             Field::new("doc_id", DataType::Utf8, false),
             Field::new("split", DataType::Utf8, false),
-            Field::new("tokens", DataType::List(Arc::new(Field::new("item", DataType::Int32, false))), false),
+            Field::new(
+                "tokens",
+                DataType::List(Arc::new(Field::new("item", DataType::Int32, false))),
+                false,
+            ),
         ])),
         vec![
             Arc::new(seq_ids.finish()),
@@ -105,12 +126,29 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
     let doc_rows = crate::parquet_io::write_all(&out.join("documents.parquet"), &[documents])?;
     let seq_rows = crate::parquet_io::write_all(&out.join("sequences.parquet"), &[sequences])?;
     let tables = BTreeMap::from([
-        ("documents".to_string(), TableEntry { files: vec!["documents.parquet".into()], rows: doc_rows }),
-        ("sequences".to_string(), TableEntry { files: vec!["sequences.parquet".into()], rows: seq_rows }),
+        (
+            "documents".to_string(),
+            TableEntry {
+                files: vec!["documents.parquet".into()],
+                rows: doc_rows,
+            },
+        ),
+        (
+            "sequences".to_string(),
+            TableEntry {
+                files: vec!["sequences.parquet".into()],
+                rows: seq_rows,
+            },
+        ),
     ]);
     let split_summary: serde_json::Map<String, serde_json::Value> = counts
         .iter()
-        .map(|(s, (docs, seqs))| (s.to_string(), json!({"documents": docs, "sequences": seqs, "tokens": seqs * ctx})))
+        .map(|(s, (docs, seqs))| {
+            (
+                s.to_string(),
+                json!({"documents": docs, "sequences": seqs, "tokens": seqs * ctx}),
+            )
+        })
         .collect();
     let corpus_tokens: usize = tokens.iter().map(|t| t.len()).sum();
     input.progress.note(format!(
@@ -135,7 +173,11 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
     })
 }
 
-fn documents_table(corpus: &Corpus, tokens: &[Vec<u32>], alloc: &[coact::text::Allocation]) -> Result<RecordBatch> {
+fn documents_table(
+    corpus: &Corpus,
+    tokens: &[Vec<u32>],
+    alloc: &[coact::text::Allocation],
+) -> Result<RecordBatch> {
     let mut fields = vec![
         Field::new("doc_id", DataType::Utf8, false),
         Field::new("source", DataType::Utf8, false),
@@ -145,13 +187,28 @@ fn documents_table(corpus: &Corpus, tokens: &[Vec<u32>], alloc: &[coact::text::A
     ];
     let docs = &corpus.docs;
     let mut columns: Vec<ArrayRef> = vec![
-        Arc::new(arrow::array::StringArray::from_iter_values(docs.iter().map(|d| d.id.as_str()))),
-        Arc::new(arrow::array::StringArray::from_iter_values(docs.iter().map(|d| d.source.as_str()))),
-        Arc::new(arrow::array::StringArray::from_iter_values(alloc.iter().map(|a| a.split.as_str()))),
-        Arc::new(arrow::array::Int64Array::from_iter_values(tokens.iter().map(|t| t.len() as i64))),
-        Arc::new(arrow::array::Int64Array::from_iter_values(alloc.iter().map(|a| a.sequences as i64))),
+        Arc::new(arrow::array::StringArray::from_iter_values(
+            docs.iter().map(|d| d.id.as_str()),
+        )),
+        Arc::new(arrow::array::StringArray::from_iter_values(
+            docs.iter().map(|d| d.source.as_str()),
+        )),
+        Arc::new(arrow::array::StringArray::from_iter_values(
+            alloc.iter().map(|a| a.split.as_str()),
+        )),
+        Arc::new(arrow::array::Int64Array::from_iter_values(
+            tokens.iter().map(|t| t.len() as i64),
+        )),
+        Arc::new(arrow::array::Int64Array::from_iter_values(
+            alloc.iter().map(|a| a.sequences as i64),
+        )),
     ];
-    for (i, (name, ty)) in corpus.label_names.iter().zip(&corpus.label_types).enumerate() {
+    for (i, (name, ty)) in corpus
+        .label_names
+        .iter()
+        .zip(&corpus.label_types)
+        .enumerate()
+    {
         let values = docs.iter().map(|d| &d.labels[i]);
         let (dt, array): (DataType, ArrayRef) = match ty {
             LabelType::Int => {
@@ -189,5 +246,8 @@ fn documents_table(corpus: &Corpus, tokens: &[Vec<u32>], alloc: &[coact::text::A
         fields.push(Field::new(name, dt, true));
         columns.push(array);
     }
-    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }

@@ -14,7 +14,16 @@ fn tiny_model(tiny: &Tiny, dir: &std::path::Path) -> Gemma {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 fn check_hooks(model: &Gemma, tokens: &Tensor) {
@@ -63,7 +72,10 @@ fn early_exit_and_identity_splice_on_the_real_gguf() {
     let cfg = model.config();
     assert_eq!((cfg.d_model, cfg.n_layers, cfg.vocab), (640, 18, 262144));
     let ids = lm_support::tokenize(&["The quick brown fox jumps over the lazy dog."]);
-    let tokens = Tensor::new(ids[0].as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let tokens = Tensor::new(ids[0].as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     let plain = model.logits(&tokens, None).unwrap();
     let seen = Mutex::new(None);
     let record = |x: &Tensor| -> anyhow::Result<Tensor> {
@@ -73,7 +85,10 @@ fn early_exit_and_identity_splice_on_the_real_gguf() {
     let spliced = model.logits(&tokens, Some((8, &record))).unwrap();
     assert_eq!(max_abs_diff(&spliced, &plain), 0.0);
     let early = model.resid_post(&tokens, 8).unwrap();
-    assert_eq!(max_abs_diff(&early, &seen.lock().unwrap().take().unwrap()), 0.0);
+    assert_eq!(
+        max_abs_diff(&early, &seen.lock().unwrap().take().unwrap()),
+        0.0
+    );
 }
 
 #[test]
@@ -85,11 +100,18 @@ fn layer_out_of_range_names_both_numbers() {
     let e = model.resid_post(&tokens, 3).unwrap_err().to_string();
     assert!(e.contains("layer 3") && e.contains("3 layers"), "{e}");
     let id = |x: &Tensor| -> anyhow::Result<Tensor> { Ok(x.clone()) };
-    let e = model.logits(&tokens, Some((7, &id))).unwrap_err().to_string();
+    let e = model
+        .logits(&tokens, Some((7, &id)))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("layer 7") && e.contains("3 layers"), "{e}");
     // Token ids beyond the vocabulary and bad splices are errors too.
     let bad = Tensor::new(&[[1u32, 200]], &Device::Cpu).unwrap();
-    assert!(model.resid_post(&bad, 0).unwrap_err().to_string().contains("200"));
+    assert!(model
+        .resid_post(&bad, 0)
+        .unwrap_err()
+        .to_string()
+        .contains("200"));
     let wrong = |x: &Tensor| -> anyhow::Result<Tensor> { Ok(x.narrow(1, 0, 1)?) };
     assert!(model.logits(&tokens, Some((0, &wrong))).is_err());
 }

@@ -36,7 +36,10 @@ fn hub_source_loads_from_cache_offline_and_fails_fast_otherwise() {
     // 2. The same id pre-populated in the HF cache layout loads without network:
     //    HF_HOME/hub/models--coact-test--tiny-gemma/{refs/main, snapshots/<rev>/...}.
     let rev = "0123456789abcdef0123456789abcdef01234567";
-    let repo_dir = home.path().join("hub").join("models--coact-test--tiny-gemma");
+    let repo_dir = home
+        .path()
+        .join("hub")
+        .join("models--coact-test--tiny-gemma");
     let snap = repo_dir.join("snapshots").join(rev);
     let tiny = Tiny::gemma2();
     tiny.write(&snap, 9);
@@ -63,6 +66,9 @@ fn hub_source_loads_from_cache_offline_and_fails_fast_otherwise() {
         revision: None,
     };
     let err = format!("{:#}", Gemma::load(&other, &Device::Cpu).unwrap_err());
-    assert!(err.contains("coact-test/not-cached") && err.contains("HF_HUB_OFFLINE"), "{err}");
+    assert!(
+        err.contains("coact-test/not-cached") && err.contains("HF_HUB_OFFLINE"),
+        "{err}"
+    );
     std::env::remove_var("HF_HUB_OFFLINE");
 }

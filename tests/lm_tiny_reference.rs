@@ -62,7 +62,8 @@ fn tiny_gemma2_matches_candle_gemma2_at_every_position() {
     let cfg: candle_transformers::models::gemma2::Config =
         serde_json::from_value(tiny.config_json()).unwrap();
     let files = [dir.path().join("model.safetensors")];
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &Device::Cpu) }.unwrap();
+    let vb =
+        unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &Device::Cpu) }.unwrap();
     let mut theirs = candle_transformers::models::gemma2::Model::new(false, &cfg, vb).unwrap();
 
     let tokens = random_tokens(3, 20, tiny.vocab, 11);
@@ -87,7 +88,8 @@ fn tiny_gemma3_matches_candle_gemma3_at_every_position() {
     let cfg: candle_transformers::models::gemma3::Config =
         serde_json::from_value(tiny.config_json()).unwrap();
     let files = [dir.path().join("model.safetensors")];
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &Device::Cpu) }.unwrap();
+    let vb =
+        unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &Device::Cpu) }.unwrap();
     let mut theirs = candle_transformers::models::gemma3::Model::new(false, &cfg, vb).unwrap();
 
     let tokens = random_tokens(2, 16, tiny.vocab, 3);

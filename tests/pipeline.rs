@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 const WORDS: &[&str] = &[
-    "the", "union", "is", "strong", "we", "must", "build", "roads", "and", "schools", "for", "all", "people",
-    "of", "this", "nation", "war", "peace", "trade", "tax",
+    "the", "union", "is", "strong", "we", "must", "build", "roads", "and", "schools", "for", "all",
+    "people", "of", "this", "nation", "war", "peace", "trade", "tax",
 ];
 
 /// A study folder: tokenizer.json, corpus.jsonl and pipeline.yaml.
@@ -36,8 +36,14 @@ impl Study {
         std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
         let mut lines = String::new();
         for d in 0..docs {
-            let text: Vec<&str> = (0..words_per_doc).map(|i| WORDS[(d * 7 + i * 3) % WORDS.len()]).collect();
-            let party = if d % 2 == 0 { "Republican" } else { "Democratic" };
+            let text: Vec<&str> = (0..words_per_doc)
+                .map(|i| WORDS[(d * 7 + i * 3) % WORDS.len()])
+                .collect();
+            let party = if d % 2 == 0 {
+                "Republican"
+            } else {
+                "Democratic"
+            };
             lines += &serde_json::json!({
                 "doc_id": format!("doc{d:02}"), "year": 1900 + d, "party": party, "text": text.join(" ")
             })
@@ -60,11 +66,20 @@ impl Study {
     }
 
     /// `extra` is appended (e.g. an extract section).
-    fn write_config_with(&self, context: usize, eval_tokens: u64, train_tokens: &str, seed: u64, extra: &str) {
+    fn write_config_with(
+        &self,
+        context: usize,
+        eval_tokens: u64,
+        train_tokens: &str,
+        seed: u64,
+        extra: &str,
+    ) {
         let yaml = format!(
             "study: tiny\nmodel:\n  name: tiny\n  source: safetensors\n  path: model\n  tokenizer: tokenizer.json\n  layer: 1\n\
              corpus:\n  path: corpus.jsonl\n  id_column: doc_id\n  label_columns: [year, party]\n\
-             tokenize:\n  context_size: {context}\n  eval_tokens: {eval_tokens}\n  train_tokens: {train_tokens}\n  seed: {seed}\n{extra}"
+             tokenize:\n  context_size: {context}\n  eval_tokens: {eval_tokens}\n  train_tokens: {train_tokens}\n  seed: {seed}\n\
+             train:\n  batch_size: 16\n  checkpoint_every: 2\n  dead_after_tokens: 64\n  base: {{kind: topk, d_sae: 32, k: 4, ortho: none}}\n  \
+             variants:\n    - name: topk\n    - name: guided\n      ortho: guided\n      lambda: 0.1\n      tau: [0.0, 0.5]\n{extra}"
         );
         std::fs::write(self.dir.join("pipeline.yaml"), yaml).unwrap();
     }
@@ -97,7 +112,11 @@ impl Study {
     fn artifacts(&self, stage: &str) -> Vec<String> {
         let d = self.dir.join("data").join(stage);
         let mut v: Vec<String> = std::fs::read_dir(&d)
-            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).collect())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort();
         v
@@ -105,7 +124,9 @@ impl Study {
 }
 
 fn csv_rows(s: &str) -> Vec<Vec<String>> {
-    s.lines().map(|l| l.split(',').map(|c| c.to_string()).collect()).collect()
+    s.lines()
+        .map(|l| l.split(',').map(|c| c.to_string()).collect())
+        .collect()
 }
 
 #[test]
@@ -117,11 +138,16 @@ fn tokenize_packs_bos_first_sequences_and_splits_by_document() {
     let docs = q("select count(*) as n from tokenize_documents");
     assert_eq!(docs, vec![vec!["n".to_string()], vec!["12".to_string()]]);
     // eval: 32 tokens = 4 sequences; train: all the rest of the other documents.
-    let splits = q("select split, count(*) as n from tokenize_sequences group by split order by split");
+    let splits =
+        q("select split, count(*) as n from tokenize_sequences group by split order by split");
     assert_eq!(splits[1], vec!["eval", "4"]);
     let train: usize = splits[2][1].parse().unwrap();
     assert_eq!(splits[2][0], "train");
-    assert_eq!(train, 11 * 4, "every sequence of the documents not used for eval");
+    assert_eq!(
+        train,
+        11 * 4,
+        "every sequence of the documents not used for eval"
+    );
     // No document has sequences in both splits, and documents agree with sequences.
     let shared = q("select count(*) from (select doc_id from tokenize_sequences group by doc_id having count(distinct split) > 1)");
     assert_eq!(shared[1], vec!["0"]);
@@ -129,7 +155,9 @@ fn tokenize_packs_bos_first_sequences_and_splits_by_document() {
          on d.doc_id = s.doc_id where d.split <> s.split or d.n_sequences <> s.n");
     assert_eq!(mismatch[1], vec!["0"]);
     // Every sequence is context_size long and starts with BOS (id 1).
-    let shape = q("select count(*) from tokenize_sequences where array_length(tokens) <> 8 or tokens[1] <> 1");
+    let shape = q(
+        "select count(*) from tokenize_sequences where array_length(tokens) <> 8 or tokens[1] <> 1",
+    );
     assert_eq!(shape[1], vec!["0"]);
     // Labels are carried with their types.
     let labels = q("select year, party, n_tokens from tokenize_documents where doc_id = 'doc03'");
@@ -142,8 +170,15 @@ fn tokenize_packs_bos_first_sequences_and_splits_by_document() {
         "select tokens from tokenize_sequences where doc_id = 'doc00' order by seq_id limit 1",
     ]);
     let v: serde_json::Value = serde_json::from_str(&first).unwrap();
-    let ids: Vec<u64> = v[0]["tokens"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
-    let want: Vec<u64> = std::iter::once(1).chain((0..7).map(|i| ((i * 3) % WORDS.len()) as u64 + 2)).collect();
+    let ids: Vec<u64> = v[0]["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    let want: Vec<u64> = std::iter::once(1)
+        .chain((0..7).map(|i| ((i * 3) % WORDS.len()) as u64 + 2))
+        .collect();
     assert_eq!(ids, want);
 }
 
@@ -159,11 +194,15 @@ fn second_run_is_a_cache_hit_and_config_changes_make_only_tokenize_stale() {
     let status = s.ok(&["status"]);
     assert!(status.contains("tokenize  fresh"), "{status}");
     assert!(status.contains("extract   missing"), "{status}");
-    assert!(status.contains("train     not yet implemented"), "{status}");
+    assert!(status.contains("compete   not yet implemented"), "{status}");
 
     // A setting tokenize does not read (the layer) leaves it fresh.
     let yaml = std::fs::read_to_string(s.dir.join("pipeline.yaml")).unwrap();
-    std::fs::write(s.dir.join("pipeline.yaml"), yaml.replace("layer: 1", "layer: 2")).unwrap();
+    std::fs::write(
+        s.dir.join("pipeline.yaml"),
+        yaml.replace("layer: 1", "layer: 2"),
+    )
+    .unwrap();
     assert!(s.ok(&["status"]).contains("tokenize  fresh"));
 
     // Changing the split seed makes it stale and says why.
@@ -187,7 +226,15 @@ fn force_rebuilds_identical_content() {
     let s = Study::new(6, 40);
     s.ok(&["run", "tokenize", "-q"]);
     let key = s.artifacts("tokenize").remove(0);
-    let read = || std::fs::read(s.dir.join("data/tokenize").join(&key).join("sequences.parquet")).unwrap();
+    let read = || {
+        std::fs::read(
+            s.dir
+                .join("data/tokenize")
+                .join(&key)
+                .join("sequences.parquet"),
+        )
+        .unwrap()
+    };
     let before = read();
     let out = s.coact(&["run", "tokenize", "--force"]);
     assert!(out.status.success());
@@ -200,8 +247,15 @@ fn force_rebuilds_identical_content() {
 fn a_failing_stage_leaves_no_artifact() {
     let s = Study::new(1, 30); // one document cannot give both an eval and a train split
     let err = s.fails(&["run", "tokenize", "-q"]);
-    assert!(err.contains("stage tokenize failed") && err.contains("not enough"), "{err}");
-    assert!(s.artifacts("tokenize").is_empty(), "{:?}", s.artifacts("tokenize"));
+    assert!(
+        err.contains("stage tokenize failed") && err.contains("not enough"),
+        "{err}"
+    );
+    assert!(
+        s.artifacts("tokenize").is_empty(),
+        "{:?}",
+        s.artifacts("tokenize")
+    );
     assert!(s.ok(&["status"]).contains("tokenize  missing"));
 }
 
@@ -209,19 +263,35 @@ fn a_failing_stage_leaves_no_artifact() {
 fn bad_inputs_give_errors_that_name_them() {
     let s = Study::new(4, 30);
     let yaml = std::fs::read_to_string(s.dir.join("pipeline.yaml")).unwrap();
-    std::fs::write(s.dir.join("pipeline.yaml"), yaml.replace("  seed: 0", "  seed: 0\n  sead: 1")).unwrap();
+    std::fs::write(
+        s.dir.join("pipeline.yaml"),
+        yaml.replace("  seed: 0", "  seed: 0\n  sead: 1"),
+    )
+    .unwrap();
     let err = s.fails(&["status"]);
-    assert!(err.contains("pipeline.yaml") && err.contains("tokenize") && err.contains("sead"), "{err}");
+    assert!(
+        err.contains("pipeline.yaml") && err.contains("tokenize") && err.contains("sead"),
+        "{err}"
+    );
 
     s.write_config(8, 32, "null", 0);
     std::fs::remove_file(s.dir.join("tokenizer.json")).unwrap();
     let err = s.fails(&["run", "tokenize"]);
-    assert!(err.contains("model.tokenizer") && err.contains("tokenizer.json"), "{err}");
+    assert!(
+        err.contains("model.tokenizer") && err.contains("tokenizer.json"),
+        "{err}"
+    );
 
-    let err = s.fails(&["run", "train"]);
-    assert!(err.contains("stage train is not implemented yet"), "{err}");
+    let err = s.fails(&["run", "compete"]);
+    assert!(
+        err.contains("stage compete is not implemented yet"),
+        "{err}"
+    );
     let err = s.fails(&["run", "tokenise"]);
-    assert!(err.contains("unknown stage 'tokenise'") && err.contains("tokenize"), "{err}");
+    assert!(
+        err.contains("unknown stage 'tokenise'") && err.contains("tokenize"),
+        "{err}"
+    );
     let err = s.fails(&["--config", "nope.yaml", "status"]);
     assert!(err.contains("nope.yaml"), "{err}");
 }
@@ -234,16 +304,34 @@ fn query_lists_tables_and_explains_unknown_ones() {
     s.ok(&["run", "tokenize", "-q"]);
     let tables = s.ok(&["query", "--tables"]);
     assert!(tables.contains("tokenize_documents (5 rows)"), "{tables}");
-    assert!(tables.contains("tokenize_sequences") && tables.contains("party"), "{tables}");
+    assert!(
+        tables.contains("tokenize_sequences") && tables.contains("party"),
+        "{tables}"
+    );
     let err = s.fails(&["query", "select * from train_log"]);
-    assert!(err.contains("train_log") && err.contains("available tables: tokenize_documents, tokenize_sequences"), "{err}");
+    assert!(
+        err.contains("train_log")
+            && err.contains("available tables: tokenize_documents, tokenize_sequences"),
+        "{err}"
+    );
     let err = s.fails(&["query", "selec 1"]);
     assert!(err.contains("query failed"), "{err}");
     // An empty result still prints the CSV header.
-    let empty = s.ok(&["query", "--format", "csv", "select doc_id from tokenize_documents where year < 0"]);
+    let empty = s.ok(&[
+        "query",
+        "--format",
+        "csv",
+        "select doc_id from tokenize_documents where year < 0",
+    ]);
     assert_eq!(empty.trim(), "doc_id");
-    let table = s.ok(&["query", "select party, count(*) as n from tokenize_documents group by party order by party"]);
-    assert!(table.contains("| Democratic | 2 |") && table.contains("| Republican | 3 |"), "{table}");
+    let table = s.ok(&[
+        "query",
+        "select party, count(*) as n from tokenize_documents group by party order by party",
+    ]);
+    assert!(
+        table.contains("| Democratic | 2 |") && table.contains("| Republican | 3 |"),
+        "{table}"
+    );
 }
 
 #[test]
@@ -257,14 +345,33 @@ fn txt_folder_corpus_and_budgets() {
     }
     let yaml = std::fs::read_to_string(s.dir.join("pipeline.yaml")).unwrap();
     let yaml = yaml
-        .replace("  path: corpus.jsonl\n  id_column: doc_id\n  label_columns: [year, party]\n", "  path: docs\n")
+        .replace(
+            "  path: corpus.jsonl\n  id_column: doc_id\n  label_columns: [year, party]\n",
+            "  path: docs\n",
+        )
         .replace("train_tokens: null", "train_tokens: 40");
     std::fs::write(s.dir.join("pipeline.yaml"), yaml).unwrap();
     s.ok(&["run", "tokenize", "-q"]);
-    let splits = csv_rows(&s.ok(&["query", "--format", "csv", "select split, count(*) from tokenize_sequences group by split order by split"]));
+    let splits = csv_rows(&s.ok(&[
+        "query",
+        "--format",
+        "csv",
+        "select split, count(*) from tokenize_sequences group by split order by split",
+    ]));
     // 40 train tokens = 5 sequences of 8; eval 32 = 4.
-    assert_eq!(&splits[1..], &[vec!["eval".to_string(), "4".into()], vec!["train".into(), "5".into()]]);
-    let ids = s.ok(&["query", "--format", "csv", "select doc_id, source from tokenize_documents order by doc_id limit 1"]);
+    assert_eq!(
+        &splits[1..],
+        &[
+            vec!["eval".to_string(), "4".into()],
+            vec!["train".into(), "5".into()]
+        ]
+    );
+    let ids = s.ok(&[
+        "query",
+        "--format",
+        "csv",
+        "select doc_id, source from tokenize_documents order by doc_id limit 1",
+    ]);
     assert!(ids.contains("speech0,speech0.txt"), "{ids}");
 }
 
@@ -273,18 +380,43 @@ fn read_shard(path: &std::path::Path) -> Vec<(i64, i32, i32, bool, Vec<f32>)> {
     use arrow::array::AsArray;
     use arrow::datatypes::{Float32Type, Int32Type, Int64Type};
     let file = std::fs::File::open(path).unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
     let mut rows = Vec::new();
     for b in reader {
         let b = b.unwrap();
-        let seq = b.column_by_name("seq_id").unwrap().as_primitive::<Int64Type>().clone();
-        let pos = b.column_by_name("pos").unwrap().as_primitive::<Int32Type>().clone();
-        let tok = b.column_by_name("token").unwrap().as_primitive::<Int32Type>().clone();
+        let seq = b
+            .column_by_name("seq_id")
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .clone();
+        let pos = b
+            .column_by_name("pos")
+            .unwrap()
+            .as_primitive::<Int32Type>()
+            .clone();
+        let tok = b
+            .column_by_name("token")
+            .unwrap()
+            .as_primitive::<Int32Type>()
+            .clone();
         let sp = b.column_by_name("is_special").unwrap().as_boolean().clone();
-        let act = b.column_by_name("activation").unwrap().as_fixed_size_list().clone();
+        let act = b
+            .column_by_name("activation")
+            .unwrap()
+            .as_fixed_size_list()
+            .clone();
         for r in 0..b.num_rows() {
             let v = act.value(r);
-            rows.push((seq.value(r), pos.value(r), tok.value(r), sp.value(r), v.as_primitive::<Float32Type>().values().to_vec()));
+            rows.push((
+                seq.value(r),
+                pos.value(r),
+                tok.value(r),
+                sp.value(r),
+                v.as_primitive::<Float32Type>().values().to_vec(),
+            ));
         }
     }
     rows
@@ -306,28 +438,56 @@ fn extract_writes_the_models_resid_post_for_every_token() {
          from extract_activations",
     ]));
     assert_eq!(counts[1][0], counts[1][1]);
-    assert_eq!(counts[1][2].parse::<usize>().unwrap() * 8, counts[1][1].parse::<usize>().unwrap());
+    assert_eq!(
+        counts[1][2].parse::<usize>().unwrap() * 8,
+        counts[1][1].parse::<usize>().unwrap()
+    );
     assert_eq!(counts[1][3], "0");
 
     // The stored rows are the engine's resid_post at layer 1 for those tokens.
     let key = s.artifacts("extract").remove(0);
     let dir = s.dir.join("data/extract").join(&key);
     let rows = read_shard(&dir.join("eval-00000.parquet"));
-    let model = coact::lm::Gemma::load(&coact::lm::ModelSource::Safetensors(s.dir.join("model")), &candle_core::Device::Cpu).unwrap();
+    let model = coact::lm::Gemma::load(
+        &coact::lm::ModelSource::Safetensors(s.dir.join("model")),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
     let first: Vec<u32> = rows.iter().take(8).map(|r| r.2 as u32).collect();
     assert!(rows.iter().take(8).all(|r| r.0 == rows[0].0));
     let ids = candle_core::Tensor::from_vec(first, (1, 8), &candle_core::Device::Cpu).unwrap();
-    let want: Vec<f32> = model.resid_post(&ids, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let want: Vec<f32> = model
+        .resid_post(&ids, 1)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let got: Vec<f32> = rows.iter().take(8).flat_map(|r| r.4.clone()).collect();
     assert_eq!(got.len(), want.len());
-    assert_eq!(got, want, "stored activations must be the forward's, bit for bit");
+    assert_eq!(
+        got, want,
+        "stored activations must be the forward's, bit for bit"
+    );
 
     // The manifest carries what later stages need.
-    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(m["summary"]["hook_name"], "blocks.1.hook_resid_post");
     assert_eq!(m["summary"]["d_model"], 48);
-    assert_eq!(m["summary"]["splits"]["eval"]["dim_mean"].as_array().unwrap().len(), 48);
-    assert!(m["summary"]["splits"]["train"]["mean_norm"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        m["summary"]["splits"]["eval"]["dim_mean"]
+            .as_array()
+            .unwrap()
+            .len(),
+        48
+    );
+    assert!(
+        m["summary"]["splits"]["train"]["mean_norm"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
 }
 
 #[test]
@@ -345,7 +505,10 @@ fn an_interrupted_extract_resumes_to_identical_shards() {
         .collect();
     shards.sort();
     assert!(shards.len() >= 6, "{shards:?}");
-    let original: Vec<Vec<u8>> = shards.iter().map(|f| std::fs::read(dir.join(f)).unwrap()).collect();
+    let original: Vec<Vec<u8>> = shards
+        .iter()
+        .map(|f| std::fs::read(dir.join(f)).unwrap())
+        .collect();
 
     // Pretend a run was killed after three shards (one half-written).
     let tmp = s.dir.join("data/extract").join(format!(".tmp-{key}"));
@@ -354,24 +517,44 @@ fn an_interrupted_extract_resumes_to_identical_shards() {
     for f in &shards[3..] {
         std::fs::remove_file(tmp.join(f)).unwrap();
     }
-    std::fs::write(tmp.join(shards[3].replace(".parquet", ".parquet.partial")), b"half").unwrap();
+    std::fs::write(
+        tmp.join(shards[3].replace(".parquet", ".parquet.partial")),
+        b"half",
+    )
+    .unwrap();
     assert!(s.ok(&["status"]).contains("extract   missing"));
     s.ok(&["run", "extract", "-q"]);
     for (f, bytes) in shards.iter().zip(&original) {
-        assert_eq!(&std::fs::read(dir.join(f)).unwrap(), bytes, "{f} differs after resuming");
+        assert_eq!(
+            &std::fs::read(dir.join(f)).unwrap(),
+            bytes,
+            "{f} differs after resuming"
+        );
     }
     assert!(!tmp.exists());
-    assert!(!dir.join(shards[3].replace(".parquet", ".parquet.partial")).exists());
+    assert!(!dir
+        .join(shards[3].replace(".parquet", ".parquet.partial"))
+        .exists());
 }
 
 #[test]
 fn extract_rejects_a_layer_past_the_model_and_a_foreign_tokenizer() {
     let s = Study::new(4, 30);
     let yaml = std::fs::read_to_string(s.dir.join("pipeline.yaml")).unwrap();
-    std::fs::write(s.dir.join("pipeline.yaml"), yaml.replace("layer: 1", "layer: 3")).unwrap();
+    std::fs::write(
+        s.dir.join("pipeline.yaml"),
+        yaml.replace("layer: 1", "layer: 3"),
+    )
+    .unwrap();
     let err = s.fails(&["run", "extract"]);
-    assert!(err.contains("model.layer = 3") && err.contains("3 layers"), "{err}");
-    assert!(s.artifacts("extract").iter().all(|n| !n.starts_with(".tmp") || n.starts_with(".tmp-")));
+    assert!(
+        err.contains("model.layer = 3") && err.contains("3 layers"),
+        "{err}"
+    );
+    assert!(s
+        .artifacts("extract")
+        .iter()
+        .all(|n| !n.starts_with(".tmp") || n.starts_with(".tmp-")));
 
     std::fs::write(s.dir.join("pipeline.yaml"), &yaml).unwrap();
     let mut other = lm_support::Tiny::gemma3();
@@ -379,6 +562,128 @@ fn extract_rejects_a_layer_past_the_model_and_a_foreign_tokenizer() {
     other.n_layers = 2;
     other.write(&s.dir.join("model"), 3);
     let err = s.fails(&["run", "extract"]);
-    assert!(err.contains("tokenizer of 22 tokens") && err.contains("vocabulary of 40"), "{err}");
+    assert!(
+        err.contains("tokenizer of 22 tokens") && err.contains("vocabulary of 40"),
+        "{err}"
+    );
     assert!(!s.ok(&["status"]).contains("extract   fresh"));
+}
+
+#[test]
+fn train_makes_one_saelens_sae_per_variant_and_retrains_only_what_changed() {
+    let s = Study::new(8, 40);
+    s.ok(&["run", "-q"]);
+    let status = s.ok(&["status"]);
+    for v in ["[topk]", "[guided-tau0]", "[guided-tau0.5]"] {
+        assert!(
+            status
+                .lines()
+                .any(|l| l.starts_with("train     fresh") && l.contains(v)),
+            "{status}"
+        );
+    }
+    // Each variant is a SAELens folder the engine loads back, with unit decoder rows.
+    let mut dirs = 0;
+    for key in s.artifacts("train") {
+        let dir = s.dir.join("data/train").join(&key);
+        let (sae, meta) = coact::sae::load_saelens(&dir).unwrap();
+        assert_eq!((sae.cfg.d_in, sae.cfg.d_sae), (48, 32));
+        assert_eq!(meta.hook_name, "blocks.1.hook_resid_post");
+        for row in sae.w_dec.chunks(48) {
+            let norm: f32 = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-4, "decoder row norm {norm}");
+        }
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("cfg.json")).unwrap()).unwrap();
+        assert_eq!(cfg["architecture"], "topk");
+        assert_eq!(cfg["k"], 4);
+        assert!(!dir.join("checkpoint.safetensors").exists());
+        dirs += 1;
+    }
+    assert_eq!(dirs, 3);
+    // The training curves of all variants are one table.
+    let log = csv_rows(&s.ok(&[
+        "query",
+        "--format",
+        "csv",
+        "select variant, count(*), max(l0), sum(case when competing_pairs > 0 then 1 else 0 end) \
+        from train_log group by variant order by variant",
+    ]));
+    assert_eq!(log.len(), 4, "{log:?}");
+    let steps: usize = log[1][1].parse().unwrap();
+    assert!(steps >= 2, "{log:?}");
+    assert_eq!(
+        log[1][2], "4.0",
+        "TopK keeps k = 4 latents per token: {log:?}"
+    );
+    assert_ne!(
+        log[1][3], "0",
+        "guided training logs competing pairs: {log:?}"
+    );
+    assert_eq!(log[3][3], "0", "plain TopK logs none: {log:?}");
+
+    // Changing one variant's setting makes only that variant stale.
+    let yaml = std::fs::read_to_string(s.dir.join("pipeline.yaml")).unwrap();
+    std::fs::write(
+        s.dir.join("pipeline.yaml"),
+        yaml.replace("tau: [0.0, 0.5]", "tau: [0.0, 0.7]"),
+    )
+    .unwrap();
+    let status = s.ok(&["status"]);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("train     fresh") && l.contains("[topk]")),
+        "{status}"
+    );
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("train     fresh") && l.contains("[guided-tau0]")),
+        "{status}"
+    );
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("train     missing") && l.contains("[guided-tau0.7]")),
+        "{status}"
+    );
+    let out = s.coact(&["run", "train"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        err.matches("cache hit").count(),
+        4,
+        "tokenize, extract and two variants: {err}"
+    );
+    assert!(err.contains("train/guided-tau0.7 done"), "{err}");
+}
+
+#[test]
+fn bad_train_settings_name_the_variant_key() {
+    let s = Study::new(4, 30);
+    let yaml = std::fs::read_to_string(s.dir.join("pipeline.yaml")).unwrap();
+    std::fs::write(
+        s.dir.join("pipeline.yaml"),
+        yaml.replace("tau: [0.0, 0.5]", "tau: [0.0, 1.5]"),
+    )
+    .unwrap();
+    let err = s.fails(&["status"]);
+    assert!(err.contains("train.variants[1].tau = 1.5"), "{err}");
+    std::fs::write(s.dir.join("pipeline.yaml"), yaml.replace("k: 4,", "k: 32,")).unwrap();
+    let err = s.fails(&["status"]);
+    assert!(
+        err.contains("k = 32") && err.contains("d_sae = 32"),
+        "{err}"
+    );
+    std::fs::write(
+        s.dir.join("pipeline.yaml"),
+        yaml.replace("kind: topk", "kind: gated"),
+    )
+    .unwrap();
+    let err = s.fails(&["status"]);
+    assert!(
+        err.contains("train.base.kind") && err.contains("gated"),
+        "{err}"
+    );
 }

@@ -217,7 +217,9 @@ impl GemmaConfig {
             get(k)
                 .and_then(gguf_u64)
                 .map(|v| v as usize)
-                .ok_or_else(|| anyhow!("{what}: GGUF metadata {p}.{k} is missing or not an integer"))
+                .ok_or_else(|| {
+                    anyhow!("{what}: GGUF metadata {p}.{k} is missing or not an integer")
+                })
         };
         let opt_f64 = |k: &str| get(k).and_then(gguf_f64);
         let d_model = req_usize("embedding_length")?;

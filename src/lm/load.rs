@@ -76,7 +76,10 @@ fn check_heads(cfg: &GemmaConfig, what: &str) -> Result<()> {
 
 /// Stacks `[out_i, in]` f32 matrices and stores them `[in, sum out_i]`.
 fn fused_dense(parts: &[Tensor]) -> Result<(Proj, Vec<usize>)> {
-    let widths = parts.iter().map(|p| p.dim(0)).collect::<candle_core::Result<Vec<_>>>()?;
+    let widths = parts
+        .iter()
+        .map(|p| p.dim(0))
+        .collect::<candle_core::Result<Vec<_>>>()?;
     let w = Tensor::cat(parts, 0)?.t()?.contiguous()?;
     Ok((Proj::Dense(w), widths))
 }
@@ -152,7 +155,8 @@ fn load_gguf(path: &Path, device: &Device, format: WeightFormat) -> Result<Gemma
                 }
             }
             WeightFormat::Quantized => {
-                let qm = |x: QTensor| -> Result<Proj> { Ok(Proj::Quant(QMatMul::from_qtensor(x)?)) };
+                let qm =
+                    |x: QTensor| -> Result<Proj> { Ok(Proj::Quant(QMatMul::from_qtensor(x)?)) };
                 Block {
                     attn_norm,
                     post_attn_norm,
@@ -188,7 +192,8 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
         let json: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(&index).with_context(|| format!("reading {}", index.display()))?,
+            &std::fs::read_to_string(&index)
+                .with_context(|| format!("reading {}", index.display()))?,
         )
         .with_context(|| format!("parsing {}", index.display()))?;
         let map = json
@@ -247,12 +252,16 @@ fn load_safetensors(dir: &Path, device: &Device) -> Result<Gemma> {
             .map_err(|e| anyhow!("{what}: reading tensor {full}: {e}"))?
             .to_dtype(DType::F32)?;
         if t.dims() != shape {
-            bail!("{what}: tensor {full} has shape {:?}, expected {shape:?}", t.dims());
+            bail!(
+                "{what}: tensor {full} has shape {:?}, expected {shape:?}",
+                t.dims()
+            );
         }
         Ok(t)
     };
     let (d, hd, i) = (cfg.d_model, cfg.head_dim, cfg.d_mlp);
-    let norm = |name: &str, n: usize| -> Result<Tensor> { Ok(gemma_norm_scale(&get(name, &[n])?)?) };
+    let norm =
+        |name: &str, n: usize| -> Result<Tensor> { Ok(gemma_norm_scale(&get(name, &[n])?)?) };
     let embed = get("embed_tokens.weight", &[cfg.vocab, d])?;
     let final_norm = norm("norm.weight", d)?;
     let unembed = match st.load("lm_head.weight", device) {
@@ -353,7 +362,9 @@ fn resolve_hub(repo: &str, revision: Option<&str>) -> Result<PathBuf> {
             let dir = index.parent().map(Path::to_path_buf).unwrap_or_default();
             for f in safetensors_files(&dir)? {
                 let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                api_repo.get(name).map_err(|e| help(format!("{name}: {e}")))?;
+                api_repo
+                    .get(name)
+                    .map_err(|e| help(format!("{name}: {e}")))?;
             }
         }
         Err(_) => {
@@ -391,8 +402,15 @@ fn probe_endpoint(endpoint: &str, timeout: Duration) -> std::result::Result<(), 
         .map(|(_, r)| r)
         .unwrap_or(endpoint);
     let host_port = rest.split('/').next().unwrap_or(rest);
-    let default_port = if endpoint.starts_with("http://") { 80 } else { 443 };
-    let with_port = if host_port.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+    let default_port = if endpoint.starts_with("http://") {
+        80
+    } else {
+        443
+    };
+    let with_port = if host_port
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
         host_port.to_string()
     } else {
         format!("{host_port}:{default_port}")

@@ -355,7 +355,11 @@ mod tests {
         let theta = 100.0;
         let (cos, sin) = rope_tables(3, 4, theta, 1.0, &Device::Cpu).unwrap();
         let x = Tensor::new(&[1f32, 2.0, 3.0, 4.0], &Device::Cpu).unwrap();
-        let x = x.reshape((1, 1, 1, 4)).unwrap().repeat((1, 3, 1, 1)).unwrap();
+        let x = x
+            .reshape((1, 1, 1, 4))
+            .unwrap()
+            .repeat((1, 3, 1, 1))
+            .unwrap();
         let y: Vec<f32> = rope_bthd(&x, &cos, &sin)
             .unwrap()
             .flatten_all()
@@ -393,7 +397,13 @@ mod tests {
                 softcap,
                 window,
             };
-            let fast: Vec<f32> = op.forward(&scores).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let fast: Vec<f32> = op
+                .forward(&scores)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             let mut s = (&scores * 0.7).unwrap();
             if let Some(c) = softcap {
                 s = super::softcap(&s, c).unwrap();
@@ -408,11 +418,15 @@ mod tests {
             close(&fast, &slow, 1e-5);
         }
         // Window 3: the query at position 5 sees keys 3, 4, 5 only.
-        let m: Vec<Vec<f32>> = MaskedSoftmax { scale: 1.0, softcap: None, window: Some(3) }
-            .mask(t, &dev)
-            .unwrap()
-            .to_vec2()
-            .unwrap();
+        let m: Vec<Vec<f32>> = MaskedSoftmax {
+            scale: 1.0,
+            softcap: None,
+            window: Some(3),
+        }
+        .mask(t, &dev)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
         let seen: Vec<usize> = (0..t).filter(|&j| m[5][j] == 0.0).collect();
         assert_eq!(seen, vec![3, 4, 5]);
     }
@@ -427,7 +441,13 @@ mod tests {
             crate::lm::Activation::Silu,
         ] {
             let op = Geglu { activation: act };
-            let fast: Vec<f32> = op.forward(&gu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let fast: Vec<f32> = op
+                .forward(&gu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             let gate = gu.narrow(1, 0, 9).unwrap();
             let up = gu.narrow(1, 9, 9).unwrap();
             let slow: Vec<f32> = (op.act_tensor(&gate).unwrap() * up)

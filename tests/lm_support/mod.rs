@@ -9,7 +9,9 @@ use candle_core::{DType, Device, Tensor};
 
 /// The repository's data/raw folder, where `make setup` puts the real files.
 pub fn raw_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("data").join("raw")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data")
+        .join("raw")
 }
 
 /// A file under data/raw, or a failure telling how to get it.
@@ -38,7 +40,9 @@ pub fn tokenize(prompts: &[&str]) -> Vec<Vec<u32>> {
         .iter()
         .map(|p| {
             let enc = tok.encode(*p, false).expect("tokenizing");
-            std::iter::once(2u32).chain(enc.get_ids().iter().copied()).collect()
+            std::iter::once(2u32)
+                .chain(enc.get_ids().iter().copied())
+                .collect()
         })
         .collect()
 }
@@ -150,7 +154,10 @@ impl Tiny {
         };
         let (d, hd, i) = (self.d_model, self.head_dim, self.d_mlp);
         let mut w = HashMap::new();
-        w.insert("model.embed_tokens.weight".into(), randn(&[self.vocab, d], 1.0));
+        w.insert(
+            "model.embed_tokens.weight".into(),
+            randn(&[self.vocab, d], 1.0),
+        );
         w.insert("model.norm.weight".into(), randn(&[d], 0.3));
         let proj = 1.0 / (d as f32).sqrt();
         for l in 0..self.n_layers {
@@ -158,16 +165,31 @@ impl Tiny {
             let mut put = |n: &str, t: Tensor| {
                 w.insert(format!("{p}{n}"), t);
             };
-            put("self_attn.q_proj.weight", randn(&[self.n_heads * hd, d], 3.0 * proj));
-            put("self_attn.k_proj.weight", randn(&[self.n_kv_heads * hd, d], 3.0 * proj));
-            put("self_attn.v_proj.weight", randn(&[self.n_kv_heads * hd, d], proj));
+            put(
+                "self_attn.q_proj.weight",
+                randn(&[self.n_heads * hd, d], 3.0 * proj),
+            );
+            put(
+                "self_attn.k_proj.weight",
+                randn(&[self.n_kv_heads * hd, d], 3.0 * proj),
+            );
+            put(
+                "self_attn.v_proj.weight",
+                randn(&[self.n_kv_heads * hd, d], proj),
+            );
             put(
                 "self_attn.o_proj.weight",
-                randn(&[d, self.n_heads * hd], 1.0 / ((self.n_heads * hd) as f32).sqrt()),
+                randn(
+                    &[d, self.n_heads * hd],
+                    1.0 / ((self.n_heads * hd) as f32).sqrt(),
+                ),
             );
             put("mlp.gate_proj.weight", randn(&[i, d], proj));
             put("mlp.up_proj.weight", randn(&[i, d], proj));
-            put("mlp.down_proj.weight", randn(&[d, i], 1.0 / (i as f32).sqrt()));
+            put(
+                "mlp.down_proj.weight",
+                randn(&[d, i], 1.0 / (i as f32).sqrt()),
+            );
             for n in [
                 "input_layernorm",
                 "post_attention_layernorm",
@@ -214,7 +236,14 @@ pub fn random_tokens(b: usize, t: usize, vocab: usize, seed: u64) -> Tensor {
 pub fn rel_max_abs(a: &Tensor, b: &Tensor) -> f32 {
     let a = a.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
     let b = b.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
-    let diff = (&a - &b).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let diff = (&a - &b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     let scale = b.abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
     diff / scale.max(1e-12)
 }
@@ -238,5 +267,10 @@ pub fn correlation(a: &Tensor, b: &Tensor) -> f64 {
 
 /// Index of the largest entry of a 1-D tensor.
 pub fn argmax(v: &Tensor) -> u32 {
-    v.flatten_all().unwrap().argmax(0).unwrap().to_scalar::<u32>().unwrap()
+    v.flatten_all()
+        .unwrap()
+        .argmax(0)
+        .unwrap()
+        .to_scalar::<u32>()
+        .unwrap()
 }

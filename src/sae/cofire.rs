@@ -1,0 +1,275 @@
+//! Sparse co-firing statistics from per-token lists of active latents.
+//!
+//! For a set of tokens, `n_i` is the number of tokens on which latent i is
+//! active and `C_ij` (i < j) the number on which i and j are both active. The
+//! competition of a pair is `c_ij = C_ij / min(n_i, n_j)` (SPEC.md, "The
+//! method"). Everything is computed from the index lists alone: the work is
+//! `sum over tokens of (active count)^2` and the memory is the number of
+//! distinct co-firing pairs, never a dense token x latent mask or a dense
+//! latent x latent matrix.
+//!
+//! Input format: a CSR of active latents, `indptr` (tokens + 1 offsets) and
+//! `indices` (latent ids, each at most once per token). The guided
+//! orthogonality loss of the trainer and the compete stage use the same
+//! kernel ([`batch_pairs`]); [`CoFireAccumulator`] streams it over batches.
+
+use anyhow::{bail, Result};
+use rayon::prelude::*;
+
+/// One co-firing pair, `i < j`, with its count `C_ij` and competition `c_ij`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PairStat {
+    pub i: u32,
+    pub j: u32,
+    pub count: u64,
+    pub c: f32,
+}
+
+/// Co-firing within one batch of tokens.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchCoFire {
+    /// `n[i]`: tokens on which latent i is active (`C_ii`).
+    pub n: Vec<u32>,
+    /// Pairs with `C_ij > 0` and `c_ij >= tau`, sorted by (i, j) when asked.
+    pub pairs: Vec<PairStat>,
+}
+
+/// `c_ij = C_ij / min(n_i, n_j)`, 0 when either latent never fired.
+#[inline]
+pub fn competition(count: u64, n_i: u64, n_j: u64) -> f32 {
+    let m = n_i.min(n_j);
+    if m == 0 {
+        0.0
+    } else {
+        (count as f64 / m as f64) as f32
+    }
+}
+
+/// Checks a CSR of active lists: offsets monotone, ids below `d_sae`.
+pub fn check_lists(d_sae: usize, indptr: &[usize], indices: &[u32]) -> Result<()> {
+    if indptr.is_empty() || indptr[0] != 0 || *indptr.last().unwrap() != indices.len() {
+        bail!("indptr must start at 0 and end at indices.len()");
+    }
+    if indptr.windows(2).any(|w| w[1] < w[0]) {
+        bail!("indptr must be non-decreasing");
+    }
+    if let Some(&bad) = indices.iter().find(|&&j| j as usize >= d_sae) {
+        bail!("latent index {bad} out of range (d_sae = {d_sae})");
+    }
+    Ok(())
+}
+
+/// Co-firing pairs of one batch. `tau`: keep only pairs with `c_ij >= tau`
+/// (0 keeps every co-firing pair). `sorted`: sort pairs by (i, j); the
+/// unsorted order is still deterministic (it does not depend on threads).
+///
+/// The caller guarantees each token's list has no repeated latent and every id
+/// is below `d_sae` (see [`check_lists`]).
+pub fn batch_pairs(
+    d_sae: usize,
+    indptr: &[usize],
+    indices: &[u32],
+    tau: f32,
+    sorted: bool,
+) -> BatchCoFire {
+    let n_tok = indptr.len().saturating_sub(1);
+    // Transpose: for each latent, the tokens on which it is active (counting sort).
+    let mut n = vec![0u32; d_sae];
+    for &j in indices {
+        n[j as usize] += 1;
+    }
+    let mut start = vec![0usize; d_sae + 1];
+    for i in 0..d_sae {
+        start[i + 1] = start[i] + n[i] as usize;
+    }
+    let mut fill = start.clone();
+    let mut tokens_of = vec![0u32; indices.len()];
+    for t in 0..n_tok {
+        for &j in &indices[indptr[t]..indptr[t + 1]] {
+            tokens_of[fill[j as usize]] = t as u32;
+            fill[j as usize] += 1;
+        }
+    }
+    drop(fill);
+
+    // For each latent i, count partners j > i over i's tokens in a scratch
+    // array, then emit and reset only the touched entries.
+    const CHUNK: usize = 64;
+    let n_ref = &n;
+    let pieces: Vec<Vec<PairStat>> = (0..d_sae.div_ceil(CHUNK))
+        .into_par_iter()
+        .map_init(
+            || (vec![0u32; d_sae], Vec::<u32>::new()),
+            |(cnt, touched), chunk| {
+                let mut out = Vec::new();
+                let lo = chunk * CHUNK;
+                let hi = (lo + CHUNK).min(d_sae);
+                for i in lo..hi {
+                    let ni = n_ref[i];
+                    if ni == 0 {
+                        continue;
+                    }
+                    for &t in &tokens_of[start[i]..start[i + 1]] {
+                        let t = t as usize;
+                        for &j in &indices[indptr[t]..indptr[t + 1]] {
+                            if j as usize > i {
+                                let c = &mut cnt[j as usize];
+                                if *c == 0 {
+                                    touched.push(j);
+                                }
+                                *c += 1;
+                            }
+                        }
+                    }
+                    if sorted {
+                        touched.sort_unstable();
+                    }
+                    for &j in touched.iter() {
+                        let count = cnt[j as usize];
+                        cnt[j as usize] = 0;
+                        let c = competition(count as u64, ni as u64, n_ref[j as usize] as u64);
+                        if c >= tau {
+                            out.push(PairStat {
+                                i: i as u32,
+                                j,
+                                count: count as u64,
+                                c,
+                            });
+                        }
+                    }
+                    touched.clear();
+                }
+                out
+            },
+        )
+        .collect();
+    let mut pairs = Vec::with_capacity(pieces.iter().map(Vec::len).sum());
+    for p in pieces {
+        pairs.extend(p);
+    }
+    BatchCoFire { n, pairs }
+}
+
+/// Streams co-firing counts over many batches: per-latent counts `n_i`, the
+/// number of tokens seen and the sparse pair counts `C_ij` (i < j), kept as a
+/// sorted list of (key, count) merged with each batch.
+#[derive(Clone, Debug)]
+pub struct CoFireAccumulator {
+    d_sae: usize,
+    tokens: u64,
+    n: Vec<u64>,
+    /// Sorted by key = i * d_sae + j.
+    pairs: Vec<(u64, u64)>,
+}
+
+impl CoFireAccumulator {
+    pub fn new(d_sae: usize) -> Self {
+        Self {
+            d_sae,
+            tokens: 0,
+            n: vec![0; d_sae],
+            pairs: Vec::new(),
+        }
+    }
+
+    pub fn d_sae(&self) -> usize {
+        self.d_sae
+    }
+
+    /// Tokens seen so far.
+    pub fn tokens(&self) -> u64 {
+        self.tokens
+    }
+
+    /// `n[i]`: tokens on which latent i was active.
+    pub fn n(&self) -> &[u64] {
+        &self.n
+    }
+
+    /// Number of distinct co-firing pairs so far.
+    pub fn num_pairs(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// Adds a batch given as a CSR of active latents (one list per token).
+    pub fn add(&mut self, indptr: &[usize], indices: &[u32]) -> Result<()> {
+        check_lists(self.d_sae, indptr, indices)?;
+        for t in 0..indptr.len() - 1 {
+            let mut l = indices[indptr[t]..indptr[t + 1]].to_vec();
+            l.sort_unstable();
+            if l.windows(2).any(|w| w[0] == w[1]) {
+                bail!("token {t} lists a latent twice");
+            }
+        }
+        let b = batch_pairs(self.d_sae, indptr, indices, 0.0, true);
+        self.tokens += (indptr.len() - 1) as u64;
+        for (a, &x) in self.n.iter_mut().zip(&b.n) {
+            *a += x as u64;
+        }
+        let d = self.d_sae as u64;
+        let mut merged = Vec::with_capacity(self.pairs.len() + b.pairs.len());
+        let (mut p, mut q) = (0, 0);
+        let old = &self.pairs;
+        while p < old.len() || q < b.pairs.len() {
+            let kq = b.pairs.get(q).map(|s| s.i as u64 * d + s.j as u64);
+            match (old.get(p), kq) {
+                (Some(&(ko, co)), Some(kn)) if ko == kn => {
+                    merged.push((ko, co + b.pairs[q].count));
+                    p += 1;
+                    q += 1;
+                }
+                (Some(&(ko, co)), Some(kn)) if ko < kn => {
+                    merged.push((ko, co));
+                    p += 1;
+                }
+                (Some(&(ko, co)), None) => {
+                    merged.push((ko, co));
+                    p += 1;
+                }
+                (_, Some(kn)) => {
+                    merged.push((kn, b.pairs[q].count));
+                    q += 1;
+                }
+                (None, None) => unreachable!(),
+            }
+        }
+        self.pairs = merged;
+        Ok(())
+    }
+
+    /// `C_ij` (order of i and j does not matter; `C_ii = n_i`).
+    pub fn count(&self, i: u32, j: u32) -> u64 {
+        if i == j {
+            return self.n[i as usize];
+        }
+        let (a, b) = if i < j { (i, j) } else { (j, i) };
+        let key = a as u64 * self.d_sae as u64 + b as u64;
+        match self.pairs.binary_search_by_key(&key, |e| e.0) {
+            Ok(p) => self.pairs[p].1,
+            Err(_) => 0,
+        }
+    }
+
+    /// `c_ij = C_ij / min(n_i, n_j)`.
+    pub fn competition(&self, i: u32, j: u32) -> f32 {
+        competition(self.count(i, j), self.n[i as usize], self.n[j as usize])
+    }
+
+    /// Every co-firing pair (i < j, sorted) with `c_ij >= tau`.
+    pub fn pairs(&self, tau: f32) -> Vec<PairStat> {
+        let d = self.d_sae as u64;
+        self.pairs
+            .iter()
+            .map(|&(key, count)| {
+                let (i, j) = ((key / d) as u32, (key % d) as u32);
+                PairStat {
+                    i,
+                    j,
+                    count,
+                    c: competition(count, self.n[i as usize], self.n[j as usize]),
+                }
+            })
+            .filter(|p| p.c >= tau)
+            .collect()
+    }
+}

@@ -1,0 +1,29 @@
+//! Sparse autoencoders: TopK and ReLU-L1, their trainer and SAELens IO.
+//!
+//! Plain Rust over f32 slices (row-major `[n, d_in]` activations); nothing
+//! here reads configuration files or knows which model produced the data.
+//!
+//! - [`SaeConfig`], [`SaeKind`], [`Sae`]: weights and inference
+//!   ([`Sae::encode`] -> [`SparseCodes`], [`Sae::encode_topk`], [`Sae::decode`],
+//!   [`Sae::reconstruct`]).
+//! - [`norm_scaling_factor`] / [`fold_scaling`]: train on `s x` with
+//!   `E ||s x||^2 = 1`, then fold s so the saved SAE takes raw activations.
+//! - [`Trainer`], [`TrainerConfig`], [`Ortho`], [`StepStats`]: the
+//!   dictionary_learning / OpenAI TopK recipe with a hand-written
+//!   forward/backward, uniform or sparsity-guided orthogonality, checkpoints.
+//! - [`cofire`]: sparse co-firing counts `C_ij`, `n_i` and competition
+//!   `c_ij = C_ij / min(n_i, n_j)`, per batch or streamed.
+//! - [`save_saelens`] / [`load_saelens`]: SAELens folders.
+
+pub mod cofire;
+mod model;
+mod ortho;
+mod saelens;
+mod topk;
+mod train;
+
+pub use model::{
+    fold_scaling, geometric_median, norm_scaling_factor, Sae, SaeConfig, SaeKind, SparseCodes,
+};
+pub use saelens::{load_saelens, save_saelens, SaelensMeta, CFG_FILE, WEIGHTS_FILE};
+pub use train::{DenseGrads, Ortho, StepStats, Trainer, TrainerConfig};

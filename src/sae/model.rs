@@ -1,0 +1,665 @@
+//! The SAE itself: configuration, weights, encode / decode, activation
+//! scaling and the geometric-median initialiser.
+
+use std::sync::Mutex;
+
+use anyhow::{bail, ensure, Result};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::topk::{select_topk, TopKScratch};
+use crate::rng::SplitMix64;
+
+/// Which activation the SAE uses.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum SaeKind {
+    /// Keep the k largest pre-activations per token (ReLU'd): SAELens "topk".
+    TopK { k: usize },
+    /// `z = relu(pre)` with an L1 penalty `l1_coeff * sum_i z_i` per token
+    /// (decoder rows are kept at unit norm, so this equals the SAELens
+    /// "standard" penalty `sum_i z_i * ||d_i||`): SAELens "standard".
+    ReluL1 { l1_coeff: f32 },
+}
+
+/// Shape and kind of an SAE.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SaeConfig {
+    pub d_in: usize,
+    /// Number of latents F.
+    pub d_sae: usize,
+    pub kind: SaeKind,
+}
+
+impl SaeConfig {
+    /// Errors name the offending field.
+    pub fn validate(&self) -> Result<()> {
+        ensure!(self.d_in > 0, "d_in must be > 0");
+        ensure!(self.d_sae > 0, "d_sae must be > 0");
+        ensure!(self.d_sae < u32::MAX as usize, "d_sae too large");
+        match self.kind {
+            SaeKind::TopK { k } => {
+                ensure!(k > 0, "k must be > 0 (got 0)");
+                ensure!(
+                    k < self.d_sae,
+                    "k must be < d_sae (got k = {k}, d_sae = {})",
+                    self.d_sae
+                );
+            }
+            SaeKind::ReluL1 { l1_coeff } => {
+                ensure!(
+                    l1_coeff.is_finite() && l1_coeff >= 0.0,
+                    "l1_coeff must be finite and >= 0 (got {l1_coeff})"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sparse latent codes, CSR by token: token t's active latents are
+/// `indices[indptr[t]..indptr[t + 1]]` (ascending) with `values` alongside.
+/// Only strictly positive activations are stored.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SparseCodes {
+    pub d_sae: usize,
+    pub indptr: Vec<usize>,
+    pub indices: Vec<u32>,
+    pub values: Vec<f32>,
+}
+
+impl SparseCodes {
+    pub fn n_tokens(&self) -> usize {
+        self.indptr.len().saturating_sub(1)
+    }
+
+    /// Token t's (indices, values).
+    pub fn row(&self, t: usize) -> (&[u32], &[f32]) {
+        let r = self.indptr[t]..self.indptr[t + 1];
+        (&self.indices[r.clone()], &self.values[r])
+    }
+
+    /// Mean number of active latents per token.
+    pub fn l0(&self) -> f64 {
+        self.indices.len() as f64 / self.n_tokens().max(1) as f64
+    }
+}
+
+/// An SAE's weights, f32.
+///
+/// Orientation: `w_dec` [d_sae, d_in] (row i = decoder direction d_i, as in
+/// SAELens), `b_enc` [d_sae], `b_dec` [d_in]. The encoder is stored
+/// transposed, `w_enc_t` [d_sae, d_in] (row j = column j of SAELens' W_enc
+/// [d_in, d_sae]) because every gradient touches whole encoder columns; use
+/// [`Sae::w_enc`] / [`Sae::from_saelens`] for the SAELens orientation.
+///
+/// Forward: `pre = (x - b_dec) W_enc + b_enc`; TopK keeps the k largest of
+/// `relu(pre)`, ReLU-L1 keeps `relu(pre)`; `x_hat = z W_dec + b_dec`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sae {
+    pub cfg: SaeConfig,
+    pub w_enc_t: Vec<f32>,
+    pub w_dec: Vec<f32>,
+    pub b_enc: Vec<f32>,
+    pub b_dec: Vec<f32>,
+}
+
+/// Rows of a token chunk handled by one gemm call in the encoder.
+pub(crate) const ENC_CHUNK: usize = 128;
+
+#[derive(Default)]
+pub(crate) struct EncScratch {
+    pre: Vec<f32>,
+    topk: TopKScratch,
+    sel: Vec<(u32, f32)>,
+}
+
+/// Reusable per-task buffers for the encoder (pre-activations of one chunk).
+#[derive(Default)]
+pub(crate) struct ScratchPool(Mutex<Vec<EncScratch>>);
+
+impl ScratchPool {
+    fn take(&self) -> EncScratch {
+        self.0.lock().unwrap().pop().unwrap_or_default()
+    }
+    fn give(&self, s: EncScratch) {
+        self.0.lock().unwrap().push(s);
+    }
+}
+
+/// How the encoder picks active latents.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Select {
+    /// Top-k, then only the positive ones are returned (training, inference).
+    TopKPositive(usize),
+    /// Exactly k per token, including non-positive ones (values ReLU'd).
+    TopKExact(usize),
+    /// All positive pre-activations.
+    Relu,
+}
+
+pub(crate) struct Encoded {
+    pub main: SparseCodes,
+    /// Top-k_aux among the dead latents (positive values only), if asked.
+    pub aux: Option<SparseCodes>,
+}
+
+fn concat(d_sae: usize, parts: Vec<(Vec<usize>, Vec<u32>, Vec<f32>)>) -> SparseCodes {
+    let total: usize = parts.iter().map(|p| p.1.len()).sum();
+    let mut out = SparseCodes {
+        d_sae,
+        indptr: vec![0],
+        indices: Vec::with_capacity(total),
+        values: Vec::with_capacity(total),
+    };
+    for (counts, idx, val) in parts {
+        for c in counts {
+            let last = *out.indptr.last().unwrap();
+            out.indptr.push(last + c);
+        }
+        out.indices.extend(idx);
+        out.values.extend(val);
+    }
+    out
+}
+
+impl Sae {
+    /// The recipe's initial SAE: decoder rows are random unit vectors (seeded),
+    /// `W_enc = W_dec^T`, zero biases.
+    pub fn init(cfg: SaeConfig, seed: u64) -> Result<Sae> {
+        cfg.validate()?;
+        let (d, f) = (cfg.d_in, cfg.d_sae);
+        let mut rng = SplitMix64::new(seed ^ 0x5AE0_1417_D3C0_DE00);
+        let mut w_dec: Vec<f32> = (0..d * f).map(|_| rng.normal() as f32).collect();
+        normalize_rows(&mut w_dec, d);
+        Ok(Sae {
+            w_enc_t: w_dec.clone(),
+            w_dec,
+            b_enc: vec![0.0; f],
+            b_dec: vec![0.0; d],
+            cfg,
+        })
+    }
+
+    /// Builds an SAE from SAELens-oriented weights: `w_enc` [d_in, d_sae],
+    /// `w_dec` [d_sae, d_in].
+    pub fn from_saelens(
+        cfg: SaeConfig,
+        w_enc: &[f32],
+        w_dec: Vec<f32>,
+        b_enc: Vec<f32>,
+        b_dec: Vec<f32>,
+    ) -> Result<Sae> {
+        cfg.validate()?;
+        let (d, f) = (cfg.d_in, cfg.d_sae);
+        ensure!(w_enc.len() == d * f, "W_enc must have d_in * d_sae values");
+        ensure!(w_dec.len() == d * f, "W_dec must have d_sae * d_in values");
+        ensure!(b_enc.len() == f, "b_enc must have d_sae values");
+        ensure!(b_dec.len() == d, "b_dec must have d_in values");
+        let mut w_enc_t = vec![0.0; d * f];
+        for r in 0..d {
+            for j in 0..f {
+                w_enc_t[j * d + r] = w_enc[r * f + j];
+            }
+        }
+        Ok(Sae {
+            cfg,
+            w_enc_t,
+            w_dec,
+            b_enc,
+            b_dec,
+        })
+    }
+
+    /// W_enc in the SAELens orientation [d_in, d_sae].
+    pub fn w_enc(&self) -> Vec<f32> {
+        let (d, f) = (self.cfg.d_in, self.cfg.d_sae);
+        let mut out = vec![0.0; d * f];
+        for j in 0..f {
+            for r in 0..d {
+                out[r * f + j] = self.w_enc_t[j * d + r];
+            }
+        }
+        out
+    }
+
+    /// Rescales every decoder row to unit norm (rows of norm 0 are left alone).
+    pub fn normalize_decoder_rows(&mut self) {
+        normalize_rows(&mut self.w_dec, self.cfg.d_in);
+    }
+
+    fn check_input(&self, x: &[f32], n: usize) -> Result<()> {
+        ensure!(
+            x.len() == n * self.cfg.d_in,
+            "x has {} values, expected n * d_in = {}",
+            x.len(),
+            n * self.cfg.d_in
+        );
+        Ok(())
+    }
+
+    fn center(&self, x: &[f32]) -> Vec<f32> {
+        let d = self.cfg.d_in;
+        let mut xc = x.to_vec();
+        xc.par_chunks_mut(d * 64).for_each(|c| {
+            for row in c.chunks_mut(d) {
+                for (v, b) in row.iter_mut().zip(&self.b_dec) {
+                    *v -= b;
+                }
+            }
+        });
+        xc
+    }
+
+    /// Dense pre-activations `(x - b_dec) W_enc + b_enc`, [n, d_sae] (the
+    /// encoder matmul alone: diagnostics and benchmarks).
+    pub fn pre_activations(&self, x: &[f32], n: usize) -> Result<Vec<f32>> {
+        self.check_input(x, n)?;
+        let (d, f) = (self.cfg.d_in, self.cfg.d_sae);
+        let xc = self.center(x);
+        let mut out = vec![0.0f32; n * f];
+        out.par_chunks_mut(ENC_CHUNK * f)
+            .zip(xc.par_chunks(ENC_CHUNK * d))
+            .for_each(|(pre, xs)| encoder_gemm(self, xs, pre));
+        Ok(out)
+    }
+
+    /// Active latents of n tokens (x: [n, d_in]); only positive values kept.
+    pub fn encode(&self, x: &[f32], n: usize) -> Result<SparseCodes> {
+        self.check_input(x, n)?;
+        let select = match self.cfg.kind {
+            SaeKind::TopK { k } => Select::TopKPositive(k),
+            SaeKind::ReluL1 { .. } => Select::Relu,
+        };
+        let xc = self.center(x);
+        Ok(encode_centered(self, &xc, n, select, None, &ScratchPool::default()).main)
+    }
+
+    /// TopK only: exactly k (index, value) per token, indices ascending within
+    /// a token; values are ReLU'd, so a kept latent may have value 0.
+    pub fn encode_topk(&self, x: &[f32], n: usize) -> Result<(Vec<u32>, Vec<f32>)> {
+        self.check_input(x, n)?;
+        let SaeKind::TopK { k } = self.cfg.kind else {
+            bail!("encode_topk needs a TopK SAE; use encode() for ReLU-L1");
+        };
+        let xc = self.center(x);
+        let e = encode_centered(
+            self,
+            &xc,
+            n,
+            Select::TopKExact(k),
+            None,
+            &ScratchPool::default(),
+        );
+        Ok((e.main.indices, e.main.values))
+    }
+
+    /// `x_hat = z W_dec + b_dec` for sparse codes.
+    pub fn decode(&self, codes: &SparseCodes) -> Result<Vec<f32>> {
+        ensure!(
+            codes.d_sae == self.cfg.d_sae,
+            "codes.d_sae differs from the SAE's"
+        );
+        let d = self.cfg.d_in;
+        let n = codes.n_tokens();
+        ensure!(
+            codes.indices.iter().all(|&j| (j as usize) < self.cfg.d_sae),
+            "latent index out of range"
+        );
+        let mut out = vec![0.0f32; n * d];
+        out.par_chunks_mut(d).enumerate().for_each(|(t, row)| {
+            row.copy_from_slice(&self.b_dec);
+            let (idx, val) = codes.row(t);
+            for (&j, &z) in idx.iter().zip(val) {
+                axpy(row, z, &self.w_dec[j as usize * d..(j as usize + 1) * d]);
+            }
+        });
+        Ok(out)
+    }
+
+    /// Encode then decode; x: [n, d_in] with n = x.len() / d_in.
+    pub fn reconstruct(&self, x: &[f32]) -> Result<Vec<f32>> {
+        let d = self.cfg.d_in;
+        ensure!(
+            x.len().is_multiple_of(d),
+            "x length must be a multiple of d_in"
+        );
+        let codes = self.encode(x, x.len() / d)?;
+        self.decode(&codes)
+    }
+}
+
+/// `y += a x`. Uses AVX2/FMA when the CPU has it (explicit intrinsics, so
+/// the hot loops are vectorised even in the dev profile, where this crate is
+/// built at opt-level 1); the order of operations is fixed either way.
+#[inline]
+pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd::available() {
+        // SAFETY: AVX2 and FMA were detected at run time.
+        unsafe { simd::axpy(y, a, x) };
+        return;
+    }
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += a * xi;
+    }
+}
+
+/// `a . b` with a fixed summation order (AVX2/FMA when available).
+#[inline]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if simd::available() {
+        // SAFETY: AVX2 and FMA were detected at run time.
+        return unsafe { simd::dot(a, b) };
+    }
+    let mut acc = [0.0f32; 8];
+    let ca = a.chunks_exact(8);
+    let cb = b.chunks_exact(8);
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s = (acc[0] + acc[4]) + (acc[1] + acc[5]) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+    use std::sync::OnceLock;
+
+    pub fn available() -> bool {
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 16 <= n {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+            acc1 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i + 8)),
+                _mm256_loadu_ps(pb.add(i + 8)),
+                acc1,
+            );
+            i += 16;
+        }
+        if i + 8 <= n {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+            i += 8;
+        }
+        let mut lanes = [0.0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc0, acc1));
+        let mut s = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+            + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+        while i < n {
+            s += a[i] * b[i];
+            i += 1;
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+        let n = y.len().min(x.len());
+        let (py, px) = (y.as_mut_ptr(), x.as_ptr());
+        let va = _mm256_set1_ps(a);
+        let mut i = 0;
+        while i + 8 <= n {
+            let r = _mm256_fmadd_ps(va, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i)));
+            _mm256_storeu_ps(py.add(i), r);
+            i += 8;
+        }
+        while i < n {
+            y[i] += a * x[i];
+            i += 1;
+        }
+    }
+}
+
+pub(crate) fn normalize_rows(w: &mut [f32], d: usize) {
+    w.par_chunks_mut(d * 64).for_each(|c| {
+        for row in c.chunks_mut(d) {
+            let norm = dot(row, row).sqrt();
+            if norm > 0.0 {
+                let inv = 1.0 / norm;
+                row.iter_mut().for_each(|v| *v *= inv);
+            }
+        }
+    });
+}
+
+/// `pre[m, f] = b_enc + xs[m, d] . W_enc[d, f]` for one chunk of centred
+/// rows, single-threaded (W_enc read through w_enc_t with column stride d).
+pub(crate) fn encoder_gemm(sae: &Sae, xs: &[f32], pre: &mut [f32]) {
+    let (d, f) = (sae.cfg.d_in, sae.cfg.d_sae);
+    let m = xs.len() / d;
+    debug_assert_eq!(pre.len(), m * f);
+    for r in 0..m {
+        pre[r * f..(r + 1) * f].copy_from_slice(&sae.b_enc);
+    }
+    // SAFETY: the pointers cover m x f, m x d and f x d f32 values with the
+    // strides given; gemm computes dst = 1 * dst + 1 * lhs . rhs.
+    unsafe {
+        gemm::gemm(
+            m,
+            f,
+            d,
+            pre.as_mut_ptr(),
+            1,
+            f as isize,
+            true,
+            xs.as_ptr(),
+            1,
+            d as isize,
+            sae.w_enc_t.as_ptr(),
+            d as isize,
+            1,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// The encoder over centred inputs `xc = x - b_dec` ([n, d_in]), fused with
+/// the selection so that only one chunk of pre-activations exists at a time.
+/// `dead`: the dead latents and k_aux, for AuxK's top-k among dead latents.
+/// Deterministic: chunks are fixed-size and each is computed by one
+/// single-threaded gemm call.
+pub(crate) fn encode_centered(
+    sae: &Sae,
+    xc: &[f32],
+    n: usize,
+    select: Select,
+    dead: Option<(&[u32], usize)>,
+    pool: &ScratchPool,
+) -> Encoded {
+    let (d, f) = (sae.cfg.d_in, sae.cfg.d_sae);
+    type Part = (Vec<usize>, Vec<u32>, Vec<f32>);
+    let parts: Vec<(Part, Option<Part>)> = xc[..n * d]
+        .par_chunks(ENC_CHUNK * d)
+        .map(|xs| {
+            let m = xs.len() / d;
+            let mut s = pool.take();
+            s.pre.resize(ENC_CHUNK * f, 0.0);
+            let pre = &mut s.pre[..m * f];
+            encoder_gemm(sae, xs, pre);
+            let mut main: Part = (Vec::with_capacity(m), Vec::new(), Vec::new());
+            let mut aux: Option<Part> =
+                dead.map(|_| (Vec::with_capacity(m), Vec::new(), Vec::new()));
+            let EncScratch { pre, topk, sel } = &mut s;
+            for r in 0..m {
+                let row = &pre[r * f..(r + 1) * f];
+                sel.clear();
+                match select {
+                    Select::TopKPositive(k) => select_topk(
+                        row.iter().enumerate().map(|(j, &v)| (j as u32, v)),
+                        k,
+                        0.0,
+                        topk,
+                        sel,
+                    ),
+                    Select::TopKExact(k) => select_topk(
+                        row.iter().enumerate().map(|(j, &v)| (j as u32, v)),
+                        k,
+                        f32::NEG_INFINITY,
+                        topk,
+                        sel,
+                    ),
+                    Select::Relu => sel.extend(
+                        row.iter()
+                            .enumerate()
+                            .filter(|(_, &v)| v > 0.0)
+                            .map(|(j, &v)| (j as u32, v)),
+                    ),
+                }
+                main.0.push(sel.len());
+                main.1.extend(sel.iter().map(|e| e.0));
+                main.2.extend(sel.iter().map(|e| e.1.max(0.0)));
+                if let (Some((dead_ids, k_aux)), Some(a)) = (dead, aux.as_mut()) {
+                    sel.clear();
+                    select_topk(
+                        dead_ids.iter().map(|&j| (j, row[j as usize])),
+                        k_aux,
+                        0.0,
+                        topk,
+                        sel,
+                    );
+                    a.0.push(sel.len());
+                    a.1.extend(sel.iter().map(|e| e.0));
+                    a.2.extend(sel.iter().map(|e| e.1));
+                }
+            }
+            pool.give(s);
+            (main, aux)
+        })
+        .collect();
+    let mut mains = Vec::with_capacity(parts.len());
+    let mut auxs = Vec::with_capacity(parts.len());
+    for (m, a) in parts {
+        mains.push(m);
+        if let Some(a) = a {
+            auxs.push(a);
+        }
+    }
+    Encoded {
+        main: concat(f, mains),
+        aux: dead.map(|_| concat(f, auxs)),
+    }
+}
+
+/// Activation scale used by coact: `s = 1 / sqrt(E ||x||^2)` over the sample
+/// (x: [n, d_in]), so that `s x` has unit mean squared norm (the
+/// dictionary_learning convention; SAELens' `sqrt(d_in) / E||x||` differs by
+/// about a factor sqrt(d_in)). Train on `s x`, then [`fold_scaling`].
+pub fn norm_scaling_factor(sample: &[f32], d_in: usize) -> Result<f32> {
+    ensure!(
+        d_in > 0 && !sample.is_empty() && sample.len().is_multiple_of(d_in),
+        "sample must be [n, d_in] with n > 0"
+    );
+    let n = sample.len() / d_in;
+    let sq: f64 = sample
+        .par_chunks(d_in * 256)
+        .map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
+        .collect::<Vec<f64>>()
+        .iter()
+        .sum();
+    let ms = sq / n as f64;
+    ensure!(
+        ms.is_finite() && ms > 0.0,
+        "sample has zero or non-finite mean squared norm"
+    );
+    Ok((1.0 / ms.sqrt()) as f32)
+}
+
+/// Rewrites an SAE trained on scaled inputs `x_s = s x` so that it applies to
+/// raw `x`, keeping unit-norm decoder rows. Since
+/// `(s x - b_dec) W_enc + b_enc = s ((x - b_dec / s) W_enc + b_enc / s)`,
+/// dividing both biases by s scales every pre-activation by 1 / s (the top-k
+/// choice is unchanged for s > 0) and `z' W_dec + b_dec / s = x_hat_s / s`.
+/// W_enc and W_dec stay; latents come out scaled by 1 / s.
+pub fn fold_scaling(sae: &mut Sae, factor: f32) -> Result<()> {
+    ensure!(
+        factor.is_finite() && factor > 0.0,
+        "scaling factor must be finite and > 0"
+    );
+    sae.b_enc.iter_mut().for_each(|v| *v /= factor);
+    sae.b_dec.iter_mut().for_each(|v| *v /= factor);
+    Ok(())
+}
+
+/// Geometric median of the rows of `points` ([n, d]) by Weiszfeld iterations
+/// from the mean, in f64 (at most `max_iter` steps, stop when the estimate
+/// moves less than `tol`). Points at the current estimate get a capped weight.
+pub fn geometric_median(points: &[f32], d: usize, max_iter: usize, tol: f64) -> Result<Vec<f32>> {
+    ensure!(
+        d > 0 && !points.is_empty() && points.len().is_multiple_of(d),
+        "points must be [n, d] with n > 0"
+    );
+    let n = points.len() / d;
+    let mut guess = vec![0.0f64; d];
+    for row in points.chunks(d) {
+        for (g, &v) in guess.iter_mut().zip(row) {
+            *g += v as f64;
+        }
+    }
+    guess.iter_mut().for_each(|g| *g /= n as f64);
+    const CH: usize = 256;
+    for _ in 0..max_iter {
+        let g = &guess;
+        // (sum w_i x_i, sum w_i) per fixed chunk, summed in order: deterministic.
+        let parts: Vec<(Vec<f64>, f64)> = points
+            .par_chunks(CH * d)
+            .map(|c| {
+                let mut acc = vec![0.0f64; d];
+                let mut wsum = 0.0f64;
+                for row in c.chunks(d) {
+                    let dist = row
+                        .iter()
+                        .zip(g)
+                        .map(|(&v, &m)| (v as f64 - m) * (v as f64 - m))
+                        .sum::<f64>()
+                        .sqrt();
+                    let w = 1.0 / dist.max(1e-12);
+                    wsum += w;
+                    for (a, &v) in acc.iter_mut().zip(row) {
+                        *a += w * v as f64;
+                    }
+                }
+                (acc, wsum)
+            })
+            .collect();
+        let mut num = vec![0.0f64; d];
+        let mut den = 0.0;
+        for (a, w) in parts {
+            den += w;
+            num.iter_mut().zip(&a).for_each(|(x, y)| *x += y);
+        }
+        let next: Vec<f64> = num.iter().map(|v| v / den).collect();
+        let moved = next
+            .iter()
+            .zip(&guess)
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum::<f64>()
+            .sqrt();
+        guess = next;
+        if moved < tol {
+            break;
+        }
+    }
+    Ok(guess.into_iter().map(|v| v as f32).collect())
+}

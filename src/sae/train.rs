@@ -1,0 +1,976 @@
+//! The trainer: hand-written forward/backward, AuxK, orthogonality terms,
+//! Adam, learning-rate schedule and checkpoints.
+//!
+//! One step on a batch x ([n, d_in], already scaled, see
+//! [`super::norm_scaling_factor`]):
+//! 1. encoder: chunked gemm `(x - b_dec) W_enc + b_enc` fused with the top-k
+//!    selection (and, when latents are dead, the top-k_aux among dead ones);
+//! 2. decoder and residual per token as a gather over the active rows;
+//!    `L_recon = mean_t ||x_hat_t - x_t||^2`;
+//! 3. AuxK (dictionary_learning / OpenAI): dead latents' top-k_aux relu'd
+//!    pre-activations reconstruct the (detached) residual `x - x_hat` through
+//!    W_dec without bias; `L_aux = mean_t ||r_aux - r||^2 / mean_t ||r - mean(r)||^2`;
+//!    a latent is dead when it has not been active (value > 0) during the last
+//!    `dead_after_tokens` tokens *before* this batch (as SAELens; dictionary_learning
+//!    also counts the current batch);
+//! 4. ReLU-L1: `l1_coeff * mean_t sum_i z_ti` (unit decoder rows);
+//! 5. orthogonality (see [`Ortho`]);
+//! 6. gradients as gathers/scatters over the active entries: per token the
+//!    gradient w.r.t. each active pre-activation and the b_dec part; per latent
+//!    (in a fixed order of tokens) its W_dec row, W_enc column and b_enc;
+//! 7. the decoder gradient's component along each row is removed, then one
+//!    fused pass per latent applies Adam (no weight decay) to its decoder row,
+//!    encoder column and bias and renormalises the decoder row; b_dec last.
+//!
+//! Nothing depends on thread scheduling: every reduction has a fixed order,
+//! so a seed fixes the run on one machine whatever the number of threads.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{bail, ensure, Context, Result};
+use rayon::prelude::*;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+
+use super::cofire::batch_pairs;
+use super::model::{
+    axpy, dot, encode_centered, geometric_median, Sae, SaeConfig, SaeKind, ScratchPool, Select,
+    SparseCodes,
+};
+use super::ortho::{weighted_abs_cos, PairPenalty};
+use crate::rng::SplitMix64;
+
+const BETA1: f32 = 0.9;
+const BETA2: f32 = 0.999;
+const EPS: f32 = 1e-8;
+/// Tokens per task in the per-token passes (fixed: reductions follow it).
+const TOK_CHUNK: usize = 64;
+/// Latents per task in the per-latent update pass.
+const LAT_CHUNK: usize = 32;
+
+/// Orthogonality term added to the loss with weight `lambda`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Ortho {
+    None,
+    /// Mean |cos(d_i, d_j)| over all pairs i != j, estimated each step from
+    /// `pairs` pairs drawn uniformly with replacement. Each draw is an unbiased
+    /// sample of the all-pairs mean, so the estimate and its gradient are
+    /// unbiased; cost is O(pairs * d_in) and, unlike a random chunk of rows,
+    /// the draws spread over the whole dictionary and are independent.
+    Uniform {
+        lambda: f32,
+        pairs: usize,
+    },
+    /// SPEC.md's sparsity-guided term from the batch's active lists:
+    /// `sum c_ij |cos| / sum c_ij` over pairs with `c_ij >= tau`.
+    Guided {
+        lambda: f32,
+        tau: f32,
+    },
+}
+
+/// Training hyper-parameters. [`TrainerConfig::new`] fills the recipe's defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainerConfig {
+    /// None: `2e-4 / sqrt(d_sae / 2^14)`.
+    pub lr: Option<f32>,
+    /// Linear warmup from lr/warmup to lr. None: `min(1000, max(1, total_steps / 10))`.
+    pub warmup_steps: Option<usize>,
+    /// Fraction of the final steps over which lr decays linearly to 0 (0.2).
+    pub decay_frac: f32,
+    pub total_steps: usize,
+    /// Intended tokens per step (`step` accepts any n >= 1).
+    pub batch_size: usize,
+    /// A latent is dead after this many tokens without firing (10M).
+    pub dead_after_tokens: u64,
+    /// AuxK's k. None: d_in / 2.
+    pub aux_k: Option<usize>,
+    /// AuxK coefficient (1/32); 0 disables AuxK.
+    pub aux_coeff: f32,
+    pub ortho: Ortho,
+    pub seed: u64,
+}
+
+impl TrainerConfig {
+    pub fn new(total_steps: usize, batch_size: usize) -> Self {
+        Self {
+            lr: None,
+            warmup_steps: None,
+            decay_frac: 0.2,
+            total_steps,
+            batch_size,
+            dead_after_tokens: 10_000_000,
+            aux_k: None,
+            aux_coeff: 1.0 / 32.0,
+            ortho: Ortho::None,
+            seed: 0,
+        }
+    }
+
+    /// Errors name the offending field.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(lr) = self.lr {
+            ensure!(
+                lr.is_finite() && lr > 0.0,
+                "lr must be finite and > 0 (got {lr})"
+            );
+        }
+        ensure!(
+            (0.0..=1.0).contains(&self.decay_frac),
+            "decay_frac must be in [0, 1] (got {})",
+            self.decay_frac
+        );
+        ensure!(self.total_steps > 0, "total_steps must be > 0");
+        ensure!(self.batch_size > 0, "batch_size must be > 0");
+        ensure!(
+            self.aux_coeff.is_finite() && self.aux_coeff >= 0.0,
+            "aux_coeff must be finite and >= 0 (got {})",
+            self.aux_coeff
+        );
+        match self.ortho {
+            Ortho::None => {}
+            Ortho::Uniform { lambda, pairs } => {
+                ensure!(
+                    lambda.is_finite() && lambda >= 0.0,
+                    "ortho.lambda must be finite and >= 0 (got {lambda})"
+                );
+                ensure!(pairs > 0, "ortho.pairs must be > 0");
+            }
+            Ortho::Guided { lambda, tau } => {
+                ensure!(
+                    lambda.is_finite() && lambda >= 0.0,
+                    "ortho.lambda must be finite and >= 0 (got {lambda})"
+                );
+                ensure!(
+                    (0.0..=1.0).contains(&tau),
+                    "ortho.tau must be in [0, 1] (got {tau})"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub fn base_lr(&self, d_sae: usize) -> f32 {
+        self.lr
+            .unwrap_or_else(|| (2e-4 / (d_sae as f64 / 16384.0).sqrt()) as f32)
+    }
+
+    pub fn warmup(&self) -> usize {
+        self.warmup_steps
+            .unwrap_or_else(|| 1000.min((self.total_steps / 10).max(1)))
+    }
+
+    /// The learning rate used at 0-based step `step`.
+    pub fn lr_at(&self, step: u64, d_sae: usize) -> f32 {
+        let base = self.base_lr(d_sae) as f64;
+        let w = self.warmup() as f64;
+        let s = step as f64;
+        let warm = if w > 0.0 {
+            ((s + 1.0) / w).min(1.0)
+        } else {
+            1.0
+        };
+        let total = self.total_steps as f64;
+        let decay_len = (self.decay_frac as f64 * total).round();
+        let decay_start = total - decay_len;
+        let decay = if decay_len > 0.0 && s >= decay_start {
+            ((total - s) / decay_len).max(0.0)
+        } else {
+            1.0
+        };
+        (base * warm * decay) as f32
+    }
+}
+
+/// What one step measured (losses before the update).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepStats {
+    pub step: u64,
+    /// mse + aux_coeff * aux + l1 + lambda * ortho.
+    pub loss: f64,
+    /// mean over tokens of ||x_hat - x||^2.
+    pub mse: f64,
+    /// Normalised AuxK loss (before aux_coeff); 0 when no latent is dead.
+    pub aux: f64,
+    /// ReLU-L1 penalty `l1_coeff * mean_t sum_i z_ti` (0 for TopK).
+    pub l1: f64,
+    /// Orthogonality penalty before lambda.
+    pub ortho: f64,
+    /// Mean active latents per token.
+    pub l0: f64,
+    /// Fraction of latents dead after this step.
+    pub dead_fraction: f64,
+    pub lr: f32,
+    /// Guided only: pairs with c_ij >= tau in this batch, their mean c_ij and
+    /// mean |cos| (0 otherwise).
+    pub competing_pairs: usize,
+    pub mean_c: f64,
+    pub mean_abs_cos_competing: f64,
+}
+
+/// Dense gradients (for tests and diagnostics): `w_dec` before the parallel
+/// component is removed.
+#[derive(Clone, Debug)]
+pub struct DenseGrads {
+    pub w_enc_t: Vec<f32>,
+    pub w_dec: Vec<f32>,
+    pub b_enc: Vec<f32>,
+    pub b_dec: Vec<f32>,
+}
+
+#[derive(Clone, Copy)]
+struct Entry {
+    /// Row of the output-gradient buffer (t for the main loss, n + t for AuxK).
+    grow: u32,
+    tok: u32,
+    /// Activation (z or the AuxK activation).
+    coef: f32,
+    /// d loss / d pre-activation.
+    gpre: f32,
+}
+
+/// Everything computed before the parameters change.
+struct Prepared {
+    n: usize,
+    xc: Vec<f32>,
+    gbuf: Vec<f32>,
+    entry_start: Vec<usize>,
+    entries: Vec<Entry>,
+    fired: Vec<bool>,
+    ortho: Option<PairPenalty>,
+    grad_b_dec: Vec<f32>,
+    rng_after: SplitMix64,
+    stats: StepStats,
+}
+
+/// Trains one SAE. See the module docs for the step.
+pub struct Trainer {
+    cfg: TrainerConfig,
+    sae: Sae,
+    step: u64,
+    rng: SplitMix64,
+    m_enc: Vec<f32>,
+    v_enc: Vec<f32>,
+    m_dec: Vec<f32>,
+    v_dec: Vec<f32>,
+    m_benc: Vec<f32>,
+    v_benc: Vec<f32>,
+    m_bdec: Vec<f32>,
+    v_bdec: Vec<f32>,
+    since_fired: Vec<u64>,
+    pool: ScratchPool,
+}
+
+fn split_by<'a, T>(mut v: &'a mut [T], bounds: &[usize]) -> Vec<&'a mut [T]> {
+    // bounds: increasing offsets starting at 0 and ending at v.len().
+    let mut out = Vec::with_capacity(bounds.len().saturating_sub(1));
+    for w in bounds.windows(2) {
+        let (a, b) = std::mem::take(&mut v).split_at_mut(w[1] - w[0]);
+        out.push(a);
+        v = b;
+    }
+    out
+}
+
+#[inline]
+fn adam(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], step_size: f32, inv_sqrt_bc2: f32) {
+    for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+        *m = BETA1 * *m + (1.0 - BETA1) * g;
+        *v = BETA2 * *v + (1.0 - BETA2) * g * g;
+        *p -= step_size * *m / (v.sqrt() * inv_sqrt_bc2 + EPS);
+    }
+}
+
+impl Trainer {
+    /// A fresh trainer: validates both configs, initialises the SAE from
+    /// `cfg.seed` and sets b_dec to the geometric median of `init_sample`
+    /// ([n, d_in], n >= 1, already scaled like the training batches).
+    pub fn new(cfg: TrainerConfig, sae_cfg: SaeConfig, init_sample: &[f32]) -> Result<Trainer> {
+        cfg.validate()?;
+        sae_cfg.validate()?;
+        let d = sae_cfg.d_in;
+        ensure!(
+            !init_sample.is_empty() && init_sample.len().is_multiple_of(d),
+            "init_sample must be [n, d_in] with n > 0"
+        );
+        ensure!(
+            init_sample.iter().all(|v| v.is_finite()),
+            "init_sample contains NaN or inf"
+        );
+        let mut sae = Sae::init(sae_cfg, cfg.seed)?;
+        sae.b_dec = geometric_median(init_sample, d, 100, 1e-5)?;
+        Ok(Self::from_parts(cfg, sae))
+    }
+
+    fn from_parts(cfg: TrainerConfig, sae: Sae) -> Trainer {
+        let (d, f) = (sae.cfg.d_in, sae.cfg.d_sae);
+        Trainer {
+            rng: SplitMix64::new(cfg.seed ^ 0x0A7E_5EED_0000_0001),
+            cfg,
+            step: 0,
+            m_enc: vec![0.0; d * f],
+            v_enc: vec![0.0; d * f],
+            m_dec: vec![0.0; d * f],
+            v_dec: vec![0.0; d * f],
+            m_benc: vec![0.0; f],
+            v_benc: vec![0.0; f],
+            m_bdec: vec![0.0; d],
+            v_bdec: vec![0.0; d],
+            since_fired: vec![0; f],
+            pool: ScratchPool::default(),
+            sae,
+        }
+    }
+
+    pub fn sae(&self) -> &Sae {
+        &self.sae
+    }
+
+    /// Mutable weights (tests, surgery); Adam state is not touched.
+    pub fn sae_mut(&mut self) -> &mut Sae {
+        &mut self.sae
+    }
+
+    pub fn into_sae(self) -> Sae {
+        self.sae
+    }
+
+    pub fn config(&self) -> &TrainerConfig {
+        &self.cfg
+    }
+
+    /// Steps taken so far.
+    pub fn steps_done(&self) -> u64 {
+        self.step
+    }
+
+    /// Tokens since each latent last fired.
+    pub fn since_fired(&self) -> &[u64] {
+        &self.since_fired
+    }
+
+    #[allow(clippy::needless_range_loop)]
+    fn prepare(&self, batch: &[f32]) -> Result<Prepared> {
+        let sae = &self.sae;
+        let (d, f) = (sae.cfg.d_in, sae.cfg.d_sae);
+        ensure!(
+            !batch.is_empty() && batch.len().is_multiple_of(d),
+            "batch must be [n, d_in] with n > 0 (got {} values, d_in = {d})",
+            batch.len()
+        );
+        let n = batch.len() / d;
+        ensure!(n < u32::MAX as usize / 2, "batch too large");
+        if batch.par_iter().any(|v| !v.is_finite()) {
+            bail!("batch contains NaN or inf; step skipped, parameters unchanged");
+        }
+        let (select, l1_coeff) = match sae.cfg.kind {
+            SaeKind::TopK { k } => (Select::TopKPositive(k), 0.0f32),
+            SaeKind::ReluL1 { l1_coeff } => (Select::Relu, l1_coeff),
+        };
+        let is_topk = matches!(sae.cfg.kind, SaeKind::TopK { .. });
+        let aux_k = self.cfg.aux_k.unwrap_or(d / 2);
+        let dead: Vec<u32> = if is_topk && self.cfg.aux_coeff > 0.0 && aux_k > 0 {
+            (0..f as u32)
+                .filter(|&j| self.since_fired[j as usize] >= self.cfg.dead_after_tokens)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let k_aux = aux_k.min(dead.len());
+        let use_aux = k_aux > 0;
+
+        // 1. Encoder.
+        let mut xc = batch.to_vec();
+        xc.par_chunks_mut(d * TOK_CHUNK).for_each(|c| {
+            for row in c.chunks_mut(d) {
+                row.iter_mut().zip(&sae.b_dec).for_each(|(v, b)| *v -= b);
+            }
+        });
+        let enc = encode_centered(
+            sae,
+            &xc,
+            n,
+            select,
+            use_aux.then_some((&dead[..], k_aux)),
+            &self.pool,
+        );
+        let main = enc.main;
+        let aux = enc.aux.unwrap_or_else(|| SparseCodes {
+            d_sae: f,
+            indptr: vec![0; n + 1],
+            indices: Vec::new(),
+            values: Vec::new(),
+        });
+
+        // 2-4. Per token: residual, output gradients, loss sums.
+        let n_chunks = n.div_ceil(TOK_CHUNK);
+        let mut gbuf = vec![0.0f32; if use_aux { 2 * n * d } else { n * d }];
+        let (g_main, g_aux) = gbuf.split_at_mut(n * d);
+        let mut g_aux_chunks: Vec<&mut [f32]> = if use_aux {
+            g_aux.chunks_mut(TOK_CHUNK * d).collect()
+        } else {
+            (0..n_chunks).map(|_| <&mut [f32]>::default()).collect()
+        };
+        struct TokSums {
+            se: f64,
+            su: f64,
+            l1: f64,
+            e_sum: Vec<f64>,
+        }
+        let w_dec = &sae.w_dec;
+        let inv_n = 1.0 / n as f32;
+        let sums: Vec<TokSums> = g_main
+            .par_chunks_mut(TOK_CHUNK * d)
+            .zip(g_aux_chunks.par_iter_mut())
+            .enumerate()
+            .map(|(c, (gm, ga))| {
+                let mut s = TokSums {
+                    se: 0.0,
+                    su: 0.0,
+                    l1: 0.0,
+                    e_sum: if use_aux { vec![0.0; d] } else { Vec::new() },
+                };
+                for (r, g) in gm.chunks_mut(d).enumerate() {
+                    let t = c * TOK_CHUNK + r;
+                    let x = &batch[t * d..(t + 1) * d];
+                    g.copy_from_slice(&sae.b_dec);
+                    let (idx, val) = main.row(t);
+                    for (&j, &z) in idx.iter().zip(val) {
+                        axpy(g, z, &w_dec[j as usize * d..(j as usize + 1) * d]);
+                        s.l1 += z as f64;
+                    }
+                    // g = e = x_hat - x for now.
+                    g.iter_mut().zip(x).for_each(|(gv, xv)| *gv -= xv);
+                    s.se += dot(g, g) as f64;
+                    if use_aux {
+                        s.e_sum
+                            .iter_mut()
+                            .zip(g.iter())
+                            .for_each(|(a, &e)| *a += e as f64);
+                        // u = r_aux - r = r_aux + e.
+                        let u = &mut ga[r * d..(r + 1) * d];
+                        u.copy_from_slice(g);
+                        let (aidx, aval) = aux.row(t);
+                        for (&j, &a) in aidx.iter().zip(aval) {
+                            axpy(u, a, &w_dec[j as usize * d..(j as usize + 1) * d]);
+                        }
+                        s.su += dot(u, u) as f64;
+                    }
+                    g.iter_mut().for_each(|v| *v *= 2.0 * inv_n);
+                }
+                s
+            })
+            .collect();
+        drop(g_aux_chunks);
+        let mut se = 0.0;
+        let mut su = 0.0;
+        let mut l1_sum = 0.0;
+        let mut e_sum = vec![0.0f64; if use_aux { d } else { 0 }];
+        for s in &sums {
+            se += s.se;
+            su += s.su;
+            l1_sum += s.l1;
+            e_sum.iter_mut().zip(&s.e_sum).for_each(|(a, b)| *a += b);
+        }
+        let mse = se / n as f64;
+        let l1 = l1_coeff as f64 * l1_sum / n as f64;
+        let mut aux_loss = 0.0f64;
+        if use_aux {
+            let mean_sq = e_sum.iter().map(|v| (v / n as f64).powi(2)).sum::<f64>();
+            let denom = mse - mean_sq;
+            let val = su / n as f64 / denom;
+            let h_scale = if denom > 0.0 && val.is_finite() {
+                aux_loss = val;
+                (self.cfg.aux_coeff as f64 * 2.0 / (n as f64 * denom)) as f32
+            } else {
+                0.0
+            };
+            gbuf[n * d..]
+                .par_chunks_mut(TOK_CHUNK * d)
+                .for_each(|c| c.iter_mut().for_each(|v| *v *= h_scale));
+        }
+
+        // Gradient w.r.t. each active pre-activation, and b_dec's part per chunk.
+        let mut gpre_main = vec![0.0f32; main.indices.len()];
+        let mut gpre_aux = vec![0.0f32; aux.indices.len()];
+        let bounds_m: Vec<usize> = (0..=n_chunks)
+            .map(|c| main.indptr[(c * TOK_CHUNK).min(n)])
+            .collect();
+        let bounds_a: Vec<usize> = (0..=n_chunks)
+            .map(|c| aux.indptr[(c * TOK_CHUNK).min(n)])
+            .collect();
+        let gm_parts = split_by(&mut gpre_main, &bounds_m);
+        let ga_parts = split_by(&mut gpre_aux, &bounds_a);
+        let l1_grad = l1_coeff * inv_n;
+        let gbuf_ref = &gbuf;
+        let w_enc_t = &sae.w_enc_t;
+        let bdec_parts: Vec<Vec<f32>> = gm_parts
+            .into_par_iter()
+            .zip(ga_parts)
+            .enumerate()
+            .map(|(c, (gm, ga))| {
+                let mut acc = vec![0.0f32; d];
+                let t0 = c * TOK_CHUNK;
+                let t1 = (t0 + TOK_CHUNK).min(n);
+                let (mut pm, mut pa) = (0, 0);
+                for t in t0..t1 {
+                    let g = &gbuf_ref[t * d..(t + 1) * d];
+                    // Decoder bias: + g; encoder input (x - b_dec): - W_enc gpre.
+                    acc.iter_mut().zip(g).for_each(|(a, &v)| *a += v);
+                    let (idx, _) = main.row(t);
+                    for &j in idx {
+                        let j = j as usize;
+                        let gp = dot(&w_dec[j * d..(j + 1) * d], g) + l1_grad;
+                        gm[pm] = gp;
+                        pm += 1;
+                        axpy(&mut acc, -gp, &w_enc_t[j * d..(j + 1) * d]);
+                    }
+                    if use_aux {
+                        let h = &gbuf_ref[(n + t) * d..(n + t + 1) * d];
+                        let (aidx, _) = aux.row(t);
+                        for &j in aidx {
+                            let j = j as usize;
+                            let gp = dot(&w_dec[j * d..(j + 1) * d], h);
+                            ga[pa] = gp;
+                            pa += 1;
+                            axpy(&mut acc, -gp, &w_enc_t[j * d..(j + 1) * d]);
+                        }
+                    }
+                }
+                acc
+            })
+            .collect();
+        let mut grad_b_dec = vec![0.0f32; d];
+        for p in &bdec_parts {
+            grad_b_dec.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+        }
+
+        // Per-latent entry lists in token order (counting sort).
+        let mut cnt = vec![0usize; f];
+        for &j in main.indices.iter().chain(&aux.indices) {
+            cnt[j as usize] += 1;
+        }
+        let fired: Vec<bool> = {
+            let mut fired = vec![false; f];
+            for &j in &main.indices {
+                fired[j as usize] = true;
+            }
+            fired
+        };
+        let mut entry_start = vec![0usize; f + 1];
+        for j in 0..f {
+            entry_start[j + 1] = entry_start[j] + cnt[j];
+        }
+        let mut fill = entry_start.clone();
+        let mut entries = vec![
+            Entry {
+                grow: 0,
+                tok: 0,
+                coef: 0.0,
+                gpre: 0.0
+            };
+            entry_start[f]
+        ];
+        for t in 0..n {
+            for p in main.indptr[t]..main.indptr[t + 1] {
+                let j = main.indices[p] as usize;
+                entries[fill[j]] = Entry {
+                    grow: t as u32,
+                    tok: t as u32,
+                    coef: main.values[p],
+                    gpre: gpre_main[p],
+                };
+                fill[j] += 1;
+            }
+            for p in aux.indptr[t]..aux.indptr[t + 1] {
+                let j = aux.indices[p] as usize;
+                entries[fill[j]] = Entry {
+                    grow: (n + t) as u32,
+                    tok: t as u32,
+                    coef: aux.values[p],
+                    gpre: gpre_aux[p],
+                };
+                fill[j] += 1;
+            }
+        }
+
+        // 5. Orthogonality.
+        let mut rng = self.rng.clone();
+        let mut stats = StepStats {
+            step: self.step,
+            mse,
+            aux: aux_loss,
+            l1,
+            l0: main.l0(),
+            lr: self.cfg.lr_at(self.step, f),
+            ..Default::default()
+        };
+        let mut lambda = 0.0f32;
+        let ortho = match self.cfg.ortho {
+            Ortho::None => None,
+            Ortho::Uniform { lambda: lam, pairs } => {
+                lambda = lam;
+                let mut ps = Vec::with_capacity(pairs);
+                if f >= 2 {
+                    for _ in 0..pairs {
+                        let i = rng.below(f as u64) as u32;
+                        let mut j = rng.below(f as u64 - 1) as u32;
+                        if j >= i {
+                            j += 1;
+                        }
+                        ps.push((i.min(j), i.max(j)));
+                    }
+                }
+                let w = vec![1.0 / ps.len().max(1) as f32; ps.len()];
+                Some(weighted_abs_cos(w_dec, d, f, &ps, &w, lam))
+            }
+            Ortho::Guided { lambda: lam, tau } => {
+                lambda = lam;
+                let cof = batch_pairs(f, &main.indptr, &main.indices, tau, false);
+                let ps: Vec<(u32, u32)> = cof.pairs.iter().map(|p| (p.i, p.j)).collect();
+                let c_sum: f64 = cof.pairs.iter().map(|p| p.c as f64).sum();
+                let w: Vec<f32> = cof
+                    .pairs
+                    .iter()
+                    .map(|p| (p.c as f64 / c_sum) as f32)
+                    .collect();
+                let pen = weighted_abs_cos(w_dec, d, f, &ps, &w, lam);
+                if !ps.is_empty() {
+                    stats.competing_pairs = ps.len();
+                    stats.mean_c = c_sum / ps.len() as f64;
+                    stats.mean_abs_cos_competing =
+                        pen.cos.iter().map(|c| c.abs() as f64).sum::<f64>() / ps.len() as f64;
+                }
+                Some(pen)
+            }
+        };
+        stats.ortho = ortho.as_ref().map_or(0.0, |p| p.value);
+        stats.loss = mse + self.cfg.aux_coeff as f64 * aux_loss + l1 + lambda as f64 * stats.ortho;
+        Ok(Prepared {
+            n,
+            xc,
+            gbuf,
+            entry_start,
+            entries,
+            fired,
+            ortho,
+            grad_b_dec,
+            rng_after: rng,
+            stats,
+        })
+    }
+
+    /// Gradients of latent j's decoder row, encoder column and encoder bias.
+    fn latent_grads(&self, p: &Prepared, j: usize, gd: &mut [f32], ge: &mut [f32]) -> f32 {
+        let d = self.sae.cfg.d_in;
+        gd.iter_mut().for_each(|v| *v = 0.0);
+        ge.iter_mut().for_each(|v| *v = 0.0);
+        let mut gb = 0.0f32;
+        for e in &p.entries[p.entry_start[j]..p.entry_start[j + 1]] {
+            let r = e.grow as usize;
+            let t = e.tok as usize;
+            axpy(gd, e.coef, &p.gbuf[r * d..(r + 1) * d]);
+            axpy(ge, e.gpre, &p.xc[t * d..(t + 1) * d]);
+            gb += e.gpre;
+        }
+        if let Some(o) = p.ortho.as_ref().and_then(|o| o.grad.row(j)) {
+            gd.iter_mut().zip(o).for_each(|(a, b)| *a += b);
+        }
+        gb
+    }
+
+    /// The loss parts and dense gradients at the current parameters, without
+    /// changing anything (finite-difference tests, diagnostics).
+    pub fn loss_and_grads(&self, batch: &[f32]) -> Result<(StepStats, DenseGrads)> {
+        let p = self.prepare(batch)?;
+        let (d, f) = (self.sae.cfg.d_in, self.sae.cfg.d_sae);
+        let mut g = DenseGrads {
+            w_enc_t: vec![0.0; d * f],
+            w_dec: vec![0.0; d * f],
+            b_enc: vec![0.0; f],
+            b_dec: p.grad_b_dec.clone(),
+        };
+        for j in 0..f {
+            let (gd, ge) = (
+                &mut g.w_dec[j * d..(j + 1) * d],
+                &mut g.w_enc_t[j * d..(j + 1) * d],
+            );
+            g.b_enc[j] = self.latent_grads(&p, j, gd, ge);
+        }
+        Ok((p.stats, g))
+    }
+
+    /// One training step on `batch` ([n, d_in], scaled). On a NaN/inf input or
+    /// a non-finite loss it returns an error and changes nothing.
+    pub fn step(&mut self, batch: &[f32]) -> Result<StepStats> {
+        let p = self.prepare(batch)?;
+        if !p.stats.loss.is_finite() {
+            bail!(
+                "non-finite loss at step {} ({:?}); parameters unchanged",
+                self.step,
+                p.stats
+            );
+        }
+        let (d, f) = (self.sae.cfg.d_in, self.sae.cfg.d_sae);
+        let lr = p.stats.lr;
+        let t = (self.step + 1) as i32;
+        let bc1 = 1.0 - (BETA1 as f64).powi(t);
+        let bc2 = 1.0 - (BETA2 as f64).powi(t);
+        let step_size = (lr as f64 / bc1) as f32;
+        let inv_sqrt_bc2 = (1.0 / bc2.sqrt()) as f32;
+
+        // Fused per-latent pass. Temporarily move the tensors out of self so
+        // that `self` can be borrowed immutably for the gradient gathers.
+        let mut w_dec = std::mem::take(&mut self.sae.w_dec);
+        let mut w_enc = std::mem::take(&mut self.sae.w_enc_t);
+        let mut b_enc = std::mem::take(&mut self.sae.b_enc);
+        let (mut m_dec, mut v_dec) = (
+            std::mem::take(&mut self.m_dec),
+            std::mem::take(&mut self.v_dec),
+        );
+        let (mut m_enc, mut v_enc) = (
+            std::mem::take(&mut self.m_enc),
+            std::mem::take(&mut self.v_enc),
+        );
+        let (mut m_benc, mut v_benc) = (
+            std::mem::take(&mut self.m_benc),
+            std::mem::take(&mut self.v_benc),
+        );
+        {
+            let this = &*self;
+            let pr = &p;
+            let cd = LAT_CHUNK * d;
+            (
+                w_dec.par_chunks_mut(cd),
+                m_dec.par_chunks_mut(cd),
+                v_dec.par_chunks_mut(cd),
+                w_enc.par_chunks_mut(cd),
+                m_enc.par_chunks_mut(cd),
+                v_enc.par_chunks_mut(cd),
+                b_enc.par_chunks_mut(LAT_CHUNK),
+                m_benc.par_chunks_mut(LAT_CHUNK),
+                v_benc.par_chunks_mut(LAT_CHUNK),
+            )
+                .into_par_iter()
+                .enumerate()
+                .for_each(|(c, (wd, md, vd, we, me, ve, be, mbe, vbe))| {
+                    let mut gd = vec![0.0f32; d];
+                    let mut ge = vec![0.0f32; d];
+                    for r in 0..be.len() {
+                        let j = c * LAT_CHUNK + r;
+                        let gb = this.latent_grads(pr, j, &mut gd, &mut ge);
+                        let row = &mut wd[r * d..(r + 1) * d];
+                        // Remove the component along the (unit) decoder row.
+                        let nn = dot(row, row);
+                        if nn > 0.0 {
+                            let a = dot(&gd, row) / nn;
+                            axpy(&mut gd, -a, row);
+                        }
+                        let sl = r * d..(r + 1) * d;
+                        adam(
+                            row,
+                            &mut md[sl.clone()],
+                            &mut vd[sl.clone()],
+                            &gd,
+                            step_size,
+                            inv_sqrt_bc2,
+                        );
+                        let nrm = dot(row, row).sqrt();
+                        if nrm > 0.0 {
+                            let inv = 1.0 / nrm;
+                            row.iter_mut().for_each(|v| *v *= inv);
+                        }
+                        adam(
+                            &mut we[sl.clone()],
+                            &mut me[sl.clone()],
+                            &mut ve[sl],
+                            &ge,
+                            step_size,
+                            inv_sqrt_bc2,
+                        );
+                        adam(
+                            &mut be[r..r + 1],
+                            &mut mbe[r..r + 1],
+                            &mut vbe[r..r + 1],
+                            &[gb],
+                            step_size,
+                            inv_sqrt_bc2,
+                        );
+                    }
+                });
+        }
+        self.sae.w_dec = w_dec;
+        self.sae.w_enc_t = w_enc;
+        self.sae.b_enc = b_enc;
+        (self.m_dec, self.v_dec, self.m_enc, self.v_enc) = (m_dec, v_dec, m_enc, v_enc);
+        (self.m_benc, self.v_benc) = (m_benc, v_benc);
+        adam(
+            &mut self.sae.b_dec,
+            &mut self.m_bdec,
+            &mut self.v_bdec,
+            &p.grad_b_dec,
+            step_size,
+            inv_sqrt_bc2,
+        );
+
+        // Dead-latent counters, RNG, step.
+        let n = p.n as u64;
+        for (s, &fired) in self.since_fired.iter_mut().zip(&p.fired) {
+            *s = if fired { 0 } else { s.saturating_add(n) };
+        }
+        self.rng = p.rng_after.clone();
+        self.step += 1;
+        let mut stats = p.stats;
+        stats.dead_fraction = self
+            .since_fired
+            .iter()
+            .filter(|&&s| s >= self.cfg.dead_after_tokens)
+            .count() as f64
+            / f as f64;
+        Ok(stats)
+    }
+
+    /// Writes params, Adam moments, step, dead-latent counters, RNG state and
+    /// both configs to one safetensors file (atomically, via a temp file).
+    pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
+        let meta = CheckpointMeta {
+            format: CHECKPOINT_FORMAT.into(),
+            step: self.step,
+            rng: self.rng.clone(),
+            trainer: self.cfg.clone(),
+            sae: self.sae.cfg.clone(),
+        };
+        let (d, f) = (self.sae.cfg.d_in, self.sae.cfg.d_sae);
+        let f32s: Vec<(&str, &Vec<f32>, Vec<usize>)> = vec![
+            ("w_enc_t", &self.sae.w_enc_t, vec![f, d]),
+            ("w_dec", &self.sae.w_dec, vec![f, d]),
+            ("b_enc", &self.sae.b_enc, vec![f]),
+            ("b_dec", &self.sae.b_dec, vec![d]),
+            ("m_enc", &self.m_enc, vec![f, d]),
+            ("v_enc", &self.v_enc, vec![f, d]),
+            ("m_dec", &self.m_dec, vec![f, d]),
+            ("v_dec", &self.v_dec, vec![f, d]),
+            ("m_benc", &self.m_benc, vec![f]),
+            ("v_benc", &self.v_benc, vec![f]),
+            ("m_bdec", &self.m_bdec, vec![d]),
+            ("v_bdec", &self.v_bdec, vec![d]),
+        ];
+        let bytes: Vec<(String, Vec<u8>, Vec<usize>, Dtype)> = f32s
+            .into_iter()
+            .map(|(k, v, s)| (k.to_string(), f32_bytes(v), s, Dtype::F32))
+            .chain(std::iter::once((
+                "since_fired".to_string(),
+                self.since_fired
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+                vec![f],
+                Dtype::U64,
+            )))
+            .collect();
+        let views: Vec<(String, TensorView<'_>)> = bytes
+            .iter()
+            .map(|(k, b, s, dt)| Ok((k.clone(), TensorView::new(*dt, s.clone(), b)?)))
+            .collect::<Result<_>>()?;
+        let mut info = HashMap::new();
+        info.insert("coact_trainer".to_string(), serde_json::to_string(&meta)?);
+        let tmp = path.with_extension("tmp");
+        safetensors::serialize_to_file(views, Some(info), &tmp)
+            .with_context(|| format!("writing checkpoint {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+        Ok(())
+    }
+
+    /// Restores a trainer saved by [`Trainer::save_checkpoint`]; continuing it
+    /// gives bit-identical results to a run that was never interrupted.
+    pub fn load_checkpoint(path: &Path) -> Result<Trainer> {
+        let buf = std::fs::read(path)
+            .with_context(|| format!("reading checkpoint {}", path.display()))?;
+        let st = SafeTensors::deserialize(&buf).context("parsing checkpoint")?;
+        let (_, md) = SafeTensors::read_metadata(&buf)?;
+        let meta_s = md
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("coact_trainer"))
+            .context("checkpoint lacks coact_trainer metadata")?;
+        let meta: CheckpointMeta = serde_json::from_str(meta_s)?;
+        ensure!(
+            meta.format == CHECKPOINT_FORMAT,
+            "unknown checkpoint format {}",
+            meta.format
+        );
+        meta.trainer.validate()?;
+        meta.sae.validate()?;
+        let (d, f) = (meta.sae.d_in, meta.sae.d_sae);
+        let get = |name: &str, len: usize| -> Result<Vec<f32>> {
+            let t = st
+                .tensor(name)
+                .with_context(|| format!("checkpoint lacks {name}"))?;
+            ensure!(t.dtype() == Dtype::F32, "{name} is not f32");
+            let v = f32_from_bytes(t.data());
+            ensure!(
+                v.len() == len,
+                "{name} has {} values, expected {len}",
+                v.len()
+            );
+            Ok(v)
+        };
+        let sae = Sae {
+            w_enc_t: get("w_enc_t", d * f)?,
+            w_dec: get("w_dec", d * f)?,
+            b_enc: get("b_enc", f)?,
+            b_dec: get("b_dec", d)?,
+            cfg: meta.sae.clone(),
+        };
+        let mut tr = Trainer::from_parts(meta.trainer, sae);
+        tr.m_enc = get("m_enc", d * f)?;
+        tr.v_enc = get("v_enc", d * f)?;
+        tr.m_dec = get("m_dec", d * f)?;
+        tr.v_dec = get("v_dec", d * f)?;
+        tr.m_benc = get("m_benc", f)?;
+        tr.v_benc = get("v_benc", f)?;
+        tr.m_bdec = get("m_bdec", d)?;
+        tr.v_bdec = get("v_bdec", d)?;
+        let sf = st
+            .tensor("since_fired")
+            .context("checkpoint lacks since_fired")?;
+        ensure!(
+            sf.dtype() == Dtype::U64 && sf.data().len() == 8 * f,
+            "bad since_fired"
+        );
+        tr.since_fired = sf
+            .data()
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        tr.step = meta.step;
+        tr.rng = meta.rng;
+        Ok(tr)
+    }
+}
+
+const CHECKPOINT_FORMAT: &str = "coact-sae-trainer-1";
+
+#[derive(Serialize, Deserialize)]
+struct CheckpointMeta {
+    format: String,
+    step: u64,
+    rng: SplitMix64,
+    trainer: TrainerConfig,
+    sae: SaeConfig,
+}
+
+pub(crate) fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(v.len() * 4);
+    for x in v {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out
+}
+
+pub(crate) fn f32_from_bytes(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}

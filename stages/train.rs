@@ -1,0 +1,333 @@
+//! train: one SAE per variant on the train split's activations (BOS
+//! excluded), saved in SAELens layout with its training curve.
+//!
+//! Batches are drawn from a seeded permutation of all train tokens across
+//! shards (one per epoch). Checkpoints every `checkpoint_every` steps let a
+//! killed run resume and end with the same weights.
+
+use crate::config::Config;
+use crate::extract::read_activations;
+use crate::runner::{StageInput, StageOutput};
+use crate::store::TableEntry;
+use crate::variants::{Kind, OrthoKind, Variant};
+use anyhow::{anyhow, bail, Context, Result};
+use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use coact::rng::SplitMix64;
+use coact::sae::{
+    fold_scaling, norm_scaling_factor, save_saelens, Ortho, SaeConfig, SaeKind, SaelensMeta,
+    StepStats, Trainer, TrainerConfig,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+const CHECKPOINT: &str = "checkpoint.safetensors";
+const CHECKPOINT_LOG: &str = "checkpoint_log.json";
+/// Rows used to estimate the activation scale.
+const SCALE_SAMPLE: usize = 65536;
+
+#[derive(Serialize, Deserialize, Clone)]
+struct LogRow {
+    tokens: u64,
+    tokens_per_s: f64,
+    stats: StepStats,
+}
+
+/// The trainer's settings for one variant.
+pub fn trainer_config(
+    cfg: &Config,
+    v: &Variant,
+    total_steps: usize,
+    batch: usize,
+) -> TrainerConfig {
+    let t = &cfg.train;
+    let s = &v.settings;
+    let mut tc = TrainerConfig::new(total_steps, batch);
+    tc.lr = t.lr;
+    tc.warmup_steps = t.warmup_steps;
+    tc.decay_frac = t.decay_frac;
+    tc.dead_after_tokens = t.dead_after_tokens;
+    tc.seed = s.seed;
+    tc.ortho = match s.ortho {
+        OrthoKind::None => Ortho::None,
+        OrthoKind::Uniform => Ortho::Uniform {
+            lambda: s.lambda,
+            pairs: t.uniform_pairs,
+        },
+        OrthoKind::Guided => Ortho::Guided {
+            lambda: s.lambda,
+            tau: s.tau,
+        },
+    };
+    tc
+}
+
+pub fn sae_config(v: &Variant, d_in: usize) -> SaeConfig {
+    let s = &v.settings;
+    SaeConfig {
+        d_in,
+        d_sae: s.d_sae,
+        kind: match s.kind {
+            Kind::Topk => SaeKind::TopK { k: s.k },
+            Kind::ReluL1 => SaeKind::ReluL1 {
+                l1_coeff: s.l1_coeff,
+            },
+        },
+    }
+}
+
+/// The train split's non-BOS activations ([n, d]) of an extract artifact.
+pub fn load_train_tokens(input: &StageInput) -> Result<(Vec<f32>, usize, serde_json::Value)> {
+    let key = &input.planned.inputs["extract"];
+    let m = input.store.manifest("extract", key)?;
+    let dir = input.store.artifact_dir("extract", key);
+    let files = &m
+        .tables
+        .get("activations")
+        .context("extract artifact without an activations table")?
+        .files;
+    let (all, special, d) = read_activations(&dir, files, "train")?;
+    if d == 0 {
+        bail!("extract/{key}: no train activations");
+    }
+    let mut x = Vec::with_capacity(all.len());
+    for (row, is_special) in all.chunks_exact(d).zip(&special) {
+        if !is_special {
+            x.extend_from_slice(row);
+        }
+    }
+    Ok((x, d, m.summary))
+}
+
+pub fn run(input: &StageInput) -> Result<StageOutput> {
+    let cfg = input.cfg;
+    let unit = input
+        .planned
+        .unit
+        .as_deref()
+        .context("train runs per variant")?;
+    let variant = cfg
+        .variants()
+        .into_iter()
+        .find(|v| v.name == unit)
+        .context("variant vanished from the config")?;
+    let spinner = input.progress.spinner("reading train activations");
+    let (x, d, extract_summary) = load_train_tokens(input)?;
+    spinner.finish_and_clear();
+    let n = x.len() / d;
+    let batch = cfg.train.batch_size.min(n);
+    let steps_per_epoch = n / batch;
+    let total = steps_per_epoch * cfg.train.epochs;
+    if total == 0 {
+        bail!(
+            "train.batch_size = {}: larger than the {n} train tokens",
+            cfg.train.batch_size
+        );
+    }
+    let scale = norm_scaling_factor(&x[..SCALE_SAMPLE.min(n) * d], d)?;
+    let tc = trainer_config(cfg, &variant, total, batch);
+    let sc = sae_config(&variant, d);
+    let ckpt = input.out_dir.join(CHECKPOINT);
+    let ckpt_log = input.out_dir.join(CHECKPOINT_LOG);
+
+    let mut perm_epoch = usize::MAX;
+    let mut perm: Vec<u32> = Vec::new();
+    let mut batch_of = |step: usize, buf: &mut Vec<f32>| {
+        let epoch = step / steps_per_epoch;
+        if epoch != perm_epoch {
+            perm = (0..n as u32).collect();
+            SplitMix64::new(variant.settings.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9))
+                .shuffle(&mut perm);
+            perm_epoch = epoch;
+        }
+        let start = (step % steps_per_epoch) * batch;
+        buf.clear();
+        for &row in &perm[start..start + batch] {
+            buf.extend(
+                x[row as usize * d..(row as usize + 1) * d]
+                    .iter()
+                    .map(|v| v * scale),
+            );
+        }
+    };
+
+    let mut buf = Vec::with_capacity(batch * d);
+    let (mut trainer, mut log) = if ckpt.is_file() {
+        let t = Trainer::load_checkpoint(&ckpt)
+            .with_context(|| format!("resuming from {}", ckpt.display()))?;
+        if t.config() != &tc || t.sae().cfg != sc {
+            bail!(
+                "{} belongs to other settings; remove the folder to start over",
+                ckpt.display()
+            );
+        }
+        let mut log: Vec<LogRow> = serde_json::from_str(&std::fs::read_to_string(&ckpt_log)?)?;
+        log.truncate(t.steps_done() as usize);
+        input.progress.note(format!(
+            "train/{unit}: resuming at step {} of {total}",
+            t.steps_done()
+        ));
+        (t, log)
+    } else {
+        batch_of(0, &mut buf);
+        (
+            Trainer::new(tc, sc, &buf).map_err(|e| anyhow!("train.variants ({unit}): {e}"))?,
+            Vec::new(),
+        )
+    };
+
+    let bar = input
+        .progress
+        .bar((total * batch) as u64, format!("train {unit}"), "tokens");
+    bar.inc(trainer.steps_done() * batch as u64);
+    for step in trainer.steps_done() as usize..total {
+        batch_of(step, &mut buf);
+        let t0 = std::time::Instant::now();
+        let stats = trainer.step(&buf).map_err(|e| {
+            anyhow!(
+                "variant {unit}, step {step}: {e:#}. Training stopped; the last checkpoint (every {} steps) is kept \
+                 in {} for a rerun after changing the settings",
+                cfg.train.checkpoint_every,
+                input.out_dir.display()
+            )
+        })?;
+        let tokens_per_s = batch as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+        log.push(LogRow {
+            tokens: ((step + 1) * batch) as u64,
+            tokens_per_s,
+            stats,
+        });
+        bar.inc(batch as u64);
+        if (step + 1) % cfg.train.checkpoint_every == 0 && step + 1 < total {
+            // The log first: a checkpoint never refers to steps the log lacks.
+            write_atomically(&ckpt_log, serde_json::to_string(&log)?.as_bytes())?;
+            trainer.save_checkpoint(&ckpt)?;
+        }
+    }
+    bar.finish_and_clear();
+
+    let mut sae = trainer.into_sae();
+    fold_scaling(&mut sae, scale)?;
+    let layer = extract_summary["layer"].as_u64().unwrap_or(0) as usize;
+    let meta = SaelensMeta {
+        model_name: cfg.model.name.clone(),
+        hook_name: extract_summary["hook_name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        hook_layer: Some(layer),
+        context_size: extract_summary["context_size"].as_u64().unwrap_or(0) as usize,
+        prepend_bos: true,
+        dataset_path: cfg.corpus.path.display().to_string(),
+    };
+    save_saelens(&sae, input.out_dir, &meta)?;
+    let rows = write_log(&input.out_dir.join("train_log.parquet"), unit, &log)?;
+    for f in [&ckpt, &ckpt_log] {
+        if f.exists() {
+            std::fs::remove_file(f)?;
+        }
+    }
+    let tail = &log[log.len().saturating_sub(10)..];
+    let mean = |f: &dyn Fn(&StepStats) -> f64| {
+        tail.iter().map(|r| f(&r.stats)).sum::<f64>() / tail.len() as f64
+    };
+    let tokens_per_s = log.iter().map(|r| r.tokens_per_s).sum::<f64>() / log.len() as f64;
+    input.progress.note(format!(
+        "train/{unit}: {total} steps of {batch}, final mse {:.4} (scaled), L0 {:.1}, dead {:.3}, {:.0} tokens/s",
+        mean(&|s| s.mse),
+        mean(&|s| s.l0),
+        mean(&|s| s.dead_fraction),
+        tokens_per_s
+    ));
+    Ok(StageOutput {
+        tables: BTreeMap::from([(
+            "log".to_string(),
+            TableEntry {
+                files: vec!["train_log.parquet".into()],
+                rows,
+            },
+        )]),
+        summary: json!({
+            "variant": unit,
+            "settings": variant.settings,
+            "d_in": d,
+            "train_tokens": n,
+            "steps": total,
+            "batch_size": batch,
+            "activation_scale": scale,
+            "tokens_per_s": tokens_per_s,
+            "final": {
+                "mse_scaled": mean(&|s| s.mse),
+                "l0": mean(&|s| s.l0),
+                "dead_fraction": mean(&|s| s.dead_fraction),
+                "ortho": mean(&|s| s.ortho),
+            },
+        }),
+    })
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+fn write_log(path: &Path, variant: &str, log: &[LogRow]) -> Result<u64> {
+    let f64_col = |f: &dyn Fn(&LogRow) -> f64| -> ArrayRef {
+        Arc::new(Float64Array::from_iter_values(log.iter().map(f)))
+    };
+    let columns: Vec<(&str, ArrayRef)> = vec![
+        (
+            "variant",
+            Arc::new(StringArray::from(vec![variant; log.len()])),
+        ),
+        (
+            "step",
+            Arc::new(Int64Array::from_iter_values(
+                log.iter().map(|r| r.stats.step as i64),
+            )),
+        ),
+        (
+            "tokens",
+            Arc::new(Int64Array::from_iter_values(
+                log.iter().map(|r| r.tokens as i64),
+            )),
+        ),
+        ("loss", f64_col(&|r| r.stats.loss)),
+        ("mse", f64_col(&|r| r.stats.mse)),
+        ("aux", f64_col(&|r| r.stats.aux)),
+        ("l1", f64_col(&|r| r.stats.l1)),
+        ("ortho", f64_col(&|r| r.stats.ortho)),
+        ("l0", f64_col(&|r| r.stats.l0)),
+        ("dead_fraction", f64_col(&|r| r.stats.dead_fraction)),
+        ("lr", f64_col(&|r| r.stats.lr as f64)),
+        (
+            "competing_pairs",
+            Arc::new(Int64Array::from_iter_values(
+                log.iter().map(|r| r.stats.competing_pairs as i64),
+            )),
+        ),
+        ("mean_c", f64_col(&|r| r.stats.mean_c)),
+        (
+            "mean_abs_cos_competing",
+            f64_col(&|r| r.stats.mean_abs_cos_competing),
+        ),
+        ("tokens_per_s", f64_col(&|r| r.tokens_per_s)),
+    ];
+    let schema = Schema::new(
+        columns
+            .iter()
+            .map(|(name, a)| Field::new(*name, a.data_type().clone(), false))
+            .collect::<Vec<_>>(),
+    );
+    let batch = RecordBatch::try_new(
+        Arc::new(schema),
+        columns.into_iter().map(|(_, a)| a).collect(),
+    )?;
+    debug_assert!(batch.schema().field(0).data_type() == &DataType::Utf8);
+    crate::parquet_io::write_all(path, &[batch])
+}

@@ -1,0 +1,124 @@
+//! Throughput of coact's Gemma forward on the real gemma-3-270m GGUF, beside
+//! candle-transformers' quantized_gemma3 on the same batch. Not a pass/fail
+//! test: run it with
+//!
+//! ```text
+//! cargo test -p coact --release --test lm_speed -- --ignored --nocapture
+//! ```
+//!
+//! Environment: COACT_BENCH_BATCH (sequences per batch, default 8),
+//! COACT_BENCH_SEQ (tokens per sequence, default 128), COACT_BENCH_LAYER
+//! (early-exit layer, default 8), COACT_BENCH_REPS (timed batches, default 3),
+//! COACT_BENCH_ONLY=early (only coact's early exit, for a clean peak RSS).
+
+mod lm_support;
+
+use std::time::Instant;
+
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor};
+use coact::lm::{Gemma, LoadOptions, ModelSource, WeightFormat};
+
+fn env_usize(k: &str, d: usize) -> usize {
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
+}
+
+/// Tokens per second of `f` over `reps` runs after one warm-up run.
+fn rate(tokens: usize, reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let start = Instant::now();
+    for _ in 0..reps {
+        f();
+    }
+    (tokens * reps) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+#[test]
+#[ignore = "benchmark: run with --ignored --nocapture"]
+fn lm_extract_throughput() {
+    let (b, t) = (
+        env_usize("COACT_BENCH_BATCH", 8),
+        env_usize("COACT_BENCH_SEQ", 128),
+    );
+    let layer = env_usize("COACT_BENCH_LAYER", 8);
+    let reps = env_usize("COACT_BENCH_REPS", 3);
+    let only_early = std::env::var("COACT_BENCH_ONLY").is_ok_and(|v| v == "early");
+    let dev = Device::Cpu;
+    let src = ModelSource::Gguf(lm_support::gguf_path());
+    println!(
+        "batch {b} x {t} tokens, layer {layer}, {} threads",
+        candle_core::utils::get_num_threads()
+    );
+    let mut tokens = lm_support::random_tokens(b, t, 262_144, 17)
+        .to_vec2::<u32>()
+        .unwrap();
+    for row in &mut tokens {
+        row[0] = 2; // BOS
+    }
+    let tokens = Tensor::new(tokens, &dev).unwrap();
+    let n = b * t;
+
+    let start = Instant::now();
+    let dense = Gemma::load(&src, &dev).unwrap();
+    println!(
+        "load (dequantized f32): {:.2}s",
+        start.elapsed().as_secs_f64()
+    );
+    let early = rate(n, reps, || {
+        dense.resid_post(&tokens, layer).unwrap();
+    });
+    println!("coact early exit to layer {layer} (f32): {early:.0} tokens/s");
+    println!("peak RSS so far: {:.0} MB", peak_rss_mb());
+    if only_early {
+        return;
+    }
+    let full = rate(n, reps, || {
+        dense.logits(&tokens, None).unwrap();
+    });
+    println!("coact full forward with logits (f32): {full:.0} tokens/s");
+
+    let quant = Gemma::load_with(
+        &src,
+        &dev,
+        &LoadOptions {
+            weights: WeightFormat::Quantized,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let q_early = rate(n, 1, || {
+        quant.resid_post(&tokens, layer).unwrap();
+    });
+    println!("coact early exit to layer {layer} (QMatMul): {q_early:.0} tokens/s");
+    drop(quant);
+
+    let mut f = std::fs::File::open(lm_support::gguf_path()).unwrap();
+    let ct = gguf_file::Content::read(&mut f).unwrap();
+    let mut theirs =
+        candle_transformers::models::quantized_gemma3::ModelWeights::from_gguf(ct, &mut f, &dev)
+            .unwrap();
+    let candle = rate(n, 1, || {
+        theirs.forward(&tokens, 0).unwrap();
+    });
+    println!("candle quantized_gemma3 full forward (last-position logits): {candle:.0} tokens/s");
+    println!(
+        "ratio coact early exit (layer {layer}) / candle quantized full forward: {:.1}x; \
+         coact full / candle full: {:.1}x",
+        early / candle,
+        full / candle
+    );
+}
