@@ -2,14 +2,14 @@
 //! (d_in 6, F 10, k 3): reconstruction, AuxK, uniform and guided
 //! orthogonality, ReLU-L1.
 
-use coact::sae::rng::SaeRng;
+use coact::rng::SplitMix64;
 use coact::sae::{Ortho, Sae, SaeConfig, SaeKind, Trainer, TrainerConfig};
 
 const D: usize = 6;
 const F: usize = 10;
 
 fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut r = SaeRng::new(seed);
+    let mut r = SplitMix64::new(seed);
     (0..n * D).map(|_| r.normal() as f32).collect()
 }
 
@@ -32,7 +32,7 @@ fn trainer(kind: SaeKind, ortho: Ortho, aux: Option<(usize, u64)>) -> Trainer {
     };
     let mut t = Trainer::new(cfg, sae_cfg, &data(16, 1)).unwrap();
     // Move away from the symmetric init: random encoder, biases, decoder.
-    let mut r = SaeRng::new(9);
+    let mut r = SplitMix64::new(9);
     let s = t.sae_mut();
     s.w_enc_t
         .iter_mut()

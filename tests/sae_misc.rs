@@ -1,15 +1,15 @@
 //! Co-firing counts, validation, NaN handling, checkpoint/resume, SAELens IO
 //! and scale folding.
 
+use coact::rng::SplitMix64;
 use coact::sae::cofire::{batch_pairs, competition, CoFireAccumulator};
-use coact::sae::rng::SaeRng;
 use coact::sae::{
     fold_scaling, geometric_median, load_saelens, norm_scaling_factor, save_saelens, Ortho, Sae,
     SaeConfig, SaeKind, SaelensMeta, Trainer, TrainerConfig,
 };
 
 fn gauss(n: usize, d: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut r = SaeRng::new(seed);
+    let mut r = SplitMix64::new(seed);
     (0..n * d).map(|_| scale * r.normal() as f32).collect()
 }
 
@@ -79,7 +79,7 @@ fn cofire_counts_are_exact_and_tau_keeps_the_right_pairs() {
 #[test]
 fn cofire_matches_dense_count_on_random_lists() {
     let (f, n, k) = (40usize, 300usize, 5usize);
-    let mut r = SaeRng::new(11);
+    let mut r = SplitMix64::new(11);
     let mut indptr = vec![0];
     let mut idx = Vec::new();
     for _ in 0..n {
@@ -397,7 +397,7 @@ fn folding_the_scale_preserves_reconstructions() {
 fn encode_topk_and_decode_agree_with_a_dense_reference() {
     let (d, f, k, n) = (12, 30, 5, 50);
     let mut sae = Sae::init(topk_cfg(d, f, k), 8).unwrap();
-    let mut r = SaeRng::new(2);
+    let mut r = SplitMix64::new(2);
     sae.b_enc
         .iter_mut()
         .for_each(|v| *v = 0.3 * r.normal() as f32);

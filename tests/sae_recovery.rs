@@ -2,8 +2,8 @@
 //! recovers them, and guided orthogonality lowers the decoder cosines of
 //! co-firing latents when true features co-fire and are correlated.
 
+use coact::rng::SplitMix64;
 use coact::sae::cofire::batch_pairs;
-use coact::sae::rng::SaeRng;
 use coact::sae::{norm_scaling_factor, Ortho, Sae, SaeConfig, SaeKind, Trainer, TrainerConfig};
 
 const D: usize = 32;
@@ -13,7 +13,7 @@ fn unit(v: &mut [f32]) {
     v.iter_mut().for_each(|x| *x /= n);
 }
 
-fn random_dirs(n: usize, rng: &mut SaeRng) -> Vec<Vec<f32>> {
+fn random_dirs(n: usize, rng: &mut SplitMix64) -> Vec<Vec<f32>> {
     (0..n)
         .map(|_| {
             let mut v: Vec<f32> = (0..D).map(|_| rng.normal() as f32).collect();
@@ -30,7 +30,7 @@ struct World {
     dirs: Vec<Vec<f32>>,
     events: Vec<Vec<usize>>,
     per_token: usize,
-    rng: SaeRng,
+    rng: SplitMix64,
 }
 
 impl World {
@@ -106,13 +106,13 @@ fn train(world: &mut World, f: usize, k: usize, steps: usize, ortho: Ortho, scal
 
 #[test]
 fn topk_sae_recovers_known_directions() {
-    let mut rng = SaeRng::new(42);
+    let mut rng = SplitMix64::new(42);
     let dirs = random_dirs(48, &mut rng);
     let mut world = World {
         events: (0..48).map(|i| vec![i]).collect(),
         dirs: dirs.clone(),
         per_token: 3,
-        rng: SaeRng::new(7),
+        rng: SplitMix64::new(7),
     };
     let scale = norm_scaling_factor(&world.batch(4096), D).unwrap();
     let sae = train(&mut world, 96, 3, 3000, Ortho::None, scale);
@@ -144,7 +144,7 @@ fn cofiring_cos(sae: &Sae, x: &[f32], tau: f32) -> (f64, usize) {
 fn guided_orthogonality_separates_cofiring_latents() {
     // 32 independent directions plus 8 pairs of correlated directions
     // (cos 0.6 within a pair) that always fire together.
-    let mut rng = SaeRng::new(43);
+    let mut rng = SplitMix64::new(43);
     let mut dirs = random_dirs(32, &mut rng);
     let mut events: Vec<Vec<usize>> = (0..32).map(|i| vec![i]).collect();
     for p in 0..8 {
@@ -160,7 +160,7 @@ fn guided_orthogonality_separates_cofiring_latents() {
         dirs: dirs.clone(),
         events: events.clone(),
         per_token: 3,
-        rng: SaeRng::new(seed),
+        rng: SplitMix64::new(seed),
     };
     let scale = norm_scaling_factor(&make(1).batch(4096), D).unwrap();
     let held_out: Vec<f32> = make(99).batch(8192).iter().map(|v| v * scale).collect();

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use coact::sae::rng::SaeRng;
+use coact::rng::SplitMix64;
 use coact::sae::{Ortho, Sae, SaeConfig, SaeKind, Trainer, TrainerConfig};
 
 const D: usize = 640;
@@ -12,7 +12,7 @@ const B: usize = 4096;
 /// Sparse-ish structured activations: each token mixes 16 of 2048 fixed
 /// random directions, plus noise, scaled to unit mean squared norm.
 fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut r = SaeRng::new(seed);
+    let mut r = SplitMix64::new(seed);
     let dirs: Vec<f32> = (0..2048 * D)
         .map(|_| r.normal() as f32 / (D as f32).sqrt())
         .collect();
