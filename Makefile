@@ -8,7 +8,7 @@ CONFIG ?= pipeline.yaml
 COACT := $(CARGO_TARGET_DIR)/debug/coact
 RUN := $(COACT) --config $(CONFIG)
 
-.PHONY: all setup build tokenize extract train compete evals report status query clean test lint
+.PHONY: all setup build tokenize extract train compete evals report status query clean test bench lint
 
 all: setup build
 	$(RUN) run
@@ -41,6 +41,13 @@ clean: build
 
 test: setup
 	cargo test --workspace
+
+# Speed benchmarks: figures printed, ratios measured within one run.
+# SAE step (steps/s, tokens/s, guided over plain, encoder GFLOP/s vs candle)
+# and the Gemma forward (early exit to the study layer vs candle-transformers'
+# quantized_gemma3 on the same batch).
+bench: setup
+	cargo test -p coact --test sae_speed --test lm_speed -- --ignored --nocapture --test-threads 1
 
 lint:
 	cargo fmt --all -- --check

@@ -188,7 +188,8 @@ fn stage_config(stage: &str, cfg: &Config) -> Result<Value> {
     })
 }
 
-/// size:mtime of a file, or of every .txt file of a corpus folder.
+/// size:mtime of a file, or of every file of a folder (every .txt file of a
+/// txt corpus folder), so that status stays instant.
 fn fingerprint(path: &Path, format: Option<CorpusFormat>) -> String {
     let one = |p: &Path| -> Option<String> {
         let m = std::fs::metadata(p).ok()?;
@@ -199,11 +200,13 @@ fn fingerprint(path: &Path, format: Option<CorpusFormat>) -> String {
             .ok()?;
         Some(format!("{}:{}", m.len(), t.as_nanos()))
     };
-    if format == Some(CorpusFormat::TxtDir) && path.is_dir() {
+    if path.is_dir() {
+        let txt_only = format == Some(CorpusFormat::TxtDir);
         let mut parts: Vec<String> = std::fs::read_dir(path)
             .map(|rd| {
                 rd.filter_map(|e| e.ok())
-                    .filter(|e| e.path().extension().is_some_and(|x| x == "txt"))
+                    .filter(|e| e.path().is_file())
+                    .filter(|e| !txt_only || e.path().extension().is_some_and(|x| x == "txt"))
                     .filter_map(|e| {
                         Some(format!(
                             "{}={}",

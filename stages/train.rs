@@ -179,6 +179,11 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
         )
     };
 
+    // Stops the run as a kill would, right after a checkpoint: lets tests (and
+    // users checking their setup) exercise resumption.
+    let interrupt_at: Option<usize> = std::env::var("COACT_TRAIN_INTERRUPT_AT")
+        .ok()
+        .and_then(|v| v.parse().ok());
     let bar = input
         .progress
         .bar((total * batch) as u64, format!("train {unit}"), "tokens");
@@ -205,6 +210,12 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
             // The log first: a checkpoint never refers to steps the log lacks.
             write_atomically(&ckpt_log, serde_json::to_string(&log)?.as_bytes())?;
             trainer.save_checkpoint(&ckpt)?;
+            if interrupt_at.is_some_and(|n| step + 1 >= n) {
+                bail!(
+                    "interrupted after step {} (COACT_TRAIN_INTERRUPT_AT)",
+                    step + 1
+                );
+            }
         }
     }
     bar.finish_and_clear();

@@ -22,6 +22,7 @@
 //!    same: same tolerance. Measured 1.7e-2 to 3.5e-2 (deterministic, but not
 //!    bit-equal to candle's; the f32 agreement of comparison 1 is what pins
 //!    the architecture down).
+//!
 //! For the record the test also prints coact's real (GELU) forward against
 //! quantized_gemma3: correlation ~0.95, and top-1 differs on some prompts.
 //!

@@ -111,14 +111,52 @@ fn lm_extract_throughput() {
     let mut theirs =
         candle_transformers::models::quantized_gemma3::ModelWeights::from_gguf(ct, &mut f, &dev)
             .unwrap();
+    // quantized_gemma3 (candle 0.11.1) fails on batches of more than one
+    // sequence ("input has to be contiguous"), so it runs the same batch one
+    // sequence at a time.
     let candle = rate(n, 1, || {
-        theirs.forward(&tokens, 0).unwrap();
+        for i in 0..b {
+            theirs.forward(&tokens.narrow(0, i, 1).unwrap(), 0).unwrap();
+        }
     });
-    println!("candle quantized_gemma3 full forward (last-position logits): {candle:.0} tokens/s");
+    println!(
+        "candle quantized_gemma3 full forward (last-position logits, one sequence at a time): \
+         {candle:.0} tokens/s"
+    );
     println!(
         "ratio coact early exit (layer {layer}) / candle quantized full forward: {:.1}x; \
          coact full / candle full: {:.1}x",
         early / candle,
         full / candle
     );
+}
+
+/// Raw f32 matmul rate of candle's CPU gemm on the forward's shapes (rows =
+/// 1024 tokens), for judging how close the forward gets to it.
+#[test]
+#[ignore = "benchmark: run with --ignored --nocapture"]
+fn lm_gemm_rate() {
+    let dev = Device::Cpu;
+    for (m, k, n) in [
+        (1024usize, 640usize, 4096usize),
+        (1024, 2048, 640),
+        (1024, 640, 1536),
+    ] {
+        let a = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, (k, n), &dev).unwrap();
+        let bt = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+        let reps = 20;
+        let flops = 2.0 * (m * k * n * reps) as f64;
+        let kn = rate(flops as usize, reps, || {
+            a.matmul(&b).unwrap();
+        }) / reps as f64;
+        let nk = rate(flops as usize, reps, || {
+            a.matmul(&bt.t().unwrap()).unwrap();
+        }) / reps as f64;
+        println!(
+            "{m}x{k}x{n}: [in,out] weights {:.1} GFLOP/s, [out,in] transposed {:.1} GFLOP/s",
+            kn / 1e9,
+            nk / 1e9
+        );
+    }
 }

@@ -687,3 +687,65 @@ fn bad_train_settings_name_the_variant_key() {
         "{err}"
     );
 }
+
+#[test]
+fn an_interrupted_training_resumes_to_the_same_weights() {
+    let a = Study::new(8, 40);
+    a.ok(&["run", "train", "-q"]);
+    let b = Study::new(8, 40);
+    let out = Command::new(env!("CARGO_BIN_EXE_coact"))
+        .current_dir(&b.dir)
+        .args(["run", "train", "-q"])
+        .env("COACT_TRAIN_INTERRUPT_AT", "4")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("interrupted after step 4"),
+        "{err}"
+    );
+    // The checkpoint survives in the temporary folder; nothing is published.
+    let tmp: Vec<String> = b
+        .artifacts("train")
+        .into_iter()
+        .filter(|n| n.starts_with(".tmp-"))
+        .collect();
+    assert_eq!(tmp.len(), 1, "{:?}", b.artifacts("train"));
+    assert!(b
+        .dir
+        .join("data/train")
+        .join(&tmp[0])
+        .join("checkpoint.safetensors")
+        .is_file());
+    let out = b.coact(&["run", "train"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.contains("resuming at step 4"),
+        "{err}"
+    );
+    // Same bytes as the run that was never interrupted, variant by variant.
+    let weights = |s: &Study| -> std::collections::BTreeMap<String, Vec<u8>> {
+        s.artifacts("train")
+            .into_iter()
+            .map(|key| {
+                let dir = s.dir.join("data/train").join(&key);
+                let m: serde_json::Value = serde_json::from_str(
+                    &std::fs::read_to_string(dir.join("manifest.json")).unwrap(),
+                )
+                .unwrap();
+                (
+                    m["unit"].as_str().unwrap().to_string(),
+                    std::fs::read(dir.join("sae_weights.safetensors")).unwrap(),
+                )
+            })
+            .collect()
+    };
+    let (wa, wb) = (weights(&a), weights(&b));
+    assert_eq!(wa.len(), 3);
+    for (variant, bytes) in &wa {
+        assert!(
+            &wb[variant] == bytes,
+            "weights of {variant} differ after resuming"
+        );
+    }
+}

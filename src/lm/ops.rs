@@ -194,7 +194,7 @@ pub struct Geglu {
 impl Geglu {
     pub fn forward(&self, gu: &Tensor) -> CResult<Tensor> {
         let two_i = gu.dim(D::Minus1)?;
-        if two_i % 2 != 0 {
+        if !two_i.is_multiple_of(2) {
             candle_core::bail!("gated MLP: odd fused width {two_i}");
         }
         if gu.device().is_cpu() && gu.dtype() == DType::F32 {
