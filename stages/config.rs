@@ -164,12 +164,12 @@ pub struct TrainConfig {
     pub epochs: usize,
     /// None: 2e-4 / sqrt(d_sae / 2^14).
     #[serde(default)]
-    pub lr: Option<f32>,
+    pub lr: Option<f64>,
     /// None: min(1000, steps / 10).
     #[serde(default)]
     pub warmup_steps: Option<usize>,
     #[serde(default = "default_decay_frac")]
-    pub decay_frac: f32,
+    pub decay_frac: f64,
     /// A latent that has not fired for this many tokens is dead (AuxK).
     #[serde(default = "default_dead_after")]
     pub dead_after_tokens: u64,
@@ -189,7 +189,7 @@ fn default_train_batch() -> usize {
 fn default_epochs() -> usize {
     1
 }
-fn default_decay_frac() -> f32 {
+fn default_decay_frac() -> f64 {
     0.2
 }
 fn default_dead_after() -> u64 {

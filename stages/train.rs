@@ -46,20 +46,20 @@ pub fn trainer_config(
     let t = &cfg.train;
     let s = &v.settings;
     let mut tc = TrainerConfig::new(total_steps, batch);
-    tc.lr = t.lr;
+    tc.lr = t.lr.map(|v| v as f32);
     tc.warmup_steps = t.warmup_steps;
-    tc.decay_frac = t.decay_frac;
+    tc.decay_frac = t.decay_frac as f32;
     tc.dead_after_tokens = t.dead_after_tokens;
     tc.seed = s.seed;
     tc.ortho = match s.ortho {
         OrthoKind::None => Ortho::None,
         OrthoKind::Uniform => Ortho::Uniform {
-            lambda: s.lambda,
+            lambda: s.lambda as f32,
             pairs: t.uniform_pairs,
         },
         OrthoKind::Guided => Ortho::Guided {
-            lambda: s.lambda,
-            tau: s.tau,
+            lambda: s.lambda as f32,
+            tau: s.tau as f32,
         },
     };
     tc
@@ -73,7 +73,7 @@ pub fn sae_config(v: &Variant, d_in: usize) -> SaeConfig {
         kind: match s.kind {
             Kind::Topk => SaeKind::TopK { k: s.k },
             Kind::ReluL1 => SaeKind::ReluL1 {
-                l1_coeff: s.l1_coeff,
+                l1_coeff: s.l1_coeff as f32,
             },
         },
     }

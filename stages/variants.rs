@@ -30,14 +30,14 @@ pub struct VariantSettings {
     pub k: usize,
     /// L1 coefficient (relu_l1).
     #[serde(default)]
-    pub l1_coeff: f32,
+    pub l1_coeff: f64,
     pub ortho: OrthoKind,
     /// Weight of the orthogonality term.
     #[serde(default)]
-    pub lambda: f32,
+    pub lambda: f64,
     /// Competition threshold of the guided term.
     #[serde(default)]
-    pub tau: f32,
+    pub tau: f64,
     #[serde(default)]
     pub seed: u64,
 }
@@ -71,13 +71,13 @@ pub struct VariantSpec {
     #[serde(default)]
     pub k: Option<OneOrMany<usize>>,
     #[serde(default)]
-    pub l1_coeff: Option<OneOrMany<f32>>,
+    pub l1_coeff: Option<OneOrMany<f64>>,
     #[serde(default)]
     pub ortho: Option<OrthoKind>,
     #[serde(default)]
-    pub lambda: Option<OneOrMany<f32>>,
+    pub lambda: Option<OneOrMany<f64>>,
     #[serde(default)]
-    pub tau: Option<OneOrMany<f32>>,
+    pub tau: Option<OneOrMany<f64>>,
     #[serde(default)]
     pub seed: Option<OneOrMany<u64>>,
 }
