@@ -33,7 +33,7 @@ status: build
 
 # make query SQL="select split, count(*) from tokenize_sequences group by split"
 query: build
-	@test -n "$(SQL)" || { echo 'usage: make query SQL="select ..."  (tables: make query SQL= TABLES=1)'; $(RUN) query --tables; exit 2; }
+	@test -n "$(SQL)" || { echo 'usage: make query SQL="select ..."; the tables:'; $(RUN) query --tables; exit 2; }
 	$(RUN) query "$(SQL)"
 
 clean: build

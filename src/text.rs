@@ -17,12 +17,18 @@ impl TextTokenizer {
         if !path.is_file() {
             bail!("tokenizer file {} not found", path.display());
         }
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| {
+        let mut inner = tokenizers::Tokenizer::from_file(path).map_err(|e| {
             anyhow!(
                 "tokenizer {}: not a valid tokenizer.json: {e}",
                 path.display()
             )
         })?;
+        // Documents are packed by coact: a file's own truncation or padding
+        // would silently cut or pad them.
+        inner
+            .with_truncation(None)
+            .map_err(|e| anyhow!("tokenizer {}: {e}", path.display()))?;
+        inner.with_padding(None);
         let bos_id = inner.token_to_id(bos_token).ok_or_else(|| {
             anyhow!(
                 "tokenizer {}: BOS token '{bos_token}' is not in its vocabulary",

@@ -1,5 +1,6 @@
-//! `coact clean`: removes stale artifacts and leftovers of interrupted runs;
-//! fresh artifacts too with `--all`.
+//! `coact clean`: removes stale artifacts, unreadable ones and leftovers of
+//! interrupted runs; fresh artifacts, and the resumable progress of the
+//! current config (extract shards, train checkpoints), too with `--all`.
 
 use crate::config::Config;
 use crate::plan::{plan, STAGES};
@@ -12,15 +13,22 @@ pub fn clean(cfg: &Config, all: bool) -> Result<Vec<String>> {
     let planned = plan(cfg)?;
     let mut removed = Vec::new();
     for def in STAGES {
-        for dir in store.leftovers(def.name) {
-            std::fs::remove_dir_all(&dir)?;
-            removed.push(dir.display().to_string());
-        }
         let fresh: Vec<&str> = planned
             .iter()
             .filter(|p| p.stage == def.name)
             .map(|p| p.key.as_str())
             .collect();
+        for (dir, key) in store.leftovers(def.name) {
+            // A resumable run of the current config keeps its progress.
+            if all || !fresh.contains(&key.as_str()) {
+                std::fs::remove_dir_all(&dir)?;
+                removed.push(dir.display().to_string());
+            }
+        }
+        for name in store.unreadable(def.name)? {
+            store.remove(def.name, &name)?;
+            removed.push(store.artifact_dir(def.name, &name).display().to_string());
+        }
         for m in store.list(def.name)? {
             if all || !fresh.contains(&m.key.as_str()) {
                 store.remove(def.name, &m.key)?;

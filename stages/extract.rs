@@ -86,14 +86,43 @@ pub fn read_sequences(store: &Store, tokenize_key: &str) -> Result<BTreeMap<Stri
 
 /// Running sums for the norm statistics of one shard (BOS excluded, because
 /// its residual is an outlier hundreds of times larger than other tokens').
+/// Stored beside the shard with floats as their bit patterns, so that a
+/// resumed run adds up exactly the same numbers.
 #[derive(Serialize, Deserialize, Default, Clone)]
 pub struct ShardStats {
     pub tokens: u64,
     pub bos_tokens: u64,
+    #[serde(with = "f64_bits")]
     pub norm_sum: f64,
+    #[serde(with = "f64_bits")]
     pub sq_norm_sum: f64,
+    #[serde(with = "f64_bits")]
     pub bos_norm_sum: f64,
+    #[serde(with = "vec_f64_bits")]
     pub dim_sum: Vec<f64>,
+}
+
+mod f64_bits {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(v.to_bits())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        u64::deserialize(d).map(f64::from_bits)
+    }
+}
+
+mod vec_f64_bits {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    pub fn serialize<S: Serializer>(v: &[f64], s: S) -> Result<S::Ok, S::Error> {
+        v.iter()
+            .map(|x| x.to_bits())
+            .collect::<Vec<u64>>()
+            .serialize(s)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+        Vec::<u64>::deserialize(d).map(|v| v.into_iter().map(f64::from_bits).collect())
+    }
 }
 
 impl ShardStats {
@@ -170,8 +199,20 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
             let final_path = input.out_dir.join(&name);
             let shard_stats: ShardStats = if final_path.is_file() {
                 // Finished by an earlier, interrupted run.
-                let text = std::fs::read_to_string(input.out_dir.join(&stats_name))?;
-                let st: ShardStats = serde_json::from_str(&text)?;
+                let stats_path = input.out_dir.join(&stats_name);
+                let text = std::fs::read_to_string(&stats_path).with_context(|| {
+                    format!(
+                        "resuming: {} lacks its statistics {}",
+                        name,
+                        stats_path.display()
+                    )
+                })?;
+                let st: ShardStats = serde_json::from_str(&text).with_context(|| {
+                    format!(
+                        "resuming: {} is not a shard statistics file",
+                        stats_path.display()
+                    )
+                })?;
                 bar.inc(st.tokens + st.bos_tokens);
                 st
             } else {

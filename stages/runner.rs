@@ -35,7 +35,7 @@ fn run_stage(name: &str, input: &StageInput) -> Result<StageOutput> {
 }
 
 /// Runs the named stages (all when empty) and whatever they need. `force`
-/// reruns the named stages even when fresh.
+/// reruns the named stages (all when none are named) even when fresh.
 pub fn run(cfg: &Config, names: &[String], force: bool, progress: &Progress) -> Result<()> {
     for n in names {
         let def = stage_def(n)
@@ -58,7 +58,7 @@ pub fn run(cfg: &Config, names: &[String], force: bool, progress: &Progress) -> 
                 &store,
                 def,
                 p,
-                force && names.iter().any(|n| n == def.name),
+                force && (names.is_empty() || names.iter().any(|n| n == def.name)),
                 progress,
             )?;
         }

@@ -98,35 +98,63 @@ impl Store {
             .with_context(|| format!("{}: not a coact manifest", path.display()))
     }
 
-    /// Published artifacts of a stage, newest first.
+    /// Published artifacts of a stage, newest first. A folder whose manifest
+    /// cannot be read (hand-edited, truncated) is skipped with a warning;
+    /// `unreadable` lists those for `coact clean`.
     pub fn list(&self, stage: &str) -> Result<Vec<Manifest>> {
-        let dir = self.root.join(stage);
         let mut out = Vec::new();
-        if !dir.is_dir() {
-            return Ok(out);
-        }
-        for entry in
-            std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
-        {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().to_string();
-            if name.starts_with('.') || !entry.path().join(MANIFEST).is_file() {
-                continue;
+        for name in self.published_names(stage)? {
+            match self.manifest(stage, &name) {
+                Ok(m) => out.push(m),
+                Err(e) => eprintln!(
+                    "warning: skipping {}: {e:#}; `coact clean` removes it",
+                    self.artifact_dir(stage, &name).display()
+                ),
             }
-            out.push(self.manifest(stage, &name)?);
         }
         out.sort_by(|a, b| b.created_unix.cmp(&a.created_unix).then(a.key.cmp(&b.key)));
         Ok(out)
     }
 
-    /// Leftovers of interrupted runs (temporary folders) of a stage.
-    pub fn leftovers(&self, stage: &str) -> Vec<PathBuf> {
+    /// Published folders of a stage whose manifest cannot be read.
+    pub fn unreadable(&self, stage: &str) -> Result<Vec<String>> {
+        Ok(self
+            .published_names(stage)?
+            .into_iter()
+            .filter(|n| self.manifest(stage, n).is_err())
+            .collect())
+    }
+
+    fn published_names(&self, stage: &str) -> Result<Vec<String>> {
+        let dir = self.root.join(stage);
+        if !dir.is_dir() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
+        {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if !name.starts_with('.') && entry.path().join(MANIFEST).is_file() {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Leftovers of interrupted runs (temporary folders) of a stage, with the
+    /// key a resumable folder (`.tmp-<key>`) would continue.
+    pub fn leftovers(&self, stage: &str) -> Vec<(PathBuf, String)> {
         let Ok(rd) = std::fs::read_dir(self.root.join(stage)) else {
             return Vec::new();
         };
         rd.filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().starts_with(TMP_PREFIX))
-            .map(|e| e.path())
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                let rest = name.strip_prefix(TMP_PREFIX)?.to_string();
+                Some((e.path(), rest))
+            })
             .collect()
     }
 
@@ -181,7 +209,14 @@ fn remove_atomically(dir: &Path) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
-    let doomed = dir.with_file_name(format!("{TMP_PREFIX}old-{name}-{}", std::process::id()));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let doomed = dir.with_file_name(format!(
+        "{TMP_PREFIX}old-{name}-{}-{nanos}",
+        std::process::id()
+    ));
     std::fs::rename(dir, &doomed).with_context(|| format!("moving {} aside", dir.display()))?;
     std::fs::remove_dir_all(&doomed).with_context(|| format!("removing {}", doomed.display()))
 }
@@ -358,6 +393,12 @@ mod tests {
         assert!(!store.exists("s", "k1"));
         assert!(store.leftovers("s").is_empty());
         assert!(store.list("s").unwrap().is_empty());
+        // A resumable folder survives a failure and names its key.
+        drop(store.begin_resumable("s", "k9").unwrap());
+        let left = store.leftovers("s");
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].1, "k9");
+        std::fs::remove_dir_all(&left[0].0).unwrap();
 
         let st = store.begin("s", "k2").unwrap();
         std::fs::write(st.path().join("t.parquet"), b"abc").unwrap();
@@ -393,5 +434,11 @@ mod tests {
         assert!(st.publish(m).is_err());
         assert!(!store.exists("s", "k3"));
         assert!(store.leftovers("s").is_empty());
+
+        // An unreadable manifest is skipped by list and reported for clean.
+        std::fs::create_dir_all(tmp.path().join("s/k4")).unwrap();
+        std::fs::write(tmp.path().join("s/k4").join(MANIFEST), b"").unwrap();
+        assert_eq!(store.list("s").unwrap().len(), 1);
+        assert_eq!(store.unreadable("s").unwrap(), vec!["k4".to_string()]);
     }
 }

@@ -118,15 +118,15 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
     let (x, d, extract_summary) = load_train_tokens(input)?;
     spinner.finish_and_clear();
     let n = x.len() / d;
-    let batch = cfg.train.batch_size.min(n);
-    let steps_per_epoch = n / batch;
-    let total = steps_per_epoch * cfg.train.epochs;
-    if total == 0 {
+    let batch = cfg.train.batch_size;
+    if batch > n {
         bail!(
-            "train.batch_size = {}: larger than the {n} train tokens",
-            cfg.train.batch_size
+            "train.batch_size = {batch}: larger than the {n} train tokens (BOS excluded) of extract/{}",
+            input.planned.inputs["extract"]
         );
     }
+    let steps_per_epoch = n / batch;
+    let total = steps_per_epoch * cfg.train.epochs;
     let scale = norm_scaling_factor(&x[..SCALE_SAMPLE.min(n) * d], d)?;
     let tc = trainer_config(cfg, &variant, total, batch);
     let sc = sae_config(&variant, d);
@@ -193,8 +193,9 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
         let t0 = std::time::Instant::now();
         let stats = trainer.step(&buf).map_err(|e| {
             anyhow!(
-                "variant {unit}, step {step}: {e:#}. Training stopped; the last checkpoint (every {} steps) is kept \
-                 in {} for a rerun after changing the settings",
+                "variant {unit}, step {step}: {e:#}. Training stopped. The last checkpoint (every {} steps) in {} \
+                 resumes only this exact configuration; change the settings to start a new run, and `coact clean` \
+                 removes the old progress",
                 cfg.train.checkpoint_every,
                 input.out_dir.display()
             )
@@ -236,9 +237,16 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
     };
     save_saelens(&sae, input.out_dir, &meta)?;
     let rows = write_log(&input.out_dir.join("train_log.parquet"), unit, &log)?;
-    for f in [&ckpt, &ckpt_log] {
-        if f.exists() {
-            std::fs::remove_file(f)?;
+    // Checkpoints and any half-written temporaries are not part of the artifact.
+    for entry in std::fs::read_dir(input.out_dir)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        if path == ckpt || path == ckpt_log || name.ends_with(".tmp") || name.ends_with(".partial")
+        {
+            std::fs::remove_file(&path)?;
         }
     }
     let tail = &log[log.len().saturating_sub(10)..];

@@ -717,6 +717,14 @@ fn an_interrupted_training_resumes_to_the_same_weights() {
         .join(&tmp[0])
         .join("checkpoint.safetensors")
         .is_file());
+    // clean keeps the progress of the current config.
+    b.ok(&["clean", "-q"]);
+    assert!(b
+        .dir
+        .join("data/train")
+        .join(&tmp[0])
+        .join("checkpoint.safetensors")
+        .is_file());
     let out = b.coact(&["run", "train"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -748,4 +756,36 @@ fn an_interrupted_training_resumes_to_the_same_weights() {
             "weights of {variant} differ after resuming"
         );
     }
+}
+
+#[test]
+fn force_without_stage_names_rebuilds_everything() {
+    let s = Study::new(5, 30);
+    s.ok(&["run", "-q"]);
+    let out = s.coact(&["run", "--force"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("cache hit"), "{err}");
+    assert!(
+        err.contains("tokenize  done")
+            && err.contains("extract   done")
+            && err.contains("train/topk done"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_batch_larger_than_the_train_split_is_an_error() {
+    let s = Study::new(4, 30);
+    let yaml = std::fs::read_to_string(s.dir.join("pipeline.yaml")).unwrap();
+    std::fs::write(
+        s.dir.join("pipeline.yaml"),
+        yaml.replace("batch_size: 16", "batch_size: 100000"),
+    )
+    .unwrap();
+    let err = s.fails(&["run", "train"]);
+    assert!(
+        err.contains("train.batch_size = 100000") && err.contains("larger than"),
+        "{err}"
+    );
 }
