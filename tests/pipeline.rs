@@ -84,6 +84,17 @@ impl Study {
         std::fs::write(self.dir.join("pipeline.yaml"), yaml).unwrap();
     }
 
+    /// Replaces `from` (which must be there) by `to` in pipeline.yaml.
+    fn edit_config(&self, from: &str, to: &str) {
+        let path = self.dir.join("pipeline.yaml");
+        let yaml = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            yaml.contains(from),
+            "pipeline.yaml has no {from:?}:\n{yaml}"
+        );
+        std::fs::write(&path, yaml.replace(from, to)).unwrap();
+    }
+
     fn coact(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_coact"))
             .current_dir(&self.dir)
@@ -197,12 +208,7 @@ fn second_run_is_a_cache_hit_and_config_changes_make_only_tokenize_stale() {
     assert!(status.contains("compete   not yet implemented"), "{status}");
 
     // A setting tokenize does not read (the layer) leaves it fresh.
-    let yaml = std::fs::read_to_string(s.dir.join("pipeline.yaml")).unwrap();
-    std::fs::write(
-        s.dir.join("pipeline.yaml"),
-        yaml.replace("layer: 1", "layer: 2"),
-    )
-    .unwrap();
+    s.edit_config("layer: 1", "layer: 2");
     assert!(s.ok(&["status"]).contains("tokenize  fresh"));
 
     // Changing the split seed makes it stale and says why.
@@ -623,12 +629,7 @@ fn train_makes_one_saelens_sae_per_variant_and_retrains_only_what_changed() {
     assert_eq!(log[3][3], "0", "plain TopK logs none: {log:?}");
 
     // Changing one variant's setting makes only that variant stale.
-    let yaml = std::fs::read_to_string(s.dir.join("pipeline.yaml")).unwrap();
-    std::fs::write(
-        s.dir.join("pipeline.yaml"),
-        yaml.replace("tau: [0.0, 0.5]", "tau: [0.0, 0.7]"),
-    )
-    .unwrap();
+    s.edit_config("tau: [0.0, 0.5]", "tau: [0.0, 0.7]");
     let status = s.ok(&["status"]);
     assert!(
         status
@@ -777,12 +778,7 @@ fn force_without_stage_names_rebuilds_everything() {
 #[test]
 fn a_batch_larger_than_the_train_split_is_an_error() {
     let s = Study::new(4, 30);
-    let yaml = std::fs::read_to_string(s.dir.join("pipeline.yaml")).unwrap();
-    std::fs::write(
-        s.dir.join("pipeline.yaml"),
-        yaml.replace("batch_size: 16", "batch_size: 100000"),
-    )
-    .unwrap();
+    s.edit_config("batch_size: 16", "batch_size: 100000");
     let err = s.fails(&["run", "train"]);
     assert!(
         err.contains("train.batch_size = 100000") && err.contains("larger than"),
