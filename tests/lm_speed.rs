@@ -8,7 +8,7 @@
 //!
 //! Environment: COACT_BENCH_BATCH (sequences per batch, default 8),
 //! COACT_BENCH_SEQ (tokens per sequence, default 128), COACT_BENCH_LAYER
-//! (early-exit layer, default 8), COACT_BENCH_REPS (timed batches, default 3),
+//! (early-exit layer, default 6, the default study's), COACT_BENCH_REPS (timed batches, default 3),
 //! COACT_BENCH_ONLY=early (only coact's early exit, for a clean peak RSS).
 
 mod lm_support;
@@ -54,7 +54,7 @@ fn lm_extract_throughput() {
         env_usize("COACT_BENCH_BATCH", 8),
         env_usize("COACT_BENCH_SEQ", 128),
     );
-    let layer = env_usize("COACT_BENCH_LAYER", 8);
+    let layer = env_usize("COACT_BENCH_LAYER", 6);
     let reps = env_usize("COACT_BENCH_REPS", 3);
     let only_early = std::env::var("COACT_BENCH_ONLY").is_ok_and(|v| v == "early");
     let dev = Device::Cpu;
