@@ -81,18 +81,25 @@ impl Study {
              train:\n  batch_size: 16\n  checkpoint_every: 2\n  dead_after_tokens: 64\n  base: {{kind: topk, d_sae: 32, k: 4, ortho: none}}\n  \
              variants:\n    - name: topk\n    - name: guided\n      ortho: guided\n      lambda: 0.1\n      tau: [0.0, 0.5]\n{extra}"
         );
+        self.set_config(&yaml);
+    }
+
+    fn config(&self) -> String {
+        std::fs::read_to_string(self.dir.join("pipeline.yaml")).unwrap()
+    }
+
+    fn set_config(&self, yaml: &str) {
         std::fs::write(self.dir.join("pipeline.yaml"), yaml).unwrap();
     }
 
     /// Replaces `from` (which must be there) by `to` in pipeline.yaml.
     fn edit_config(&self, from: &str, to: &str) {
-        let path = self.dir.join("pipeline.yaml");
-        let yaml = std::fs::read_to_string(&path).unwrap();
+        let yaml = self.config();
         assert!(
             yaml.contains(from),
             "pipeline.yaml has no {from:?}:\n{yaml}"
         );
-        std::fs::write(&path, yaml.replace(from, to)).unwrap();
+        self.set_config(&yaml.replace(from, to));
     }
 
     fn coact(&self, args: &[&str]) -> Output {
@@ -268,12 +275,8 @@ fn a_failing_stage_leaves_no_artifact() {
 #[test]
 fn bad_inputs_give_errors_that_name_them() {
     let s = Study::new(4, 30);
-    let yaml = std::fs::read_to_string(s.dir.join("pipeline.yaml")).unwrap();
-    std::fs::write(
-        s.dir.join("pipeline.yaml"),
-        yaml.replace("  seed: 0", "  seed: 0\n  sead: 1"),
-    )
-    .unwrap();
+    let yaml = s.config();
+    s.set_config(&yaml.replace("  seed: 0", "  seed: 0\n  sead: 1"));
     let err = s.fails(&["status"]);
     assert!(
         err.contains("pipeline.yaml") && err.contains("tokenize") && err.contains("sead"),
@@ -349,14 +352,14 @@ fn txt_folder_corpus_and_budgets() {
         let text: Vec<&str> = (0..50).map(|i| WORDS[(d + i) % WORDS.len()]).collect();
         std::fs::write(docs.join(format!("speech{d}.txt")), text.join(" ")).unwrap();
     }
-    let yaml = std::fs::read_to_string(s.dir.join("pipeline.yaml")).unwrap();
+    let yaml = s.config();
     let yaml = yaml
         .replace(
             "  path: corpus.jsonl\n  id_column: doc_id\n  label_columns: [year, party]\n",
             "  path: docs\n",
         )
         .replace("train_tokens: null", "train_tokens: 40");
-    std::fs::write(s.dir.join("pipeline.yaml"), yaml).unwrap();
+    s.set_config(&yaml);
     s.ok(&["run", "tokenize", "-q"]);
     let splits = csv_rows(&s.ok(&[
         "query",
@@ -546,12 +549,8 @@ fn an_interrupted_extract_resumes_to_identical_shards() {
 #[test]
 fn extract_rejects_a_layer_past_the_model_and_a_foreign_tokenizer() {
     let s = Study::new(4, 30);
-    let yaml = std::fs::read_to_string(s.dir.join("pipeline.yaml")).unwrap();
-    std::fs::write(
-        s.dir.join("pipeline.yaml"),
-        yaml.replace("layer: 1", "layer: 3"),
-    )
-    .unwrap();
+    let yaml = s.config();
+    s.set_config(&yaml.replace("layer: 1", "layer: 3"));
     let err = s.fails(&["run", "extract"]);
     assert!(
         err.contains("model.layer = 3") && err.contains("3 layers"),
@@ -562,7 +561,7 @@ fn extract_rejects_a_layer_past_the_model_and_a_foreign_tokenizer() {
         .iter()
         .all(|n| !n.starts_with(".tmp") || n.starts_with(".tmp-")));
 
-    std::fs::write(s.dir.join("pipeline.yaml"), &yaml).unwrap();
+    s.set_config(&yaml);
     let mut other = lm_support::Tiny::gemma3();
     other.vocab = 40;
     other.n_layers = 2;
@@ -663,25 +662,17 @@ fn train_makes_one_saelens_sae_per_variant_and_retrains_only_what_changed() {
 #[test]
 fn bad_train_settings_name_the_variant_key() {
     let s = Study::new(4, 30);
-    let yaml = std::fs::read_to_string(s.dir.join("pipeline.yaml")).unwrap();
-    std::fs::write(
-        s.dir.join("pipeline.yaml"),
-        yaml.replace("tau: [0.0, 0.5]", "tau: [0.0, 1.5]"),
-    )
-    .unwrap();
+    let yaml = s.config();
+    s.set_config(&yaml.replace("tau: [0.0, 0.5]", "tau: [0.0, 1.5]"));
     let err = s.fails(&["status"]);
     assert!(err.contains("train.variants[1].tau = 1.5"), "{err}");
-    std::fs::write(s.dir.join("pipeline.yaml"), yaml.replace("k: 4,", "k: 32,")).unwrap();
+    s.set_config(&yaml.replace("k: 4,", "k: 32,"));
     let err = s.fails(&["status"]);
     assert!(
         err.contains("k = 32") && err.contains("d_sae = 32"),
         "{err}"
     );
-    std::fs::write(
-        s.dir.join("pipeline.yaml"),
-        yaml.replace("kind: topk", "kind: gated"),
-    )
-    .unwrap();
+    s.set_config(&yaml.replace("kind: topk", "kind: gated"));
     let err = s.fails(&["status"]);
     assert!(
         err.contains("train.base.kind") && err.contains("gated"),

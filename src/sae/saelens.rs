@@ -42,24 +42,7 @@ pub fn save_saelens(sae: &Sae, dir: &Path, meta: &SaelensMeta) -> Result<()> {
     sae.cfg.validate()?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let (d, f) = (sae.cfg.d_in, sae.cfg.d_sae);
-    let mut cfg = json!({
-        "d_in": d,
-        "d_sae": f,
-        "dtype": "float32",
-        "device": "cpu",
-        "apply_b_dec_to_input": true,
-        "normalize_activations": "none",
-        "reshape_activations": "none",
-        "metadata": {
-            "model_name": meta.model_name,
-            "hook_name": meta.hook_name,
-            "hook_layer": meta.hook_layer,
-            "hook_head_index": null,
-            "context_size": meta.context_size,
-            "prepend_bos": meta.prepend_bos,
-            "dataset_path": meta.dataset_path,
-            "model_from_pretrained_kwargs": {},
-        },
+    let metadata = json!({
         "model_name": meta.model_name,
         "hook_name": meta.hook_name,
         "hook_layer": meta.hook_layer,
@@ -68,6 +51,21 @@ pub fn save_saelens(sae: &Sae, dir: &Path, meta: &SaelensMeta) -> Result<()> {
         "prepend_bos": meta.prepend_bos,
         "dataset_path": meta.dataset_path,
     });
+    let mut cfg = json!({
+        "d_in": d,
+        "d_sae": f,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": true,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": metadata.clone(),
+    });
+    cfg["metadata"]["model_from_pretrained_kwargs"] = json!({});
+    // The metadata fields are repeated at the top level for older SAELens readers.
+    for (k, v) in metadata.as_object().expect("an object") {
+        cfg[k.as_str()] = v.clone();
+    }
     let obj = cfg.as_object_mut().unwrap();
     match sae.cfg.kind {
         SaeKind::TopK { k } => {
