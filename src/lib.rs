@@ -3,8 +3,11 @@
 //! Nothing here reads pipeline.yaml or the artifact store: the stages in
 //! `stages/` translate configuration into calls on these modules.
 
+pub mod competition;
 pub mod hub;
 pub mod lm;
+pub mod metrics;
+pub mod probe;
 pub mod rng;
 pub mod sae;
 pub mod text;

@@ -19,6 +19,14 @@ pub struct Config {
     #[serde(default)]
     pub extract: ExtractConfig,
     pub train: TrainConfig,
+    #[serde(default)]
+    pub compete: crate::compete::CompeteConfig,
+    /// The benchmarks, the first-letter prompts (letters stage) and the
+    /// labelled datasets (datasets stage).
+    #[serde(default)]
+    pub bench: crate::bench::BenchConfig,
+    #[serde(default)]
+    pub report: crate::report::ReportConfig,
     /// The config file itself and its folder (relative paths resolve there).
     #[serde(skip)]
     pub file: PathBuf,
@@ -304,6 +312,9 @@ impl Config {
             }
         }
         crate::variants::expand(&tr.base, &tr.variants)?;
+        self.compete.validate()?;
+        self.bench.validate()?;
+        self.report.validate()?;
         if self
             .corpus
             .label_columns

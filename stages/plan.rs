@@ -42,21 +42,35 @@ pub const STAGES: &[StageDef] = &[
     },
     StageDef {
         name: "compete",
-        deps: &["train"],
+        deps: &["tokenize", "extract", "train"],
         format_version: 1,
         pending: Some("issue 5"),
         resumable: false,
     },
     StageDef {
+        name: "letters",
+        deps: &["extract"],
+        format_version: 1,
+        pending: Some("issue 6"),
+        resumable: false,
+    },
+    StageDef {
+        name: "datasets",
+        deps: &["extract"],
+        format_version: 1,
+        pending: Some("issue 7"),
+        resumable: false,
+    },
+    StageDef {
         name: "bench",
-        deps: &["extract", "train"],
+        deps: &["extract", "train", "letters", "datasets"],
         format_version: 1,
         pending: Some("issues 6 and 7"),
         resumable: false,
     },
     StageDef {
         name: "report",
-        deps: &["compete", "bench"],
+        deps: &["train", "compete", "bench"],
         format_version: 1,
         pending: Some("issue 8"),
         resumable: false,
@@ -99,14 +113,27 @@ pub fn plan(cfg: &Config) -> Result<Vec<Planned>> {
             })
             .map(|(n, k)| (n.clone(), k.clone()))
             .collect();
-        for (unit, config) in stage_units(def.name, cfg)? {
+        for Unit { unit, config, uses } in stage_units(def.name, cfg)? {
+            // A unit that names what it uses gets only those inputs, so that
+            // a change to one variant reruns only that variant's downstream.
+            let inputs: BTreeMap<String, String> = match &uses {
+                None => inputs.clone(),
+                Some(uses) => inputs
+                    .iter()
+                    .filter(|(name, _)| {
+                        uses.iter()
+                            .any(|u| *name == u || name.starts_with(&format!("{u}/")))
+                    })
+                    .map(|(n, k)| (n.clone(), k.clone()))
+                    .collect(),
+            };
             let key = compute_key(def.name, def.format_version, &config, &inputs);
             out.push(Planned {
                 stage: def.name,
                 unit,
                 key,
                 config,
-                inputs: inputs.clone(),
+                inputs,
                 format_version: def.format_version,
             });
         }
@@ -121,28 +148,89 @@ pub fn plan(cfg: &Config) -> Result<Vec<Planned>> {
     Ok(out)
 }
 
-/// The artifacts a stage makes: (unit name, config the key hashes).
-fn stage_units(stage: &str, cfg: &Config) -> Result<Vec<(Option<String>, Value)>> {
-    if stage == "train" {
-        let shared = json!({
-            "batch_size": cfg.train.batch_size,
-            "epochs": cfg.train.epochs,
-            "lr": cfg.train.lr,
-            "warmup_steps": cfg.train.warmup_steps,
-            "decay_frac": cfg.train.decay_frac,
-            "dead_after_tokens": cfg.train.dead_after_tokens,
-            "uniform_pairs": cfg.train.uniform_pairs,
-        });
-        return Ok(cfg
-            .variants()
-            .into_iter()
-            .map(|v| {
-                let config = json!({ "variant": v.name, "sae": v.settings, "schedule": shared });
-                (Some(v.name), config)
+/// One artifact of a stage: its unit name (None for single-artifact stages),
+/// the config its key hashes, and the inputs it uses (None: every artifact of
+/// the stages it depends on; names match exactly or as a `name/` prefix).
+pub struct Unit {
+    pub unit: Option<String>,
+    pub config: Value,
+    pub uses: Option<Vec<String>>,
+}
+
+/// The artifacts a stage makes.
+fn stage_units(stage: &str, cfg: &Config) -> Result<Vec<Unit>> {
+    let variants: Vec<String> = cfg.variants().into_iter().map(|v| v.name).collect();
+    Ok(match stage {
+        "train" => {
+            let shared = json!({
+                "batch_size": cfg.train.batch_size,
+                "epochs": cfg.train.epochs,
+                "lr": cfg.train.lr,
+                "warmup_steps": cfg.train.warmup_steps,
+                "decay_frac": cfg.train.decay_frac,
+                "dead_after_tokens": cfg.train.dead_after_tokens,
+                "uniform_pairs": cfg.train.uniform_pairs,
+            });
+            cfg.variants()
+                .into_iter()
+                .map(|v| Unit {
+                    config: json!({ "variant": v.name, "sae": v.settings, "schedule": shared }),
+                    unit: Some(v.name),
+                    uses: None,
+                })
+                .collect()
+        }
+        "compete" => variants
+            .iter()
+            .map(|v| Unit {
+                unit: Some(v.clone()),
+                config: crate::compete::key_config(cfg),
+                uses: Some(vec![
+                    "tokenize".into(),
+                    "extract".into(),
+                    format!("train/{v}"),
+                ]),
             })
-            .collect());
-    }
-    Ok(vec![(None, stage_config(stage, cfg)?)])
+            .collect(),
+        "datasets" => crate::datasets::units(cfg)?
+            .into_iter()
+            .map(|(name, config)| Unit {
+                unit: Some(name),
+                config,
+                uses: None,
+            })
+            .collect(),
+        "bench" => {
+            let mut units = Vec::new();
+            for bench in crate::bench::BENCHMARKS {
+                for v in &variants {
+                    units.push(Unit {
+                        unit: Some(format!("{}/{v}", bench.name)),
+                        config: (bench.key_config)(cfg),
+                        uses: Some(
+                            bench
+                                .uses
+                                .iter()
+                                .map(|u| u.to_string())
+                                .chain([format!("train/{v}")])
+                                .collect(),
+                        ),
+                    });
+                }
+            }
+            units
+        }
+        "report" => vec![Unit {
+            unit: None,
+            config: crate::report::key_config(cfg),
+            uses: None,
+        }],
+        _ => vec![Unit {
+            unit: None,
+            config: stage_config(stage, cfg)?,
+            uses: None,
+        }],
+    })
 }
 
 /// The part of the config a stage depends on, and fingerprints of the raw
@@ -184,6 +272,7 @@ fn stage_config(stage: &str, cfg: &Config) -> Result<Value> {
                 "extract": cfg.extract,
             })
         }
+        "letters" => crate::letters::key_config(cfg),
         other => anyhow::bail!("stage {other} has no configuration yet"),
     })
 }

@@ -30,6 +30,11 @@ fn run_stage(name: &str, input: &StageInput) -> Result<StageOutput> {
         "tokenize" => crate::tokenize::run(input),
         "extract" => crate::extract::run(input),
         "train" => crate::train::run(input),
+        "compete" => crate::compete::run(input),
+        "letters" => crate::letters::run(input),
+        "datasets" => crate::datasets::run(input),
+        "bench" => crate::bench::run(input),
+        "report" => crate::report::run(input),
         other => bail!("stage {other} is not implemented yet"),
     }
 }

@@ -4,6 +4,18 @@
 #[path = "lm_support/mod.rs"]
 mod lm_support;
 
+// The later stages' tests, one file each, sharing the Study helper below.
+#[path = "pipeline/bench_absorption.rs"]
+mod bench_absorption;
+#[path = "pipeline/bench_core.rs"]
+mod bench_core;
+#[path = "pipeline/bench_probing.rs"]
+mod bench_probing;
+#[path = "pipeline/compete.rs"]
+mod compete;
+#[path = "pipeline/report.rs"]
+mod report;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 

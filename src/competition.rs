@@ -1,0 +1,1 @@
+//! Co-firing statistics for the compete stage (being written).

@@ -1,0 +1,1 @@
+//! Logistic-regression probes shared by every benchmark (being written).

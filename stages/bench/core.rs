@@ -1,0 +1,20 @@
+//! The core benchmark.
+
+use crate::config::Config;
+use crate::runner::{StageInput, StageOutput};
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoreConfig {}
+
+/// The part of the config a core artifact's key hashes.
+pub fn key_config(cfg: &Config) -> Value {
+    serde_json::to_value(&cfg.bench.core).expect("serialisable")
+}
+
+pub fn run(_input: &StageInput, _variant: &str) -> Result<StageOutput> {
+    bail!("the core benchmark is not built yet")
+}
