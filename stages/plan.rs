@@ -44,7 +44,7 @@ pub const STAGES: &[StageDef] = &[
         name: "compete",
         deps: &["tokenize", "extract", "train"],
         format_version: 1,
-        pending: Some("issue 5"),
+        pending: None,
         resumable: false,
     },
     StageDef {
