@@ -45,9 +45,9 @@ test: setup
 # Speed benchmarks: figures printed, ratios measured within one run.
 # SAE step (steps/s, tokens/s, guided over plain, encoder GFLOP/s vs candle)
 # and the Gemma forward (early exit to the study layer vs candle-transformers'
-# quantized_gemma3 on the same batch).
+# quantized_gemma3 on the same batch); the compete stage's co-firing pass.
 bench: setup
-	cargo test -p coact --test sae_speed --test lm_speed -- --ignored --nocapture --test-threads 1
+	cargo test -p coact --test sae_speed --test lm_speed --test competition -- --ignored --nocapture --test-threads 1
 
 lint:
 	cargo fmt --all -- --check

@@ -39,10 +39,8 @@ fn dense_counts(d_sae: usize, lists: &[Vec<u32>]) -> (Vec<u64>, BTreeMap<(u32, u
                 continue;
             }
             n[i] += 1;
-            for j in i + 1..d_sae {
-                if mask[j] {
-                    *c.entry((i as u32, j as u32)).or_insert(0) += 1;
-                }
+            for (j, _) in mask.iter().enumerate().skip(i + 1).filter(|(_, &m)| m) {
+                *c.entry((i as u32, j as u32)).or_insert(0) += 1;
             }
         }
     }
@@ -432,6 +430,18 @@ fn bench_cofiring_pass_f16384_k32_1m_tokens() {
         (pairs.len() * std::mem::size_of::<Pair>()) as f64 / 1e6,
         (threads * 4 * f) as f64 / 1e6,
         f as f64 * (k - 1) as f64 / tau_min / 1e6
+    );
+    // The stage's other F x F quantity: each decoder row's max cosine to
+    // the others, in row blocks (d = 640, gemma-3-270m's d_model).
+    let d = 640;
+    let mut rng = SplitMix64::new(5);
+    let w: Vec<f32> = (0..f * d).map(|_| rng.normal() as f32).collect();
+    let t0 = std::time::Instant::now();
+    let (mx, _) = max_cosines(&unit_rows(&w, d), d);
+    println!(
+        "  max decoder cosines, F {f} x d {d}: {:.2} s (mean max cos of random rows {:.3})",
+        t0.elapsed().as_secs_f64(),
+        mx.iter().sum::<f64>() / f as f64
     );
     if let Some(mb) = peak_rss_mb() {
         println!("  peak RSS of the test process (includes the generator's lists): {mb:.0} MB");
