@@ -54,7 +54,10 @@
 //! at most two `[forward_batch_size * T, vocab]` f32 matrices are alive.
 //! The model is loaded once per process.
 //!
-//! Output: table `bench_core` (variant, metric, value), and
+//! Output: table `bench_core` (variant, metric, value; metric names in
+//! [`METRICS`]; `eval_tokens` counts the tokens behind the reconstruction
+//! metrics, `ce_tokens` the positions behind CE, and KL averages those plus
+//! each sequence's last position), and
 //! `<variant>_eval_results.json` shaped like SAEBench's core output
 //! (`eval_type_id` "core", `eval_config`, `eval_result_metrics` grouped as
 //! SAEBench groups them, per-latent `eval_result_details`), so SAEBench's
@@ -374,7 +377,7 @@ impl Original {
             .iter()
             .map(|&(r, target)| m::cross_entropy(&lp[r * vocab..(r + 1) * vocab], target))
             .collect();
-        let log_probs = gather_rows(&lp, &rows.kl, vocab);
+        let log_probs = keep_rows(lp, &rows.kl, vocab);
         Ok(Original { ce, log_probs })
     }
 
@@ -383,12 +386,18 @@ impl Original {
     }
 }
 
-fn gather_rows(m: &[f32], rows: &[usize], vocab: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(rows.len() * vocab);
-    for &r in rows {
-        out.extend_from_slice(&m[r * vocab..(r + 1) * vocab]);
+/// Keeps only the given rows (ascending) of a `[rows, vocab]` matrix, in
+/// place, so that no second matrix is allocated.
+fn keep_rows(mut m: Vec<f32>, rows: &[usize], vocab: usize) -> Vec<f32> {
+    for (i, &r) in rows.iter().enumerate() {
+        debug_assert!(r >= i);
+        if r != i {
+            m.copy_within(r * vocab..(r + 1) * vocab, i * vocab);
+        }
     }
-    out
+    m.truncate(rows.len() * vocab);
+    m.shrink_to_fit();
+    m
 }
 
 /// Per-token CE and `KL(original || patched)` of the forward with `patch`
@@ -414,7 +423,7 @@ pub fn patched_losses(
         .iter()
         .map(|&(r, target)| m::cross_entropy(&lp[r * vocab..(r + 1) * vocab], target))
         .collect();
-    let lp = gather_rows(&lp, &rows.kl, vocab);
+    let lp = keep_rows(lp, &rows.kl, vocab);
     let kl = m::kl_divergence_rows(&original.log_probs, &lp, vocab)?;
     Ok((ce, kl))
 }

@@ -120,26 +120,34 @@ fn run_bench_with_core_only_writes_bench_core_and_then_hits_the_cache() {
     assert_eq!(json["eval_result_details"].as_array().unwrap().len(), 32);
     assert_eq!(json["sae_cfg_dict"]["architecture"], "topk");
 
-    // The engine API on the same sequences gives the table's figures.
+    // The engine API on the same sequences gives the table's figures, for
+    // the first unit (3 forward passes per sequence) as for a later one that
+    // reused the original and zero-ablated forwards (1 per sequence).
     let eval = eval_split(&s);
-    let (train_dir, _) = manifest(&s, "train", Some("topk"));
-    let (sae, _) = coact::sae::load_saelens(&train_dir).unwrap();
     let model = model(&s);
-    // (One sequence per forward pass, as bench.core.forward_batch_size = 1.)
-    let (mut ce_orig, mut ce_sae, mut kl_zero) = (vec![], vec![], vec![]);
-    for i in 0..2 {
-        let seq = &eval.tokens[eval.sequences[i].clone()];
-        let special = &eval.special[eval.sequences[i].clone()];
-        let patch = sae_patch(&sae, special);
-        let l = splice_losses(&model, 1, &[seq], &[special], &[&patch, &zero_patch]).unwrap();
-        ce_orig.extend(l.ce_orig);
-        ce_sae.extend(&l.ce[0]);
-        kl_zero.extend(&l.kl[1]);
+    for (v, passes) in [("topk", 6), ("guided-tau0.5", 2)] {
+        let (_, bm) = manifest(&s, "bench", Some(&format!("core/{v}")));
+        assert_eq!(bm["summary"]["forward_passes"], passes, "{v}");
+        let (train_dir, _) = manifest(&s, "train", Some(v));
+        let (sae, _) = coact::sae::load_saelens(&train_dir).unwrap();
+        // (One sequence per forward pass, as bench.core.forward_batch_size = 1.)
+        let (mut ce_orig, mut ce_sae, mut kl_sae, mut kl_zero) = (vec![], vec![], vec![], vec![]);
+        for i in 0..2 {
+            let seq = &eval.tokens[eval.sequences[i].clone()];
+            let special = &eval.special[eval.sequences[i].clone()];
+            let patch = sae_patch(&sae, special);
+            let l = splice_losses(&model, 1, &[seq], &[special], &[&patch, &zero_patch]).unwrap();
+            ce_orig.extend(l.ce_orig);
+            ce_sae.extend(&l.ce[0]);
+            kl_sae.extend(&l.kl[0]);
+            kl_zero.extend(&l.kl[1]);
+        }
+        // Same computation, so equal up to the CSV's printing.
+        assert!((mean(&ce_orig) - get(v, "ce_orig")).abs() < 1e-12);
+        assert!((mean(&ce_sae) - get(v, "ce_sae")).abs() < 1e-12);
+        assert!((mean(&kl_sae) - get(v, "kl_sae")).abs() < 1e-12);
+        assert!((mean(&kl_zero) - get(v, "kl_zero")).abs() < 1e-12);
     }
-    // Same computation, so equal up to the CSV's printing.
-    assert!((mean(&ce_orig) - get("topk", "ce_orig")).abs() < 1e-12);
-    assert!((mean(&ce_sae) - get("topk", "ce_sae")).abs() < 1e-12);
-    assert!((mean(&kl_zero) - get("topk", "kl_zero")).abs() < 1e-12);
 
     // A second run serves every unit from the store.
     let out = s.coact(&["run", "bench"]);
@@ -152,6 +160,11 @@ fn run_bench_with_core_only_writes_bench_core_and_then_hits_the_cache() {
             .filter(|l| l.contains("core/"))
             .all(|l| l.contains("cache hit")),
         "{err}"
+    );
+    // keep_original_mib changes the cost only: not part of the key.
+    s.edit_config(
+        "ce_sequences: 2\n",
+        "ce_sequences: 2\n    keep_original_mib: 0\n",
     );
     let status = s.ok(&["status"]);
     assert!(
