@@ -660,6 +660,18 @@ fn downstream(
     })
 }
 
+/// User + system CPU time of this process so far (Linux: /proc/self/stat,
+/// in clock ticks of 1/100 s); None elsewhere.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) end with ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
 /// Indices of the eval sequences for CE / KL.
 fn choose_sequences(c: &CoreConfig, available: usize) -> Vec<usize> {
     let n = c.ce_sequences.min(available);
@@ -677,6 +689,7 @@ fn choose_sequences(c: &CoreConfig, available: usize) -> Vec<usize> {
 
 pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {
     let started = Instant::now();
+    let cpu_started = process_cpu_seconds();
     let cfg = input.cfg;
     let c = &cfg.bench.core;
     let layer = cfg.model.layer;
@@ -965,9 +978,12 @@ pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {
     .with_context(|| format!("writing {json_name}"))?;
 
     let total_s = started.elapsed().as_secs_f64();
+    // CPU seconds of the whole process (every thread): a cost figure that,
+    // unlike wall time, hardly depends on what else the machine runs.
+    let cpu_s = process_cpu_seconds().zip(cpu_started).map(|(b, a)| b - a);
     input.progress.note(format!(
         "core/{variant}: EV {:.3} (legacy {:.3}), cos {:.3}, L0 {:.1}, CE score {:.3}, KL score {:.3} \
-         [{recon_s:.1} s reconstruction, {downstream_s:.1} s CE/KL on {} tokens, {} forward passes]",
+         [{recon_s:.1} s reconstruction, {downstream_s:.1} s CE/KL on {} tokens, {} forward passes{}]",
         rec.explained_variance,
         rec.explained_variance_legacy,
         rec.cossim,
@@ -975,7 +991,8 @@ pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {
         ce_loss_score,
         kl_div_score,
         ds.ce_tokens,
-        ds.forwards
+        ds.forwards,
+        cpu_s.map_or(String::new(), |c| format!(", {c:.1} CPU s"))
     ));
     let metrics: serde_json::Map<String, Value> = METRICS
         .iter()
@@ -996,7 +1013,7 @@ pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {
             "ce_sequences": ds.sequences,
             "kl_tokens": ds.kl_tokens,
             "forward_passes": ds.forwards,
-            "seconds": { "reconstruction": recon_s, "ce_kl": downstream_s, "total": total_s },
+            "seconds": { "reconstruction": recon_s, "ce_kl": downstream_s, "total": total_s, "cpu": cpu_s },
         }),
     })
 }
