@@ -65,7 +65,7 @@ pub const STAGES: &[StageDef] = &[
         name: "bench",
         deps: &["extract", "train", "letters", "datasets"],
         format_version: 1,
-        pending: Some("issues 6 and 7"),
+        pending: None,
         resumable: false,
     },
     StageDef {
@@ -202,7 +202,13 @@ fn stage_units(stage: &str, cfg: &Config) -> Result<Vec<Unit>> {
             .collect(),
         "bench" => {
             let mut units = Vec::new();
-            for bench in crate::bench::BENCHMARKS {
+            // A benchmark whose input stage is not built yet gets no units.
+            let ready = |b: &crate::bench::Benchmark| {
+                b.uses
+                    .iter()
+                    .all(|u| stage_def(u).is_some_and(|d| d.pending.is_none()))
+            };
+            for bench in cfg.bench.selected().filter(|b| ready(b)) {
                 for v in &variants {
                     units.push(Unit {
                         unit: Some(format!("{}/{v}", bench.name)),

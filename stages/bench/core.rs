@@ -1,20 +1,1019 @@
-//! The core benchmark.
+//! The core benchmark (SAEBench's `sae_bench/evals/core/main.py`, 0.6): how
+//! well a variant's SAE reconstructs the eval split's activations, how sparse
+//! and how dense its latents are, how alike its encoder and decoder
+//! directions, and how much of the model's behaviour survives when its
+//! reconstruction replaces the residual stream.
+//!
+//! Reconstruction metrics (every eval token but BOS, as SAEBench masks BOS,
+//! EOS and padding): `mse` (SAEBench's: each token's squared error divided by
+//! the counted tokens of its batch of `batch_size_prompts` sequences),
+//! `explained_variance_legacy` (SAEBench's per-token formula about the
+//! batch's mean), `explained_variance` (`1 - sum_d Var(x_d - x_hat_d) /
+//! sum_d Var(x_d)`), `cossim`, `l2_ratio`, `relative_reconstruction_bias`,
+//! `l0`, `l1`, `frac_dead` (never fired on the eval tokens), the dense
+//! fractions (> 1% and > 10% of tokens) and the mean over latents of the
+//! largest cosine with another latent, decoder and encoder directions. The
+//! formulas and where they depart from SAEBench: `coact::metrics::core`.
+//!
+//! Downstream metrics, on `ce_sequences` whole eval sequences: the forward
+//! with the residual after block L replaced by the SAE's reconstruction
+//! (CE_sae, KL_sae), by zeros (CE_zero, KL_zero), or untouched (CE_orig);
+//! `ce_loss_score = (CE_zero - CE_sae) / (CE_zero - CE_orig)` and
+//! `kl_div_score = (KL_zero - KL_sae) / KL_zero`, with `KL(original ||
+//! patched)` over the whole vocabulary. As in SAEBench (which passes BOS, EOS
+//! and padding as `ignore_tokens`):
+//! - KL is averaged over every position whose input token is not BOS (the
+//!   last position included);
+//! - CE is averaged over the positions 0..T-2 (each predicting the next
+//!   token; the last has no target) whose input token is not BOS;
+//! - at BOS the splice keeps the original residual by default
+//!   (`exclude_special_tokens_from_reconstruction: true`, the setting of
+//!   SAEBench's documented runs): the SAE never saw BOS in training, and
+//!   BOS's residual, hundreds of times larger than other tokens', is the
+//!   attention sink every later position reads, so reconstructing it would
+//!   measure the SAE on a token no benchmark counts. Set it to false for
+//!   SAEBench's default, which splices every position. Zero ablation zeroes
+//!   every position, BOS included, as SAEBench's zero hook does.
+//!
+//! Cost. The full forward runs ~120 tokens/s on the default study's 2-core
+//! CPU, most of it in the 262k-token unembedding, so the forward passes are
+//! the whole cost. Per group of CE sequences a unit needs three: the original
+//! (CE_orig, and the distribution KL_sae is measured against), the zero-ablated
+//! one (CE_zero, KL_zero) and the SAE-spliced one. Only the last depends on the
+//! SAE. The core units of one `coact run` run in one process and share, in
+//! memory and never on disk, the zero-ablated forward's per-token CE and KL
+//! (a few KiB) and the original forward's log-probabilities at the counted
+//! positions (127 x 262144 f32 = 127 MiB per 128-token sequence, 1 GiB for
+//! the default 8 sequences; `keep_original_mib` caps it, beyond which the
+//! original forward is recomputed per unit). So the first core unit runs 3
+//! forwards per sequence and every later one 1; the last variant's unit
+//! frees the memory. The shared results are those a unit would compute
+//! itself (same sequences, same batches), so a unit run alone gives the same
+//! figures, at 3 forwards per sequence. Logits are reduced to per-token CE
+//! and KL as soon as a forward returns: besides the kept log-probabilities,
+//! at most two `[forward_batch_size * T, vocab]` f32 matrices are alive.
+//! The model is loaded once per process.
+//!
+//! Output: table `bench_core` (variant, metric, value; metric names in
+//! [`METRICS`]; `eval_tokens` counts the tokens behind the reconstruction
+//! metrics, `ce_tokens` the positions behind CE, and KL averages those plus
+//! each sequence's last position), and
+//! `<variant>_eval_results.json` shaped like SAEBench's core output
+//! (`eval_type_id` "core", `eval_config`, `eval_result_metrics` grouped as
+//! SAEBench groups them, per-latent `eval_result_details`), so SAEBench's
+//! plotting code can read it.
 
 use crate::config::Config;
 use crate::runner::{StageInput, StageOutput};
-use anyhow::{bail, Result};
+use crate::store::TableEntry;
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use arrow::array::{AsArray, Float64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema};
+use candle_core::{Device, Tensor};
+use coact::lm::{hook_name, Gemma};
+use coact::metrics::core as m;
+use coact::rng::SplitMix64;
+use coact::sae::Sae;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ProjectionMask;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CoreConfig {}
-
-/// The part of the config a core artifact's key hashes.
-pub fn key_config(cfg: &Config) -> Value {
-    serde_json::to_value(&cfg.bench.core).expect("serialisable")
+/// How the CE / KL sequences are chosen from the eval split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CeSelection {
+    /// The first `ce_sequences` eval sequences (in seq_id order).
+    #[default]
+    First,
+    /// `ce_sequences` eval sequences drawn without replacement with `seed`.
+    Seeded,
 }
 
-pub fn run(_input: &StageInput, _variant: &str) -> Result<StageOutput> {
-    bail!("the core benchmark is not built yet")
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoreConfig {
+    /// Whole eval sequences run through the model for the CE and KL scores
+    /// (each costs one full forward per variant, ~1 s for 128 tokens on the
+    /// default study's CPU, plus two shared by all variants). Capped at the
+    /// eval split's sequence count.
+    #[serde(default = "default_ce_sequences")]
+    pub ce_sequences: usize,
+    /// `first` (the first ce_sequences eval sequences) or `seeded` (a sample
+    /// drawn with `seed`).
+    #[serde(default)]
+    pub ce_selection: CeSelection,
+    /// Seed of the `seeded` selection.
+    #[serde(default)]
+    pub seed: u64,
+    /// Sequences per forward pass of the CE / KL runs (memory: two
+    /// `[forward_batch_size * context, vocab]` f32 matrices).
+    #[serde(default = "default_forward_batch_size")]
+    pub forward_batch_size: usize,
+    /// SAEBench's `batch_size_prompts`: consecutive eval sequences per batch
+    /// for the batch-dependent figures (`mse`, `explained_variance_legacy`,
+    /// `relative_reconstruction_bias`). SAEBench's default is 16.
+    #[serde(default = "default_batch_size_prompts")]
+    pub batch_size_prompts: usize,
+    /// Keep the original residual at BOS in the SAE splice (SAEBench's
+    /// `exclude_special_tokens_from_reconstruction`, on in its documented
+    /// runs); false splices the reconstruction at every position.
+    #[serde(default = "default_true")]
+    pub exclude_special_tokens_from_reconstruction: bool,
+    /// MiB of the original forward's log-probabilities (the KL rows of the
+    /// CE sequences, 128 MiB per 128-token sequence with a 262k vocabulary)
+    /// kept in memory from one core unit to the next within a run, so that
+    /// later variants skip the unspliced forward; 0 recomputes it per unit.
+    /// Changes the cost, never the results.
+    #[serde(default = "default_keep_original_mib")]
+    pub keep_original_mib: usize,
+}
+
+fn default_ce_sequences() -> usize {
+    8
+}
+fn default_forward_batch_size() -> usize {
+    1
+}
+fn default_batch_size_prompts() -> usize {
+    16
+}
+fn default_keep_original_mib() -> usize {
+    1536
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            ce_sequences: default_ce_sequences(),
+            ce_selection: CeSelection::default(),
+            seed: 0,
+            forward_batch_size: default_forward_batch_size(),
+            batch_size_prompts: default_batch_size_prompts(),
+            exclude_special_tokens_from_reconstruction: true,
+            keep_original_mib: default_keep_original_mib(),
+        }
+    }
+}
+
+impl CoreConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.ce_sequences == 0 {
+            bail!("bench.core.ce_sequences = 0: expected at least 1 eval sequence for the CE and KL scores");
+        }
+        if self.forward_batch_size == 0 {
+            bail!(
+                "bench.core.forward_batch_size = 0: expected at least 1 sequence per forward pass"
+            );
+        }
+        if self.batch_size_prompts == 0 {
+            bail!("bench.core.batch_size_prompts = 0: expected at least 1 sequence per batch (SAEBench uses 16)");
+        }
+        Ok(())
+    }
+}
+
+/// The part of the config a core artifact's key hashes (all of
+/// `bench.core` but `keep_original_mib`, which changes only the cost).
+pub fn key_config(cfg: &Config) -> Value {
+    let mut v = serde_json::to_value(&cfg.bench.core).expect("serialisable");
+    if let Some(o) = v.as_object_mut() {
+        o.remove("keep_original_mib");
+    }
+    v
+}
+
+/// The metric names of table `bench_core`, in output order.
+pub const METRICS: &[&str] = &[
+    "mse",
+    "explained_variance_legacy",
+    "explained_variance",
+    "cossim",
+    "l2_ratio",
+    "relative_reconstruction_bias",
+    "l0",
+    "l1",
+    "frac_dead",
+    "frac_dense_1pct",
+    "frac_dense_10pct",
+    "mean_max_dec_cos",
+    "mean_max_enc_cos",
+    "ce_orig",
+    "ce_sae",
+    "ce_zero",
+    "ce_loss_score",
+    "kl_sae",
+    "kl_zero",
+    "kl_div_score",
+    "eval_tokens",
+    "ce_tokens",
+];
+
+/// The eval split of an extract artifact: activations `[n, d]` and, per
+/// row, its sequence, token and BOS flag; rows of a sequence are consecutive.
+pub struct EvalSplit {
+    pub d: usize,
+    pub x: Vec<f32>,
+    pub special: Vec<bool>,
+    pub tokens: Vec<u32>,
+    /// Row range of each sequence, in file (seq_id) order.
+    pub sequences: Vec<std::ops::Range<usize>>,
+    pub seq_ids: Vec<i64>,
+}
+
+impl EvalSplit {
+    /// Reads the eval shards listed in the extract manifest.
+    pub fn read(dir: &Path, files: &[String]) -> Result<EvalSplit> {
+        let (x, special, d) = crate::extract::read_activations(dir, files, "eval")?;
+        let mut tokens = Vec::with_capacity(special.len());
+        let mut seq_col = Vec::with_capacity(special.len());
+        let mut pos_col = Vec::with_capacity(special.len());
+        for f in files.iter().filter(|f| f.starts_with("eval-")) {
+            let path = dir.join(f);
+            let file = std::fs::File::open(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+                .with_context(|| format!("{}: not a Parquet file", path.display()))?;
+            let schema = builder.parquet_schema();
+            let wanted: Vec<usize> = ["seq_id", "pos", "token"]
+                .iter()
+                .map(|name| {
+                    (0..schema.num_columns())
+                        .find(|&i| schema.column(i).name() == *name)
+                        .with_context(|| format!("{}: no {name} column", path.display()))
+                })
+                .collect::<Result<_>>()?;
+            let mask = ProjectionMask::leaves(schema, wanted);
+            for batch in builder.with_projection(mask).build()? {
+                let batch = batch.with_context(|| format!("reading {}", path.display()))?;
+                let col = |name: &str| {
+                    batch
+                        .column_by_name(name)
+                        .with_context(|| format!("{}: no {name} column", path.display()))
+                };
+                seq_col.extend_from_slice(col("seq_id")?.as_primitive::<Int64Type>().values());
+                pos_col.extend_from_slice(col("pos")?.as_primitive::<Int32Type>().values());
+                tokens.extend(
+                    col("token")?
+                        .as_primitive::<Int32Type>()
+                        .values()
+                        .iter()
+                        .map(|&t| t as u32),
+                );
+            }
+        }
+        ensure!(
+            d > 0 && !special.is_empty(),
+            "{}: no eval activations",
+            dir.display()
+        );
+        ensure!(
+            tokens.len() == special.len() && x.len() == special.len() * d,
+            "{}: the eval shards' columns disagree in length",
+            dir.display()
+        );
+        let mut sequences = Vec::new();
+        let mut seq_ids = Vec::new();
+        let mut start = 0;
+        for r in 1..=tokens.len() {
+            if r == tokens.len() || seq_col[r] != seq_col[start] {
+                let ok = (start..r).all(|i| pos_col[i] as usize == i - start);
+                ensure!(
+                    ok,
+                    "{}: eval sequence {} is not stored as consecutive positions 0..",
+                    dir.display(),
+                    seq_col[start]
+                );
+                sequences.push(start..r);
+                seq_ids.push(seq_col[start]);
+                start = r;
+            }
+        }
+        Ok(EvalSplit {
+            d,
+            x,
+            special,
+            tokens,
+            sequences,
+            seq_ids,
+        })
+    }
+}
+
+/// A function replacing the residual `[B, T, d_model]` after block L.
+pub type Patch<'a> = &'a dyn Fn(&Tensor) -> Result<Tensor>;
+
+/// The rows of a forward pass over `B` sequences of `T` tokens that the
+/// averages count: CE rows `(row, next token)` for positions 0..T-2 whose
+/// input token is not special, and KL rows for every position whose input
+/// token is not special, sequence after sequence (row = `b * T + t`).
+struct Rows {
+    ce: Vec<(usize, u32)>,
+    kl: Vec<usize>,
+}
+
+fn counted_rows(sequences: &[&[u32]], special: &[&[bool]]) -> Result<(Tensor, Rows)> {
+    let b = sequences.len();
+    ensure!(b > 0 && b == special.len(), "one special mask per sequence");
+    let t = sequences[0].len();
+    ensure!(
+        sequences
+            .iter()
+            .zip(special)
+            .all(|(s, m)| s.len() == t && m.len() == t),
+        "sequences of one forward pass must have equal lengths"
+    );
+    let flat: Vec<u32> = sequences.iter().flat_map(|s| s.iter().copied()).collect();
+    let ids = Tensor::from_vec(flat, (b, t), &Device::Cpu)?;
+    let ce = (0..b)
+        .flat_map(|s| {
+            (0..t.saturating_sub(1))
+                .filter(move |&p| !special[s][p])
+                .map(move |p| (s * t + p, sequences[s][p + 1]))
+        })
+        .collect();
+    let kl = (0..b)
+        .flat_map(|s| {
+            (0..t)
+                .filter(move |&p| !special[s][p])
+                .map(move |p| s * t + p)
+        })
+        .collect();
+    Ok((ids, Rows { ce, kl }))
+}
+
+/// Log-probabilities `[B * T, vocab]` of a forward pass, spliced or not.
+fn log_probs(model: &Gemma, ids: &Tensor, splice: Option<(usize, Patch<'_>)>) -> Result<Vec<f32>> {
+    let logits = model.logits(ids, splice)?;
+    let mut v = logits.flatten_all()?.to_vec1::<f32>()?;
+    drop(logits);
+    m::log_softmax_rows(&mut v, model.config().vocab)?;
+    Ok(v)
+}
+
+/// What the unspliced forward gives for a group of sequences: per-token CE
+/// on the CE rows, and the log-probabilities of the KL rows
+/// (`[kl rows, vocab]`, what KL(original || patched) needs).
+pub struct Original {
+    pub ce: Vec<f64>,
+    pub log_probs: Vec<f32>,
+}
+
+impl Original {
+    /// Runs the unspliced forward on `sequences` (equal lengths, one pass).
+    pub fn compute(model: &Gemma, sequences: &[&[u32]], special: &[&[bool]]) -> Result<Original> {
+        let vocab = model.config().vocab;
+        let (ids, rows) = counted_rows(sequences, special)?;
+        let lp = log_probs(model, &ids, None)?;
+        let ce = rows
+            .ce
+            .iter()
+            .map(|&(r, target)| m::cross_entropy(&lp[r * vocab..(r + 1) * vocab], target))
+            .collect();
+        let log_probs = keep_rows(lp, &rows.kl, vocab);
+        Ok(Original { ce, log_probs })
+    }
+
+    fn bytes(&self) -> usize {
+        self.log_probs.len() * 4 + self.ce.len() * 8
+    }
+}
+
+/// Keeps only the given rows (ascending) of a `[rows, vocab]` matrix, in
+/// place, so that no second matrix is allocated.
+fn keep_rows(mut m: Vec<f32>, rows: &[usize], vocab: usize) -> Vec<f32> {
+    for (i, &r) in rows.iter().enumerate() {
+        debug_assert!(r >= i);
+        if r != i {
+            m.copy_within(r * vocab..(r + 1) * vocab, i * vocab);
+        }
+    }
+    m.truncate(rows.len() * vocab);
+    m.shrink_to_fit();
+    m
+}
+
+/// Per-token CE and `KL(original || patched)` of the forward with `patch`
+/// replacing the residual after block `layer`, on the rows of
+/// [`Original`] (the same sequences and special masks).
+pub fn patched_losses(
+    model: &Gemma,
+    layer: usize,
+    sequences: &[&[u32]],
+    special: &[&[bool]],
+    original: &Original,
+    patch: Patch<'_>,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let vocab = model.config().vocab;
+    let (ids, rows) = counted_rows(sequences, special)?;
+    ensure!(
+        original.ce.len() == rows.ce.len() && original.log_probs.len() == rows.kl.len() * vocab,
+        "the original forward was computed on other sequences"
+    );
+    let lp = log_probs(model, &ids, Some((layer, patch)))?;
+    let ce = rows
+        .ce
+        .iter()
+        .map(|&(r, target)| m::cross_entropy(&lp[r * vocab..(r + 1) * vocab], target))
+        .collect();
+    let lp = keep_rows(lp, &rows.kl, vocab);
+    let kl = m::kl_divergence_rows(&original.log_probs, &lp, vocab)?;
+    Ok((ce, kl))
+}
+
+/// Per-token losses of a set of sequences: the original forward's CE and,
+/// for each patch, the patched forward's CE and `KL(original || patched)`.
+/// CE covers the positions 0..T-2 whose input token is not special (each
+/// predicting the next token), KL every position whose input token is not
+/// special, sequence after sequence.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SpliceLosses {
+    pub ce_orig: Vec<f64>,
+    pub ce: Vec<Vec<f64>>,
+    pub kl: Vec<Vec<f64>>,
+}
+
+/// Runs `sequences` (equal lengths, one forward pass for all) through the
+/// model untouched and once per patch spliced after block `layer`, reducing
+/// each forward's logits to per-token CE and KL at once (see
+/// [`SpliceLosses`]). `special[b][t]` marks the positions left out of the
+/// averages (BOS).
+pub fn splice_losses(
+    model: &Gemma,
+    layer: usize,
+    sequences: &[&[u32]],
+    special: &[&[bool]],
+    patches: &[Patch<'_>],
+) -> Result<SpliceLosses> {
+    let original = Original::compute(model, sequences, special)?;
+    let mut out = SpliceLosses::default();
+    for patch in patches {
+        let (ce, kl) = patched_losses(model, layer, sequences, special, &original, *patch)?;
+        out.ce.push(ce);
+        out.kl.push(kl);
+    }
+    out.ce_orig = original.ce;
+    Ok(out)
+}
+
+/// The residual splice of an SAE: each row `(b, t)` of the residual
+/// `[B, T, d]` becomes its reconstruction, except where `keep[b * T + t]`.
+pub fn sae_patch<'a>(sae: &'a Sae, keep: &'a [bool]) -> impl Fn(&Tensor) -> Result<Tensor> + 'a {
+    move |r: &Tensor| {
+        let d = sae.cfg.d_in;
+        let dims = r.dims().to_vec();
+        let mut v = r.flatten_all()?.to_vec1::<f32>()?;
+        ensure!(
+            v.len() == keep.len() * d,
+            "the residual has {} rows, the splice mask {}",
+            v.len() / d,
+            keep.len()
+        );
+        let rows: Vec<usize> = (0..keep.len()).filter(|&i| !keep[i]).collect();
+        let x: Vec<f32> = rows
+            .iter()
+            .flat_map(|&i| v[i * d..(i + 1) * d].iter().copied())
+            .collect();
+        let x_hat = sae.reconstruct(&x)?;
+        for (k, &i) in rows.iter().enumerate() {
+            v[i * d..(i + 1) * d].copy_from_slice(&x_hat[k * d..(k + 1) * d]);
+        }
+        Ok(Tensor::from_vec(v, dims, r.device())?)
+    }
+}
+
+/// Zero ablation: the residual replaced by zeros at every position.
+pub fn zero_patch(r: &Tensor) -> Result<Tensor> {
+    Ok(r.zeros_like()?)
+}
+
+/// The model, loaded once per process (per source).
+fn cached_model(cfg: &Config, progress: &crate::progress::Progress) -> Result<Arc<Gemma>> {
+    static MODEL: Mutex<Option<(String, Arc<Gemma>)>> = Mutex::new(None);
+    let source = crate::extract::model_source(cfg);
+    let id = source.to_string();
+    let mut slot = MODEL.lock().map_err(|_| anyhow!("model cache poisoned"))?;
+    if let Some((k, model)) = slot.as_ref() {
+        if *k == id {
+            return Ok(model.clone());
+        }
+    }
+    let spinner = progress.spinner(format!("loading {source}"));
+    let model = Arc::new(
+        Gemma::load(&source, &Device::Cpu).map_err(|e| anyhow!("model ({source}): {e:#}"))?,
+    );
+    spinner.finish_and_clear();
+    *slot = Some((id, model.clone()));
+    Ok(model)
+}
+
+/// What the core units of one process share: per group of CE sequences,
+/// the original forward (within `keep_original_mib`) and the zero-ablated
+/// forward's per-token CE and KL. One key at a time (extract artifact,
+/// model, layer, chosen sequences, forward batch); a new key drops the old.
+#[derive(Default)]
+struct Shared {
+    key: String,
+    original: BTreeMap<usize, Arc<Original>>,
+    zero: BTreeMap<usize, Arc<TokenLosses>>,
+    bytes: usize,
+}
+
+/// Per-token CE and KL of one patched forward.
+type TokenLosses = (Vec<f64>, Vec<f64>);
+
+static SHARED: Mutex<Option<Shared>> = Mutex::new(None);
+
+fn with_shared<T>(key: &str, f: impl FnOnce(&mut Shared) -> T) -> Result<T> {
+    let mut slot = SHARED.lock().map_err(|_| anyhow!("core cache poisoned"))?;
+    if slot.as_ref().is_none_or(|s| s.key != key) {
+        *slot = Some(Shared {
+            key: key.to_string(),
+            ..Default::default()
+        });
+    }
+    Ok(f(slot.as_mut().expect("set above")))
+}
+
+/// Results of the downstream (CE / KL) part.
+struct Downstream {
+    ce_orig: f64,
+    ce_sae: f64,
+    ce_zero: f64,
+    kl_sae: f64,
+    kl_zero: f64,
+    ce_tokens: usize,
+    kl_tokens: usize,
+    sequences: usize,
+    forwards: usize,
+}
+
+fn downstream(
+    input: &StageInput,
+    variant: &str,
+    model: &Gemma,
+    sae: &Sae,
+    eval: &EvalSplit,
+    chosen: &[usize],
+) -> Result<Downstream> {
+    let c = &input.cfg.bench.core;
+    let layer = input.cfg.model.layer;
+    let key = format!(
+        "{}|{}|{layer}|{}|{:?}",
+        input.planned.inputs["extract"],
+        crate::extract::model_source(input.cfg),
+        c.forward_batch_size,
+        chosen
+    );
+    let cap = c.keep_original_mib.saturating_mul(1 << 20);
+    let t_total: usize = chosen.iter().map(|&s| eval.sequences[s].len()).sum();
+    let bar = input
+        .progress
+        .bar(t_total as u64, format!("core/{variant} CE/KL"), "tokens");
+    let (mut ce_orig, mut ce_sae, mut ce_zero) = (vec![], vec![], vec![]);
+    let (mut kl_sae, mut kl_zero) = (vec![], vec![]);
+    let mut forwards = 0;
+    for (g, group) in chosen.chunks(c.forward_batch_size).enumerate() {
+        let seqs: Vec<&[u32]> = group
+            .iter()
+            .map(|&s| &eval.tokens[eval.sequences[s].clone()])
+            .collect();
+        let special: Vec<&[bool]> = group
+            .iter()
+            .map(|&s| &eval.special[eval.sequences[s].clone()])
+            .collect();
+        let original = match with_shared(&key, |sh| sh.original.get(&g).cloned())? {
+            Some(o) => o,
+            None => {
+                forwards += 1;
+                let o = Arc::new(Original::compute(model, &seqs, &special)?);
+                with_shared(&key, |sh| {
+                    if sh.bytes + o.bytes() <= cap {
+                        sh.bytes += o.bytes();
+                        sh.original.insert(g, o.clone());
+                    }
+                })?;
+                o
+            }
+        };
+        let zero = match with_shared(&key, |sh| sh.zero.get(&g).cloned())? {
+            Some(z) => z,
+            None => {
+                forwards += 1;
+                let z = Arc::new(patched_losses(
+                    model,
+                    layer,
+                    &seqs,
+                    &special,
+                    &original,
+                    &zero_patch,
+                )?);
+                with_shared(&key, |sh| sh.zero.insert(g, z.clone()))?;
+                z
+            }
+        };
+        let keep: Vec<bool> = special
+            .iter()
+            .flat_map(|m| {
+                m.iter()
+                    .map(|&s| s && c.exclude_special_tokens_from_reconstruction)
+            })
+            .collect();
+        let patch = sae_patch(sae, &keep);
+        let (ce, kl) = patched_losses(model, layer, &seqs, &special, &original, &patch)?;
+        forwards += 1;
+        ce_orig.extend_from_slice(&original.ce);
+        ce_sae.extend(ce);
+        kl_sae.extend(kl);
+        ce_zero.extend_from_slice(&zero.0);
+        kl_zero.extend_from_slice(&zero.1);
+        bar.inc(seqs.iter().map(|s| s.len() as u64).sum());
+    }
+    bar.finish_and_clear();
+    // The last variant's unit frees the memory (a later run of an earlier
+    // variant alone simply recomputes).
+    if input
+        .cfg
+        .variants()
+        .last()
+        .is_some_and(|v| v.name == variant)
+    {
+        *SHARED.lock().map_err(|_| anyhow!("core cache poisoned"))? = None;
+    }
+    Ok(Downstream {
+        ce_orig: m::mean(&ce_orig),
+        ce_sae: m::mean(&ce_sae),
+        ce_zero: m::mean(&ce_zero),
+        kl_sae: m::mean(&kl_sae),
+        kl_zero: m::mean(&kl_zero),
+        ce_tokens: ce_orig.len(),
+        kl_tokens: kl_sae.len(),
+        sequences: chosen.len(),
+        forwards,
+    })
+}
+
+/// User + system CPU time of this process so far (Linux: /proc/self/stat,
+/// in clock ticks of 1/100 s); None elsewhere.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) end with ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+/// Indices of the eval sequences for CE / KL.
+fn choose_sequences(c: &CoreConfig, available: usize) -> Vec<usize> {
+    let n = c.ce_sequences.min(available);
+    match c.ce_selection {
+        CeSelection::First => (0..n).collect(),
+        CeSelection::Seeded => {
+            let mut all: Vec<usize> = (0..available).collect();
+            SplitMix64::new(c.seed).shuffle(&mut all);
+            let mut chosen = all[..n].to_vec();
+            chosen.sort_unstable();
+            chosen
+        }
+    }
+}
+
+pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {
+    let started = Instant::now();
+    let cpu_started = process_cpu_seconds();
+    let cfg = input.cfg;
+    let c = &cfg.bench.core;
+    let layer = cfg.model.layer;
+    let extract_key = &input.planned.inputs["extract"];
+    let train_key = input
+        .planned
+        .inputs
+        .get(&format!("train/{variant}"))
+        .with_context(|| format!("core/{variant}: no train/{variant} input"))?;
+
+    // The SAE, and a check that it belongs to this layer.
+    let train_dir = input.store.artifact_dir("train", train_key);
+    let (sae, meta) = coact::sae::load_saelens(&train_dir)
+        .with_context(|| format!("loading the SAE of train/{train_key} ({variant})"))?;
+    if meta.hook_name != hook_name(layer) {
+        bail!(
+            "train/{train_key} ({variant}) was trained on {}, but model.layer = {layer} ({})",
+            meta.hook_name,
+            hook_name(layer)
+        );
+    }
+    let sae_cfg_dict: Value = std::fs::read_to_string(train_dir.join(coact::sae::CFG_FILE))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(Value::Null);
+
+    // The eval split.
+    let spinner = input.progress.spinner("reading eval activations");
+    let ex_manifest = input.store.manifest("extract", extract_key)?;
+    let ex_dir = input.store.artifact_dir("extract", extract_key);
+    let files = &ex_manifest
+        .tables
+        .get("activations")
+        .context("extract artifact without an activations table")?
+        .files;
+    let eval = EvalSplit::read(&ex_dir, files)?;
+    spinner.finish_and_clear();
+    let d = eval.d;
+    if sae.cfg.d_in != d {
+        bail!(
+            "train/{train_key} ({variant}) has d_in = {}, but extract/{extract_key} holds d_model = {d}",
+            sae.cfg.d_in
+        );
+    }
+
+    // Reconstruction metrics on every non-BOS token.
+    let t_recon = Instant::now();
+    let mut x = Vec::with_capacity(eval.x.len());
+    let mut prompt_lens = Vec::new();
+    for r in &eval.sequences {
+        let mut n = 0;
+        for i in r.clone() {
+            if !eval.special[i] {
+                x.extend_from_slice(&eval.x[i * d..(i + 1) * d]);
+                n += 1;
+            }
+        }
+        if n > 0 {
+            prompt_lens.push(n);
+        }
+    }
+    let n = x.len() / d;
+    ensure!(n > 0, "extract/{extract_key}: no non-BOS eval tokens");
+    let batch_lens: Vec<usize> = prompt_lens
+        .chunks(c.batch_size_prompts)
+        .map(|b| b.iter().sum())
+        .collect();
+    let codes = sae.encode(&x, n)?;
+    let x_hat = sae.decode(&codes)?;
+    let rec = m::reconstruction(&x, &x_hat, d, &batch_lens)?;
+    drop((x, x_hat));
+    let (l0, l1) = m::l0_l1(&codes);
+    let density = m::density(&codes, &prompt_lens)?;
+    drop(codes);
+    let freq = density.frequency();
+    let dens = m::density_summary(&freq);
+    let f = sae.cfg.d_sae;
+    let max_dec = m::max_cosine_per_row(&sae.w_dec, f, d)?;
+    let max_enc = m::max_cosine_per_row(&sae.w_enc_t, f, d)?;
+    let recon_s = t_recon.elapsed().as_secs_f64();
+
+    // CE / KL with the splice.
+    let t_ds = Instant::now();
+    let chosen = choose_sequences(c, eval.sequences.len());
+    if chosen.len() < c.ce_sequences {
+        input.progress.note(format!(
+            "core/{variant}: bench.core.ce_sequences = {} but the eval split holds {} sequences; using all",
+            c.ce_sequences,
+            eval.sequences.len()
+        ));
+    }
+    let lens: Vec<usize> = chosen.iter().map(|&s| eval.sequences[s].len()).collect();
+    if c.forward_batch_size > 1 && lens.iter().any(|&l| l != lens[0]) {
+        bail!(
+            "bench.core.forward_batch_size = {}: the chosen eval sequences have different lengths; use 1",
+            c.forward_batch_size
+        );
+    }
+    let model = cached_model(cfg, input.progress)?;
+    if layer >= model.config().n_layers {
+        bail!(
+            "model.layer = {layer}: the model has {} layers",
+            model.config().n_layers
+        );
+    }
+    let ds = downstream(input, variant, &model, &sae, &eval, &chosen)?;
+    let downstream_s = t_ds.elapsed().as_secs_f64();
+
+    let ce_loss_score = m::ce_loss_score(ds.ce_orig, ds.ce_sae, ds.ce_zero);
+    let kl_div_score = m::kl_div_score(ds.kl_sae, ds.kl_zero);
+    let values: BTreeMap<&str, f64> = BTreeMap::from([
+        ("mse", rec.mse),
+        ("explained_variance_legacy", rec.explained_variance_legacy),
+        ("explained_variance", rec.explained_variance),
+        ("cossim", rec.cossim),
+        ("l2_ratio", rec.norms.l2_ratio),
+        (
+            "relative_reconstruction_bias",
+            rec.relative_reconstruction_bias,
+        ),
+        ("l0", l0),
+        ("l1", l1),
+        ("frac_dead", dens.frac_dead),
+        ("frac_dense_1pct", dens.frac_dense_1pct),
+        ("frac_dense_10pct", dens.frac_dense_10pct),
+        ("mean_max_dec_cos", m::mean(&max_dec)),
+        ("mean_max_enc_cos", m::mean(&max_enc)),
+        ("ce_orig", ds.ce_orig),
+        ("ce_sae", ds.ce_sae),
+        ("ce_zero", ds.ce_zero),
+        ("ce_loss_score", ce_loss_score),
+        ("kl_sae", ds.kl_sae),
+        ("kl_zero", ds.kl_zero),
+        ("kl_div_score", kl_div_score),
+        ("eval_tokens", n as f64),
+        ("ce_tokens", ds.ce_tokens as f64),
+    ]);
+    debug_assert_eq!(values.len(), METRICS.len());
+
+    // Table bench_core.
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("variant", DataType::Utf8, false),
+        Field::new("metric", DataType::Utf8, false),
+        Field::new("value", DataType::Float64, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(vec![variant; METRICS.len()])),
+            Arc::new(StringArray::from(METRICS.to_vec())),
+            Arc::new(Float64Array::from_iter_values(
+                METRICS.iter().map(|k| values[k]),
+            )),
+        ],
+    )?;
+    let rows = crate::parquet_io::write_all(&input.out_dir.join("core.parquet"), &[batch])?;
+
+    // SAEBench-shaped JSON.
+    let cah = density.consistent_activation_heuristic();
+    let w_enc_norm: Vec<f64> = sae
+        .w_enc_t
+        .chunks_exact(d)
+        .map(|r| r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt())
+        .collect();
+    let enc_dec_cos: Vec<f64> = sae
+        .w_enc_t
+        .chunks_exact(d)
+        .zip(sae.w_dec.chunks_exact(d))
+        .zip(&w_enc_norm)
+        .map(|((e, dd), &ne)| {
+            let dot: f64 = e.iter().zip(dd).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let nd: f64 = dd.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+            if ne == 0.0 || nd == 0.0 {
+                0.0
+            } else {
+                dot / (ne * nd)
+            }
+        })
+        .collect();
+    // SAEBench writes NaN as -1.
+    let num = |v: f64| if v.is_nan() { json!(-1) } else { json!(v) };
+    let details: Vec<Value> = (0..f)
+        .map(|i| {
+            json!({
+                "index": i,
+                "feature_density": num(freq[i]),
+                "consistent_activation_heuristic": num(cah[i]),
+                "encoder_bias": num(sae.b_enc[i] as f64),
+                "encoder_norm": num(w_enc_norm[i]),
+                "encoder_decoder_cosine_sim": num(enc_dec_cos[i]),
+                "max_decoder_cosine_sim": num(max_dec[i]),
+                "max_encoder_cosine_sim": num(max_enc[i]),
+            })
+        })
+        .collect();
+    let context = eval.sequences.first().map_or(0, |r| r.len());
+    let eval_json = json!({
+        "eval_type_id": "core",
+        "eval_config": {
+            "model_name": cfg.model.name,
+            "llm_dtype": "float32",
+            "batch_size_prompts": c.batch_size_prompts,
+            "n_eval_reconstruction_batches": ds.sequences.div_ceil(c.batch_size_prompts),
+            "n_eval_sparsity_variance_batches": batch_lens.len(),
+            "dataset": cfg.corpus.path,
+            "context_size": context,
+            "compute_kl": true,
+            "compute_ce_loss": true,
+            "compute_l2_norms": true,
+            "compute_sparsity_metrics": true,
+            "compute_variance_metrics": true,
+            "compute_featurewise_density_statistics": true,
+            "compute_featurewise_weight_based_metrics": true,
+            "exclude_special_tokens_from_reconstruction": c.exclude_special_tokens_from_reconstruction,
+            "verbose": false,
+            // coact's own settings (SAEBench ignores unknown keys).
+            "ce_sequences": ds.sequences,
+            "ce_selection": c.ce_selection,
+            "seed": c.seed,
+            "forward_batch_size": c.forward_batch_size,
+        },
+        "eval_id": input.planned.key,
+        "datetime_epoch_millis": crate::store::now_unix() * 1000,
+        "eval_result_metrics": {
+            "model_behavior_preservation": {
+                "kl_div_score": num(kl_div_score),
+                "kl_div_with_ablation": num(ds.kl_zero),
+                "kl_div_with_sae": num(ds.kl_sae),
+            },
+            "model_performance_preservation": {
+                "ce_loss_score": num(ce_loss_score),
+                "ce_loss_with_ablation": num(ds.ce_zero),
+                "ce_loss_with_sae": num(ds.ce_sae),
+                "ce_loss_without_sae": num(ds.ce_orig),
+            },
+            "reconstruction_quality": {
+                "explained_variance": num(rec.explained_variance),
+                "explained_variance_legacy": num(rec.explained_variance_legacy),
+                "mse": num(rec.mse),
+                "cossim": num(rec.cossim),
+            },
+            "shrinkage": {
+                "l2_norm_in": num(rec.norms.l2_norm_in),
+                "l2_norm_out": num(rec.norms.l2_norm_out),
+                "l2_ratio": num(rec.norms.l2_ratio),
+                "relative_reconstruction_bias": num(rec.relative_reconstruction_bias),
+            },
+            "sparsity": { "l0": num(l0), "l1": num(l1) },
+            "token_stats": {
+                // As SAEBench counts them: every token of the sequences used.
+                "total_tokens_eval_reconstruction": lens.iter().sum::<usize>(),
+                "total_tokens_eval_sparsity_variance": eval.tokens.len(),
+            },
+            "misc_metrics": {
+                "freq_over_1_percent": num(dens.frac_dense_1pct),
+                "freq_over_10_percent": num(dens.frac_dense_10pct),
+                "normalized_freq_over_1_percent": num(dens.normalized_freq_over_1_percent),
+                "normalized_freq_over_10_percent": num(dens.normalized_freq_over_10_percent),
+                "average_max_encoder_cosine_sim": num(m::mean(&max_enc)),
+                "average_max_decoder_cosine_sim": num(m::mean(&max_dec)),
+                "frac_alive": num(1.0 - dens.frac_dead),
+            },
+        },
+        "eval_result_details": details,
+        "eval_result_unstructured": {
+            "coact": {
+                "explained_variance_definition": "1 - sum_d Var(x_d - x_hat_d) / sum_d Var(x_d) over all non-BOS eval tokens",
+                "sse_per_token": num(rec.sse_per_token),
+                "eval_tokens": n,
+                "ce_tokens": ds.ce_tokens,
+                "kl_tokens": ds.kl_tokens,
+                "ce_sequence_ids": chosen.iter().map(|&s| eval.seq_ids[s]).collect::<Vec<_>>(),
+            }
+        },
+        "sae_bench_commit_hash": format!("coact {}", env!("CARGO_PKG_VERSION")),
+        "sae_lens_id": variant,
+        "sae_lens_release_id": cfg.study,
+        "sae_lens_version": Value::Null,
+        "sae_cfg_dict": sae_cfg_dict,
+    });
+    let json_name = format!("{variant}_eval_results.json");
+    std::fs::write(
+        input.out_dir.join(&json_name),
+        serde_json::to_string_pretty(&eval_json)?,
+    )
+    .with_context(|| format!("writing {json_name}"))?;
+
+    let total_s = started.elapsed().as_secs_f64();
+    // CPU seconds of the whole process (every thread): a cost figure that,
+    // unlike wall time, hardly depends on what else the machine runs.
+    let cpu_s = process_cpu_seconds().zip(cpu_started).map(|(b, a)| b - a);
+    input.progress.note(format!(
+        "core/{variant}: EV {:.3} (legacy {:.3}), cos {:.3}, L0 {:.1}, CE score {:.3}, KL score {:.3} \
+         [{recon_s:.1} s reconstruction, {downstream_s:.1} s CE/KL on {} tokens, {} forward passes{}]",
+        rec.explained_variance,
+        rec.explained_variance_legacy,
+        rec.cossim,
+        l0,
+        ce_loss_score,
+        kl_div_score,
+        ds.ce_tokens,
+        ds.forwards,
+        cpu_s.map_or(String::new(), |c| format!(", {c:.1} CPU s"))
+    ));
+    let metrics: serde_json::Map<String, Value> = METRICS
+        .iter()
+        .map(|k| (k.to_string(), num(values[k])))
+        .collect();
+    Ok(StageOutput {
+        tables: BTreeMap::from([(
+            "core".to_string(),
+            TableEntry {
+                files: vec!["core.parquet".into()],
+                rows,
+            },
+        )]),
+        summary: json!({
+            "variant": variant,
+            "metrics": metrics,
+            "json": json_name,
+            "ce_sequences": ds.sequences,
+            "kl_tokens": ds.kl_tokens,
+            "forward_passes": ds.forwards,
+            "seconds": { "reconstruction": recon_s, "ce_kl": downstream_s, "total": total_s, "cpu": cpu_s },
+        }),
+    })
 }

@@ -48,9 +48,13 @@ pub const BENCHMARKS: &[Benchmark] = &[
     },
 ];
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BenchConfig {
+    /// Which benchmarks run (names of [`BENCHMARKS`]; default: all of them).
+    /// Only the selected ones get `<benchmark>/<variant>` units.
+    #[serde(default = "default_benchmarks")]
+    pub benchmarks: Vec<String>,
     #[serde(default)]
     pub core: core::CoreConfig,
     #[serde(default)]
@@ -63,9 +67,46 @@ pub struct BenchConfig {
     pub scr_tpp: scr_tpp::ScrTppConfig,
 }
 
+fn default_benchmarks() -> Vec<String> {
+    BENCHMARKS.iter().map(|b| b.name.to_string()).collect()
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        Self {
+            benchmarks: default_benchmarks(),
+            core: Default::default(),
+            absorption: Default::default(),
+            datasets: Default::default(),
+            sparse_probing: Default::default(),
+            scr_tpp: Default::default(),
+        }
+    }
+}
+
 impl BenchConfig {
     pub fn validate(&self) -> Result<()> {
+        let names: Vec<&str> = BENCHMARKS.iter().map(|b| b.name).collect();
+        for (i, n) in self.benchmarks.iter().enumerate() {
+            if !names.contains(&n.as_str()) {
+                bail!(
+                    "bench.benchmarks[{i}] = '{n}': unknown benchmark; expected some of {}",
+                    names.join(", ")
+                );
+            }
+            if self.benchmarks[..i].contains(n) {
+                bail!("bench.benchmarks[{i}] = '{n}': listed twice");
+            }
+        }
+        self.core.validate()?;
         Ok(())
+    }
+
+    /// The selected benchmarks, in [`BENCHMARKS`] order.
+    pub fn selected(&self) -> impl Iterator<Item = &'static Benchmark> + '_ {
+        BENCHMARKS
+            .iter()
+            .filter(|b| self.benchmarks.iter().any(|n| n == b.name))
     }
 }
 
