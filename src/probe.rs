@@ -39,7 +39,9 @@
 //! # Determinism
 //! The loss and gradient are sums over fixed chunks of [`CHUNK_ROWS`] samples,
 //! computed in parallel (rayon) and added in chunk order, so the same input
-//! gives the same bits whatever the number of threads.
+//! gives the same bits whatever the number of threads. Mostly-zero inputs
+//! (under a quarter non-zero, such as SAE latents) are walked as sparse rows,
+//! which gives the same sums up to rounding.
 //!
 //! # What the caller does
 //! Standardisation (or any rescaling of features) is the caller's business:
@@ -199,9 +201,44 @@ enum Labels<'a> {
     Multi(&'a [u32]),
 }
 
+/// Rows of x as compressed sparse rows (used when x is mostly zeros, as SAE
+/// latents are): same sums, cost proportional to the non-zeros.
+struct Csr {
+    indptr: Vec<usize>,
+    idx: Vec<u32>,
+    val: Vec<f32>,
+}
+
+impl Csr {
+    /// Some(CSR) when under a quarter of x is non-zero.
+    fn maybe(x: &[f32], d: usize) -> Option<Csr> {
+        let nnz = x.iter().filter(|v| **v != 0.0).count();
+        if nnz * 4 >= x.len() {
+            return None;
+        }
+        let mut c = Csr {
+            indptr: Vec::with_capacity(x.len() / d + 1),
+            idx: Vec::with_capacity(nnz),
+            val: Vec::with_capacity(nnz),
+        };
+        c.indptr.push(0);
+        for row in x.chunks_exact(d) {
+            for (j, &v) in row.iter().enumerate() {
+                if v != 0.0 {
+                    c.idx.push(j as u32);
+                    c.val.push(v);
+                }
+            }
+            c.indptr.push(c.idx.len());
+        }
+        Some(c)
+    }
+}
+
 /// The smooth part of J: mean weighted log-loss + L2.
 struct Problem<'a> {
     x: &'a [f32],
+    csr: Option<Csr>,
     n: usize,
     d: usize,
     /// Score columns (1 for binary, classes for multinomial).
@@ -232,8 +269,20 @@ impl Problem<'_> {
                 let mut z = vec![0.0f64; k];
                 for i in lo..hi {
                     let xi = &self.x[i * d..(i + 1) * d];
+                    let sparse = self.csr.as_ref().map(|c| {
+                        let r = c.indptr[i]..c.indptr[i + 1];
+                        (&c.idx[r.clone()], &c.val[r])
+                    });
                     for (c, zc) in z.iter_mut().enumerate() {
-                        *zc = dot_f32_f64(xi, &w[c * d..(c + 1) * d]) + b[c];
+                        let wc = &w[c * d..(c + 1) * d];
+                        *zc = match sparse {
+                            Some((idx, val)) => idx
+                                .iter()
+                                .zip(val)
+                                .map(|(&j, &v)| v as f64 * wc[j as usize])
+                                .sum::<f64>(),
+                            None => dot_f32_f64(xi, wc),
+                        } + b[c];
                     }
                     let s = self.weights[i];
                     // r = d loss_i / d z (times s_i / n).
@@ -262,8 +311,17 @@ impl Problem<'_> {
                     for (c, &r) in z.iter().enumerate() {
                         if r != 0.0 {
                             let gc = &mut g[c * d..(c + 1) * d];
-                            for (gj, &xj) in gc.iter_mut().zip(xi) {
-                                *gj += r * xj as f64;
+                            match sparse {
+                                Some((idx, val)) => {
+                                    for (&j, &v) in idx.iter().zip(val) {
+                                        gc[j as usize] += r * v as f64;
+                                    }
+                                }
+                                None => {
+                                    for (gj, &xj) in gc.iter_mut().zip(xi) {
+                                        *gj += r * xj as f64;
+                                    }
+                                }
                             }
                         }
                         g[k * d + c] += r;
@@ -525,6 +583,7 @@ pub fn fit_binary(
     };
     let p = Problem {
         x,
+        csr: Csr::maybe(x, d),
         n,
         d,
         k: 1,
@@ -579,6 +638,7 @@ pub fn fit_multinomial(
     };
     let p = Problem {
         x,
+        csr: Csr::maybe(x, d),
         n,
         d,
         k: classes,

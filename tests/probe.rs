@@ -145,6 +145,34 @@ fn l1_solution_meets_kkt_conditions() {
 }
 
 #[test]
+fn sparse_inputs_meet_the_same_optimality_conditions() {
+    // Mostly-zero features (the solver walks them as sparse rows).
+    let (n, d) = (400, 30);
+    let (mut x, y) = noisy_binary(n, d, 12);
+    let mut rng = SplitMix64::new(13);
+    for v in x.iter_mut() {
+        if rng.next_f64() < 0.9 {
+            *v = 0.0;
+        } else {
+            *v = v.abs() * 10.0;
+        }
+    }
+    for (penalty, l2, l1) in [(Penalty::L2(0.01), 0.01, 0.0), (Penalty::L1(0.02), 0.0, 0.02)] {
+        let p = fit_binary(&x, n, d, &y, &cfg(penalty)).unwrap();
+        let (g, gb) = binary_grad(&x, &y, d, &p.w, p.b, l2, &vec![1.0; n]);
+        assert!(gb.abs() < 1e-6, "{gb}");
+        for (j, (&w, &gj)) in p.w.iter().zip(&g).enumerate() {
+            let r = if w == 0.0 {
+                (gj.abs() - l1).max(0.0)
+            } else {
+                gj + l1 * (w as f64).signum()
+            };
+            assert!(r.abs() < 1e-5, "{penalty:?} feature {j}: w {w} g {gj}");
+        }
+    }
+}
+
+#[test]
 fn one_dimensional_symmetric_problem_matches_closed_form() {
     // x = +1: 3 true, 1 false; x = -1: 3 false, 1 true. By symmetry b = 0 and
     // the stationarity condition of J(w) = mean loss + a/2 w^2 reduces to
