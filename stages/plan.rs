@@ -51,7 +51,7 @@ pub const STAGES: &[StageDef] = &[
         name: "letters",
         deps: &["extract"],
         format_version: 1,
-        pending: Some("issue 6"),
+        pending: None,
         resumable: false,
     },
     StageDef {
@@ -65,7 +65,7 @@ pub const STAGES: &[StageDef] = &[
         name: "bench",
         deps: &["extract", "train", "letters", "datasets"],
         format_version: 1,
-        pending: Some("issues 6 and 7"),
+        pending: None,
         resumable: false,
     },
     StageDef {
@@ -202,7 +202,7 @@ fn stage_units(stage: &str, cfg: &Config) -> Result<Vec<Unit>> {
             .collect(),
         "bench" => {
             let mut units = Vec::new();
-            for bench in crate::bench::BENCHMARKS {
+            for bench in crate::bench::selected(cfg) {
                 for v in &variants {
                     units.push(Unit {
                         unit: Some(format!("{}/{v}", bench.name)),
@@ -279,7 +279,7 @@ fn stage_config(stage: &str, cfg: &Config) -> Result<Value> {
 
 /// size:mtime of a file, or of every file of a folder (every .txt file of a
 /// txt corpus folder), so that status stays instant.
-fn fingerprint(path: &Path, format: Option<CorpusFormat>) -> String {
+pub fn fingerprint(path: &Path, format: Option<CorpusFormat>) -> String {
     let one = |p: &Path| -> Option<String> {
         let m = std::fs::metadata(p).ok()?;
         let t = m

@@ -63,6 +63,12 @@ impl Study {
             lines.push('\n');
         }
         std::fs::write(dir.join("corpus.jsonl"), lines).unwrap();
+        // The absorption benchmark's word list at its default path: the
+        // corpus words, which the tokenizer knows, and lines it must skip.
+        std::fs::create_dir_all(dir.join("data/raw")).unwrap();
+        let mut words: Vec<&str> = WORDS.to_vec();
+        words.extend(["Union", "zebra", "don't", "", "the"]);
+        std::fs::write(dir.join("data/raw/words.txt"), words.join("\n")).unwrap();
         // A tiny random gemma-3 whose vocabulary is the tokenizer's.
         let mut model = lm_support::Tiny::gemma3();
         model.vocab = WORDS.len() + 2;
@@ -91,7 +97,8 @@ impl Study {
              corpus:\n  path: corpus.jsonl\n  id_column: doc_id\n  label_columns: [year, party]\n\
              tokenize:\n  context_size: {context}\n  eval_tokens: {eval_tokens}\n  train_tokens: {train_tokens}\n  seed: {seed}\n\
              train:\n  batch_size: 16\n  checkpoint_every: 2\n  dead_after_tokens: 64\n  base: {{kind: topk, d_sae: 32, k: 4, ortho: none}}\n  \
-             variants:\n    - name: topk\n    - name: guided\n      ortho: guided\n      lambda: 0.1\n      tau: [0.0, 0.5]\n{extra}"
+             variants:\n    - name: topk\n    - name: guided\n      ortho: guided\n      lambda: 0.1\n      tau: [0.0, 0.5]\n\
+             bench:\n  benchmarks: [absorption]\n{extra}"
         );
         self.set_config(&yaml);
     }

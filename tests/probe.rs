@@ -157,7 +157,10 @@ fn sparse_inputs_meet_the_same_optimality_conditions() {
             *v = v.abs() * 10.0;
         }
     }
-    for (penalty, l2, l1) in [(Penalty::L2(0.01), 0.01, 0.0), (Penalty::L1(0.02), 0.0, 0.02)] {
+    for (penalty, l2, l1) in [
+        (Penalty::L2(0.01), 0.01, 0.0),
+        (Penalty::L1(0.02), 0.0, 0.02),
+    ] {
         let p = fit_binary(&x, n, d, &y, &cfg(penalty)).unwrap();
         let (g, gb) = binary_grad(&x, &y, d, &p.w, p.b, l2, &vec![1.0; n]);
         assert!(gb.abs() < 1e-6, "{gb}");

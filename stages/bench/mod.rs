@@ -48,9 +48,13 @@ pub const BENCHMARKS: &[Benchmark] = &[
     },
 ];
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BenchConfig {
+    /// Which benchmarks run (their units `<benchmark>/<variant>`): a subset of
+    /// core, absorption, sparse_probing, scr_tpp; all four by default.
+    #[serde(default = "default_benchmarks")]
+    pub benchmarks: Vec<String>,
     #[serde(default)]
     pub core: core::CoreConfig,
     #[serde(default)]
@@ -63,10 +67,47 @@ pub struct BenchConfig {
     pub scr_tpp: scr_tpp::ScrTppConfig,
 }
 
+fn default_benchmarks() -> Vec<String> {
+    BENCHMARKS.iter().map(|b| b.name.to_string()).collect()
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        Self {
+            benchmarks: default_benchmarks(),
+            core: Default::default(),
+            absorption: Default::default(),
+            datasets: Default::default(),
+            sparse_probing: Default::default(),
+            scr_tpp: Default::default(),
+        }
+    }
+}
+
 impl BenchConfig {
     pub fn validate(&self) -> Result<()> {
+        let names = default_benchmarks();
+        for (i, b) in self.benchmarks.iter().enumerate() {
+            if !names.contains(b) {
+                bail!(
+                    "bench.benchmarks[{i}] = '{b}': unknown benchmark; expected one of {}",
+                    names.join(", ")
+                );
+            }
+            if self.benchmarks[..i].contains(b) {
+                bail!("bench.benchmarks[{i}] = '{b}': listed twice");
+            }
+        }
+        self.absorption.validate()?;
         Ok(())
     }
+}
+
+/// The benchmarks `bench.benchmarks` selects, in BENCHMARKS order.
+pub fn selected(cfg: &Config) -> impl Iterator<Item = &'static Benchmark> + '_ {
+    BENCHMARKS
+        .iter()
+        .filter(|b| cfg.bench.benchmarks.iter().any(|n| n == b.name))
 }
 
 /// Runs the benchmark named by the unit `<benchmark>/<variant>`.
