@@ -1,16 +1,557 @@
 //! letters stage (issue 6): the model's activations for the first-letter
-//! prompts of the absorption benchmark, shared by every variant.
+//! prompts of the absorption benchmark, and the ground-truth letter probes,
+//! shared by every variant (a new SAE variant never reruns the model).
+//!
+//! Following SAEBench (sae_bench/evals/absorption/: vocab.py, prompting.py,
+//! probing.py):
+//! - words: the word list's lowercase alphabetic words that are a single
+//!   token with a leading space (SAEBench takes every alphabetic token of
+//!   the vocabulary; coact takes real words from `bench.absorption.words`),
+//!   a seeded sample of `max_words`, shuffled and split train / test
+//!   (`test_fraction`, SAEBench 0.2);
+//! - prompt: "\n" then lines joined by "\n", a line being the template with
+//!   `{word}` = " word", answered with " <FIRST LETTER UPPERCASE>" when it is
+//!   a solved example; examples come from the word's own split, never the
+//!   word itself;
+//! - packing (coact's difference, for the CPU budget): SAEBench makes one
+//!   prompt per word with 10 examples. coact packs `words_per_prompt` words
+//!   into one sequence after `icl_examples` examples, each word's line being
+//!   answered and so a solved example for the words after it. Attention is
+//!   causal, so each word's activation is exactly that of the prompt made of
+//!   the lines before it (stored in the `prompt` column, with its number of
+//!   `examples`); ~11 tokens a word instead of ~90.
+//! - activation: resid_post at the study layer at the word's token (BOS
+//!   first; SAEBench's prompt_token_pos -6 for its template). A word whose
+//!   token does not survive tokenization of the whole sequence (a merge
+//!   across the boundary) is not measured, and listed.
+//! - ground-truth probes: coact::metrics::absorption::train_ground_truth on
+//!   the train words, F1 on the test words.
+//!
+//! Outputs: table `words` (`letters_words`: word, letter, split, token_id,
+//! sequence, position, examples, prompt, probe_score = the ground-truth
+//! score of the word's own letter, activation FixedSizeList<f32>[d_model]) and table `probes`
+//! (`letters_probes`: letter, trained, train_words, test_words, test_f1,
+//! test_precision, test_recall, bias, weight FixedSizeList<f32>[d_model]).
 
 use crate::config::Config;
 use crate::runner::{StageInput, StageOutput};
-use anyhow::{bail, Result};
-use serde_json::Value;
+use crate::store::TableEntry;
+use anyhow::{anyhow, bail, Context, Result};
+use arrow::array::{
+    BooleanArray, FixedSizeListArray, Float32Array, Float64Array, Int32Array, RecordBatch,
+    StringArray,
+};
+use arrow::datatypes::{DataType, Field, Schema};
+use candle_core::{Device, Tensor};
+use coact::lm::{hook_name, Gemma};
+use coact::metrics::absorption::{train_ground_truth, GroundTruthProbe, LETTERS};
+use coact::rng::SplitMix64;
+use coact::text::TextTokenizer;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
-/// The part of the config a letters artifact's key hashes.
+pub const WORDS_FILE: &str = "words.parquet";
+pub const PROBES_FILE: &str = "probes.parquet";
+
+/// The part of the config a letters artifact's key hashes: the prompt and
+/// probe settings and the word list's fingerprint (the model and tokenizer
+/// reach it through the extract artifact's key, its input).
 pub fn key_config(cfg: &Config) -> Value {
-    serde_json::to_value(&cfg.bench.absorption).expect("serialisable")
+    let a = &cfg.bench.absorption;
+    json!({
+        "words": a.words,
+        "words_fingerprint": crate::plan::fingerprint(&cfg.resolve(&a.words), None),
+        "max_words": a.max_words,
+        "test_fraction": a.test_fraction,
+        "icl_examples": a.icl_examples,
+        "words_per_prompt": a.words_per_prompt,
+        "template": a.template,
+        "seed": a.seed,
+        "batch_size": a.batch_size,
+        "probe_l2": a.probe_l2,
+        "probe_max_iter": a.probe_max_iter,
+        "layer": cfg.model.layer,
+    })
 }
 
-pub fn run(_input: &StageInput) -> Result<StageOutput> {
-    bail!("letters is not built yet (issue 6)")
+/// One measured word: its split, its packed sequence and its position there,
+/// and its effective prompt (the sequence's text up to and including it).
+struct Prompt {
+    word: String,
+    letter: u8,
+    test: bool,
+    token_id: u32,
+    sequence: usize,
+    position: usize,
+    examples: usize,
+    text: String,
+}
+
+/// The template's line for a word (the word gets its leading space).
+fn line(template: &str, word: &str) -> String {
+    template.replace("{word}", &format!(" {word}"))
+}
+
+/// The single token of " word", when the tokenizer has one that decodes back
+/// to the word.
+fn single_token(tok: &TextTokenizer, word: &str) -> Result<Option<u32>> {
+    let ids = tok.encode(&format!(" {word}"))?;
+    if ids.len() != 1 {
+        return Ok(None);
+    }
+    Ok((tok.decode(&ids)?.trim() == word).then_some(ids[0]))
+}
+
+/// One packed sequence: "\n", then a line per warm-up example and per
+/// measured word, each line answered (" <LETTER>") except the last, lines
+/// joined by "\n". Returns the tokens (BOS first) and, per measured word,
+/// Some((position, effective prompt)) or None when its token does not
+/// survive tokenization of the sequence (a merge across the boundary).
+#[allow(clippy::type_complexity)]
+fn build_sequence(
+    tok: &TextTokenizer,
+    bos: u32,
+    template: &str,
+    warmup: &[&str],
+    measured: &[(&str, u32)],
+) -> Result<(Vec<u32>, Vec<Option<(usize, String)>>)> {
+    let before = &template[..template.find("{word}").expect("validated")];
+    let answer = |w: &str| w.chars().next().expect("non-empty").to_ascii_uppercase();
+    let mut text = String::from("\n");
+    for ex in warmup {
+        text += &format!("{} {}\n", line(template, ex), answer(ex));
+    }
+    let mut ends = Vec::with_capacity(measured.len());
+    for (i, (w, _)) in measured.iter().enumerate() {
+        let start = text.len();
+        text += &line(template, w);
+        // Where " word" ends, and where the word's line (unanswered) ends.
+        ends.push((start + before.len() + 1 + w.len(), text.len()));
+        if i + 1 < measured.len() {
+            text += &format!(" {}\n", answer(w));
+        }
+    }
+    let full = tok.encode(&text)?;
+    let mut out = Vec::with_capacity(measured.len());
+    for ((_, id), &(word_end, line_end)) in measured.iter().zip(&ends) {
+        let prefix = tok.encode(&text[..word_end])?;
+        out.push(
+            (prefix.last() == Some(id) && full.starts_with(&prefix))
+                .then(|| (prefix.len(), text[..line_end].to_string())),
+        );
+    }
+    let mut tokens = Vec::with_capacity(full.len() + 1);
+    tokens.push(bos);
+    tokens.extend(full);
+    Ok((tokens, out))
+}
+
+/// Words with their token id, the list's line count and its count of
+/// lowercase alphabetic words.
+type Candidates = (Vec<(String, u32)>, usize, usize);
+
+/// The lowercase alphabetic words of the list that are one token, in file
+/// order without repeats: (word, token id), and counts for the summary.
+fn candidate_words(tok: &TextTokenizer, text: &str) -> Result<Candidates> {
+    let mut seen = std::collections::HashSet::new();
+    let mut lines = 0usize;
+    let mut alpha = Vec::new();
+    for l in text.lines() {
+        lines += 1;
+        let w = l.trim();
+        if !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase()) && seen.insert(w) {
+            alpha.push(w);
+        }
+    }
+    let n_alpha = alpha.len();
+    let mut out = Vec::new();
+    for w in alpha {
+        if let Some(id) = single_token(tok, w)? {
+            out.push((w.to_string(), id));
+        }
+    }
+    Ok((out, lines, n_alpha))
+}
+
+pub fn run(input: &StageInput) -> Result<StageOutput> {
+    let cfg = input.cfg;
+    let ac = &cfg.bench.absorption;
+    let layer = cfg.model.layer;
+    let started = std::time::Instant::now();
+
+    let words_path = cfg.resolve(&ac.words);
+    let text = std::fs::read_to_string(&words_path).map_err(|e| {
+        anyhow!(
+            "bench.absorption.words = {}: cannot read {}: {e} (`make setup` fetches the default word list)",
+            ac.words.display(),
+            words_path.display()
+        )
+    })?;
+    let tok = crate::tokenize::load_tokenizer(cfg)?;
+    let (mut words, lines, n_alpha) = candidate_words(&tok, &text)?;
+    let n_single = words.len();
+    if n_single < 2 {
+        bail!(
+            "bench.absorption.words = {}: only {n_single} of its {lines} lines are lowercase alphabetic words that are one token (with a leading space) in the tokenizer; need at least 2",
+            ac.words.display()
+        );
+    }
+    let mut rng = SplitMix64::new(ac.seed);
+    rng.shuffle(&mut words);
+    words.truncate(ac.max_words);
+    // SAEBench: the first (1 - test_fraction) of the shuffled words train.
+    let n_train = ((words.len() as f64 * (1.0 - ac.test_fraction)).floor() as usize)
+        .clamp(1, words.len() - 1);
+
+    // Packed sequences per split: `words_per_prompt` measured words after
+    // `icl_examples` warm-up examples drawn from the rest of the split; each
+    // measured word is a solved example for the words after it. Attention is
+    // causal, so a word's activation is exactly that of the prompt made of
+    // the lines before it (SAEBench builds one prompt per word with 10
+    // examples; packing gives every word at least `icl_examples` examples at
+    // a fraction of the tokens).
+    let bos = tok.bos_id();
+    let mut prompts: Vec<Prompt> = Vec::with_capacity(words.len());
+    let mut sequences: Vec<Vec<u32>> = Vec::new();
+    let mut skipped: Vec<String> = Vec::new();
+    for (test, range) in [(false, 0..n_train), (true, n_train..words.len())] {
+        let split: Vec<usize> = range.collect();
+        for group in split.chunks(ac.words_per_prompt) {
+            let mut pool: Vec<usize> = split
+                .iter()
+                .copied()
+                .filter(|j| !group.contains(j))
+                .collect();
+            let m = ac.icl_examples.min(pool.len());
+            // Partial Fisher-Yates: the first m of a seeded shuffle.
+            for a in 0..m {
+                let b = a + rng.below((pool.len() - a) as u64) as usize;
+                pool.swap(a, b);
+            }
+            let warmup: Vec<&str> = pool[..m].iter().map(|&j| words[j].0.as_str()).collect();
+            let measured: Vec<(&str, u32)> = group
+                .iter()
+                .map(|&j| (words[j].0.as_str(), words[j].1))
+                .collect();
+            let (tokens, found) = build_sequence(&tok, bos, &ac.template, &warmup, &measured)?;
+            for (k, ((w, id), f)) in measured.iter().zip(found).enumerate() {
+                match f {
+                    Some((position, text)) => prompts.push(Prompt {
+                        word: w.to_string(),
+                        letter: w.as_bytes()[0] - b'a',
+                        test,
+                        token_id: *id,
+                        sequence: sequences.len(),
+                        position,
+                        examples: m + k,
+                        text,
+                    }),
+                    None => skipped.push(w.to_string()),
+                }
+            }
+            sequences.push(tokens);
+        }
+    }
+    if prompts.iter().all(|p| p.test) || prompts.iter().all(|p| !p.test) {
+        bail!(
+            "bench.absorption: {} usable words leave no train or no test word; raise bench.absorption.max_words",
+            prompts.len()
+        );
+    }
+
+    // The forward: sequences of equal token length share a batch (no padding).
+    let source = crate::extract::model_source(cfg);
+    let spinner = input.progress.spinner(format!("loading {source}"));
+    let model =
+        Gemma::load(&source, &Device::Cpu).map_err(|e| anyhow!("model ({source}): {e:#}"))?;
+    spinner.finish_and_clear();
+    let mc = model.config().clone();
+    if layer >= mc.n_layers {
+        bail!(
+            "model.layer = {layer}: {} has {} layers (0..={})",
+            cfg.model.name,
+            mc.n_layers,
+            mc.n_layers - 1
+        );
+    }
+    if let Some(t) = sequences
+        .iter()
+        .flatten()
+        .find(|&&t| t as usize >= mc.vocab)
+    {
+        bail!(
+            "model.tokenizer gives token id {t}, outside the model's vocabulary of {}",
+            mc.vocab
+        );
+    }
+    let d = mc.d_model;
+    let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, s) in sequences.iter().enumerate() {
+        by_len.entry(s.len()).or_default().push(i);
+    }
+    let mut at: Vec<Vec<(usize, usize)>> = vec![Vec::new(); sequences.len()];
+    for (i, p) in prompts.iter().enumerate() {
+        at[p.sequence].push((p.position, i));
+    }
+    let total_tokens: u64 = sequences.iter().map(|s| s.len() as u64).sum();
+    let forward_started = std::time::Instant::now();
+    let bar = input.progress.bar(
+        total_tokens,
+        format!("letters {}", hook_name(layer)),
+        "tokens",
+    );
+    let mut acts = vec![0.0f32; prompts.len() * d];
+    for (&t, idx) in &by_len {
+        for chunk in idx.chunks(ac.batch_size) {
+            let flat: Vec<u32> = chunk
+                .iter()
+                .flat_map(|&i| sequences[i].iter().copied())
+                .collect();
+            let ids = Tensor::from_vec(flat, (chunk.len(), t), &Device::Cpu)?;
+            let resid = model.resid_post(&ids, layer)?;
+            let resid = resid.flatten_all()?.to_vec1::<f32>()?;
+            for (b, &s) in chunk.iter().enumerate() {
+                for &(pos, i) in &at[s] {
+                    let src = &resid[(b * t + pos) * d..(b * t + pos + 1) * d];
+                    acts[i * d..(i + 1) * d].copy_from_slice(src);
+                }
+            }
+            bar.inc((chunk.len() * t) as u64);
+        }
+    }
+    bar.finish_and_clear();
+    let forward_s = forward_started.elapsed().as_secs_f64();
+
+    // Ground-truth probes.
+    let (mut x_train, mut y_train, mut x_test, mut y_test) = (vec![], vec![], vec![], vec![]);
+    for (i, p) in prompts.iter().enumerate() {
+        let row = &acts[i * d..(i + 1) * d];
+        if p.test {
+            x_test.extend_from_slice(row);
+            y_test.push(p.letter);
+        } else {
+            x_train.extend_from_slice(row);
+            y_train.push(p.letter);
+        }
+    }
+    let probes = train_ground_truth(
+        &x_train,
+        &y_train,
+        &x_test,
+        &y_test,
+        d,
+        ac.probe_l2,
+        ac.probe_max_iter,
+    )?;
+
+    let words_rows = write_words(input, &prompts, &acts, d, &probes)?;
+    write_probes(input, &probes, d)?;
+
+    let letter_counts: BTreeMap<String, Value> = (0..26u8)
+        .map(|l| {
+            let tr = y_train.iter().filter(|&&v| v == l).count();
+            let te = y_test.iter().filter(|&&v| v == l).count();
+            (
+                (LETTERS[l as usize] as char).to_string(),
+                json!({ "train": tr, "test": te, "probe_f1": probes[l as usize].test_f1 }),
+            )
+        })
+        .collect();
+    let weak: Vec<String> = probes
+        .iter()
+        .filter(|p| p.test_f1.partial_cmp(&ac.min_probe_f1) != Some(std::cmp::Ordering::Greater))
+        .map(|p| (LETTERS[p.letter as usize] as char).to_string())
+        .collect();
+    let lens: Vec<usize> = by_len.keys().copied().collect();
+    // Tokens after the word in its line (SAEBench's prompt_token_pos -6
+    // for its template counts from the end of the prompt).
+    let after = tok.encode(&ac.template.replace("{word}", " x"))?.len() as i64 - 1;
+    input.progress.note(format!(
+        "letters: {} words ({} train, {} test) in {} sequences, {total_tokens} tokens in {forward_s:.1} s; {} letters with probe F1 <= {}",
+        prompts.len(),
+        y_train.len(),
+        y_test.len(),
+        sequences.len(),
+        weak.len(),
+        ac.min_probe_f1
+    ));
+    Ok(StageOutput {
+        tables: BTreeMap::from([
+            (
+                "words".to_string(),
+                TableEntry {
+                    files: vec![WORDS_FILE.into()],
+                    rows: words_rows,
+                },
+            ),
+            (
+                "probes".to_string(),
+                TableEntry {
+                    files: vec![PROBES_FILE.into()],
+                    rows: 26,
+                },
+            ),
+        ]),
+        summary: json!({
+            "model": cfg.model.name,
+            "layer": layer,
+            "hook_name": hook_name(layer),
+            "d_model": d,
+            "words_file": words_path.display().to_string(),
+            "word_list_lines": lines,
+            "lowercase_alphabetic_words": n_alpha,
+            "single_token_words": n_single,
+            "words_used": prompts.len(),
+            "words_skipped": skipped,
+            "train_words": y_train.len(),
+            "test_words": y_test.len(),
+            "sequences": sequences.len(),
+            "sequence_tokens": { "min": lens.first(), "max": lens.last() },
+            "prompt_token_pos": -(after + 1),
+            "icl_examples": ac.icl_examples,
+            "words_per_prompt": ac.words_per_prompt,
+            "tokens": total_tokens,
+            "forward_seconds": forward_s,
+            "tokens_per_second": total_tokens as f64 / forward_s.max(1e-9),
+            "seconds": started.elapsed().as_secs_f64(),
+            "mean_probe_f1": probes.iter().map(|p| p.test_f1).sum::<f64>() / 26.0,
+            "letters_probe_f1_at_or_below_threshold": weak,
+            "letters": letter_counts,
+        }),
+    })
+}
+
+fn fixed_list(values: Vec<f32>, d: usize) -> Result<FixedSizeListArray> {
+    let item = Arc::new(Field::new("item", DataType::Float32, false));
+    Ok(FixedSizeListArray::try_new(
+        item,
+        d as i32,
+        Arc::new(Float32Array::from(values)),
+        None,
+    )?)
+}
+
+fn list_type(d: usize) -> DataType {
+    DataType::FixedSizeList(
+        Arc::new(Field::new("item", DataType::Float32, false)),
+        d as i32,
+    )
+}
+
+fn write_words(
+    input: &StageInput,
+    prompts: &[Prompt],
+    acts: &[f32],
+    d: usize,
+    probes: &[GroundTruthProbe],
+) -> Result<u64> {
+    let n = prompts.len();
+    let letter_s: Vec<String> = prompts
+        .iter()
+        .map(|p| (LETTERS[p.letter as usize] as char).to_string())
+        .collect();
+    let score: Vec<f32> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| probes[p.letter as usize].score(&acts[i * d..(i + 1) * d]) as f32)
+        .collect();
+    let schema = Schema::new(vec![
+        Field::new("word", DataType::Utf8, false),
+        Field::new("letter", DataType::Utf8, false),
+        Field::new("split", DataType::Utf8, false),
+        Field::new("token_id", DataType::Int32, false),
+        Field::new("sequence", DataType::Int32, false),
+        Field::new("position", DataType::Int32, false),
+        Field::new("examples", DataType::Int32, false),
+        Field::new("prompt", DataType::Utf8, false),
+        Field::new("probe_score", DataType::Float32, false),
+        Field::new("activation", list_type(d), false),
+    ]);
+    let batch = RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                prompts.iter().map(|p| p.word.as_str()),
+            )),
+            Arc::new(StringArray::from(letter_s)),
+            Arc::new(StringArray::from_iter_values(prompts.iter().map(|p| {
+                if p.test {
+                    "test"
+                } else {
+                    "train"
+                }
+            }))),
+            Arc::new(Int32Array::from_iter_values(
+                prompts.iter().map(|p| p.token_id as i32),
+            )),
+            Arc::new(Int32Array::from_iter_values(
+                prompts.iter().map(|p| p.sequence as i32),
+            )),
+            Arc::new(Int32Array::from_iter_values(
+                prompts.iter().map(|p| p.position as i32),
+            )),
+            Arc::new(Int32Array::from_iter_values(
+                prompts.iter().map(|p| p.examples as i32),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                prompts.iter().map(|p| p.text.as_str()),
+            )),
+            Arc::new(Float32Array::from(score)),
+            Arc::new(fixed_list(acts.to_vec(), d)?),
+        ],
+    )?;
+    debug_assert_eq!(batch.num_rows(), n);
+    crate::parquet_io::write_all(&input.out_dir.join(WORDS_FILE), &[batch])
+        .context("writing the letters words table")
+}
+
+fn write_probes(input: &StageInput, probes: &[GroundTruthProbe], d: usize) -> Result<()> {
+    let schema = Schema::new(vec![
+        Field::new("letter", DataType::Utf8, false),
+        Field::new("trained", DataType::Boolean, false),
+        Field::new("train_words", DataType::Int32, false),
+        Field::new("test_words", DataType::Int32, false),
+        Field::new("test_f1", DataType::Float64, false),
+        Field::new("test_precision", DataType::Float64, false),
+        Field::new("test_recall", DataType::Float64, false),
+        Field::new("bias", DataType::Float32, false),
+        Field::new("weight", list_type(d), false),
+    ]);
+    let batch = RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                probes
+                    .iter()
+                    .map(|p| (LETTERS[p.letter as usize] as char).to_string()),
+            )),
+            Arc::new(BooleanArray::from(
+                probes.iter().map(|p| p.trained).collect::<Vec<_>>(),
+            )),
+            Arc::new(Int32Array::from_iter_values(
+                probes.iter().map(|p| p.train_words as i32),
+            )),
+            Arc::new(Int32Array::from_iter_values(
+                probes.iter().map(|p| p.test_words as i32),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                probes.iter().map(|p| p.test_f1),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                probes.iter().map(|p| p.test_precision),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                probes.iter().map(|p| p.test_recall),
+            )),
+            Arc::new(Float32Array::from_iter_values(probes.iter().map(|p| p.b))),
+            Arc::new(fixed_list(
+                probes.iter().flat_map(|p| p.w.iter().copied()).collect(),
+                d,
+            )?),
+        ],
+    )?;
+    crate::parquet_io::write_all(&input.out_dir.join(PROBES_FILE), &[batch])
+        .context("writing the letters probes table")?;
+    Ok(())
 }

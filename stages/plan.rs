@@ -51,7 +51,7 @@ pub const STAGES: &[StageDef] = &[
         name: "letters",
         deps: &["extract"],
         format_version: 1,
-        pending: Some("issue 6"),
+        pending: None,
         resumable: false,
     },
     StageDef {
@@ -285,7 +285,7 @@ fn stage_config(stage: &str, cfg: &Config) -> Result<Value> {
 
 /// size:mtime of a file, or of every file of a folder (every .txt file of a
 /// txt corpus folder), so that status stays instant.
-fn fingerprint(path: &Path, format: Option<CorpusFormat>) -> String {
+pub fn fingerprint(path: &Path, format: Option<CorpusFormat>) -> String {
     let one = |p: &Path| -> Option<String> {
         let m = std::fs::metadata(p).ok()?;
         let t = m

@@ -63,6 +63,12 @@ impl Study {
             lines.push('\n');
         }
         std::fs::write(dir.join("corpus.jsonl"), lines).unwrap();
+        // The absorption benchmark's word list at its default path: the
+        // corpus words, which the tokenizer knows, and lines it must skip.
+        std::fs::create_dir_all(dir.join("data/raw")).unwrap();
+        let mut words: Vec<&str> = WORDS.to_vec();
+        words.extend(["Union", "zebra", "don't", "", "the"]);
+        std::fs::write(dir.join("data/raw/words.txt"), words.join("\n")).unwrap();
         // A tiny random gemma-3 whose vocabulary is the tokenizer's.
         let mut model = lm_support::Tiny::gemma3();
         model.vocab = WORDS.len() + 2;

@@ -1,20 +1,655 @@
-//! The absorption benchmark.
+//! The absorption benchmark (SAEBench's `absorption_first_letter`; lower is
+//! better), one unit per variant: `absorption/<variant>`.
+//!
+//! Reads the letters stage's artifact (the model's activations at the word
+//! position of every first-letter prompt, and the ground-truth letter
+//! probes) and the variant's SAE; runs the k-sparse probes and the
+//! absorption calculator of `coact::metrics::absorption` (which documents
+//! the method and where coact differs from SAEBench). The model never runs
+//! here.
+//!
+//! Outputs:
+//! - table `absorption` (`bench_absorption`), long format: variant, letter
+//!   (null for the overall rows), metric, value. Per letter:
+//!   `absorption_fraction`, `full_absorption_rate`, `probe_f1`, `num_words`
+//!   (test words of the letter the ground-truth probe detects),
+//!   `num_full_absorption`, `num_split_features`, `left_out` (1 when the
+//!   letter is not in the means; absorption rows only for letters kept).
+//!   Overall: `mean_absorption_fraction`, `mean_full_absorption_rate`,
+//!   `letters_used`, `mean_num_split_features`, `std_absorption_fraction`,
+//!   `std_full_absorption_rate`.
+//! - table `absorption_latents` (`bench_absorption_latents`): variant,
+//!   letter, rank (1-based), latent, k_sparse_f1 (test F1 of the probe on
+//!   the top `rank` latents), is_main.
+//! - `eval_results.json`: SAEBench's output shape (eval_type_id
+//!   "absorption_first_letter", eval_config, eval_result_metrics.mean,
+//!   eval_result_details per letter kept) plus a `coact` section.
 
 use crate::config::Config;
 use crate::runner::{StageInput, StageOutput};
-use anyhow::{bail, Result};
+use crate::store::TableEntry;
+use anyhow::{anyhow, bail, Context, Result};
+use arrow::array::{
+    Array, AsArray, BooleanArray, Float64Array, Int32Array, RecordBatch, StringArray,
+};
+use arrow::datatypes::{DataType, Field, Float32Type, Schema};
+use coact::metrics::absorption::{
+    evaluate, AbsorptionReport, GroundTruthProbe, Settings, Thresholds, LETTERS,
+};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// `bench.absorption`: the first-letter prompts (letters stage) and the
+/// benchmark's settings. Defaults follow SAEBench where it has one; the
+/// prompt budget is sized for the 2-core default study.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AbsorptionConfig {}
-
-/// The part of the config a absorption artifact's key hashes.
-pub fn key_config(cfg: &Config) -> Value {
-    serde_json::to_value(&cfg.bench.absorption).expect("serialisable")
+pub struct AbsorptionConfig {
+    /// The word list, one word a line (Debian's wamerican by default; `make
+    /// setup` fetches it). Relative paths resolve against the config's folder.
+    #[serde(default = "default_words")]
+    pub words: PathBuf,
+    /// Words used at most (a seeded random sample of the lowercase alphabetic
+    /// words that are one token with a leading space). SAEBench uses every
+    /// such token of the vocabulary; 4000 words (~43k tokens packed) fit the
+    /// letters stage's ~90 s budget on the 2-core default study.
+    #[serde(default = "default_max_words")]
+    pub max_words: usize,
+    /// Fraction of the words held out for testing (SAEBench: 0.2).
+    #[serde(default = "default_test_fraction")]
+    pub test_fraction: f64,
+    /// Solved examples that open each packed prompt, drawn from the same
+    /// split; every measured word sees these plus the words measured before
+    /// it in its prompt (SAEBench: one prompt per word with 10 examples).
+    #[serde(default = "default_icl_examples")]
+    pub icl_examples: usize,
+    /// Words measured per packed prompt (each is a solved example for the
+    /// ones after it; 1 gives SAEBench's one prompt per word).
+    #[serde(default = "default_words_per_prompt")]
+    pub words_per_prompt: usize,
+    /// The prompt for one word; `{word}` is replaced by the word with its
+    /// leading space. Solved examples append " <LETTER>".
+    #[serde(default = "default_template")]
+    pub template: String,
+    /// Seed of the word sample, the split and the examples (SAEBench: 42).
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Packed prompts per forward pass (prompts of equal token length share
+    /// a batch).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// L2 strength of the ground-truth letter probes, on activations centred
+    /// and divided by their RMS (see coact::metrics::absorption).
+    #[serde(default = "default_probe_l2")]
+    pub probe_l2: f64,
+    /// Iterations of every probe fit.
+    #[serde(default = "default_probe_max_iter")]
+    pub probe_max_iter: usize,
+    /// Largest k of the k-sparse probes (SAEBench max_k_value).
+    #[serde(default = "default_max_k")]
+    pub max_k: usize,
+    /// F1 improvement that makes one more latent a main latent
+    /// (SAEBench f1_jump_threshold).
+    #[serde(default = "default_f1_jump")]
+    pub f1_jump: f64,
+    /// L1 strength of the latent-ranking probe (SAEBench
+    /// k_sparse_probe_l1_decay), on latents divided by their mean non-zero
+    /// activation (see coact::metrics::absorption).
+    #[serde(default = "default_k_sparse_l1")]
+    pub k_sparse_l1: f64,
+    /// Letters whose ground-truth probe test F1 is not above this are left
+    /// out (SAEBench min_GT_probe_f1).
+    #[serde(default = "default_min_probe_f1")]
+    pub min_probe_f1: f64,
+    /// Fewer letters kept than this marks the result as not evaluable
+    /// (SAEBench min_feats_for_eval, where it stops instead).
+    #[serde(default = "default_min_letters")]
+    pub min_letters: usize,
 }
 
-pub fn run(_input: &StageInput, _variant: &str) -> Result<StageOutput> {
-    bail!("the absorption benchmark is not built yet")
+fn default_words() -> PathBuf {
+    PathBuf::from("data/raw/words.txt")
+}
+fn default_max_words() -> usize {
+    4000
+}
+fn default_test_fraction() -> f64 {
+    0.2
+}
+fn default_icl_examples() -> usize {
+    5
+}
+fn default_words_per_prompt() -> usize {
+    15
+}
+fn default_template() -> String {
+    "{word} has the first letter:".into()
+}
+fn default_seed() -> u64 {
+    42
+}
+fn default_batch_size() -> usize {
+    8
+}
+fn default_probe_l2() -> f64 {
+    1e-3
+}
+fn default_probe_max_iter() -> usize {
+    500
+}
+fn default_max_k() -> usize {
+    10
+}
+fn default_f1_jump() -> f64 {
+    0.03
+}
+fn default_k_sparse_l1() -> f64 {
+    0.01
+}
+fn default_min_probe_f1() -> f64 {
+    0.6
+}
+fn default_min_letters() -> usize {
+    20
+}
+
+impl Default for AbsorptionConfig {
+    fn default() -> Self {
+        Self {
+            words: default_words(),
+            max_words: default_max_words(),
+            test_fraction: default_test_fraction(),
+            icl_examples: default_icl_examples(),
+            words_per_prompt: default_words_per_prompt(),
+            template: default_template(),
+            seed: default_seed(),
+            batch_size: default_batch_size(),
+            probe_l2: default_probe_l2(),
+            probe_max_iter: default_probe_max_iter(),
+            max_k: default_max_k(),
+            f1_jump: default_f1_jump(),
+            k_sparse_l1: default_k_sparse_l1(),
+            min_probe_f1: default_min_probe_f1(),
+            min_letters: default_min_letters(),
+        }
+    }
+}
+
+impl AbsorptionConfig {
+    pub fn validate(&self) -> Result<()> {
+        let p = "bench.absorption";
+        if self.max_words < 2 {
+            bail!(
+                "{p}.max_words = {}: expected at least 2 (a train and a test word)",
+                self.max_words
+            );
+        }
+        if !(self.test_fraction > 0.0 && self.test_fraction < 1.0) {
+            bail!(
+                "{p}.test_fraction = {}: expected a fraction strictly between 0 and 1",
+                self.test_fraction
+            );
+        }
+        if !self.template.contains("{word}") {
+            bail!(
+                "{p}.template = {:?}: expected a text containing {{word}}",
+                self.template
+            );
+        }
+        if self.template.contains('\n') {
+            bail!(
+                "{p}.template = {:?}: must be one line (examples are separated by newlines)",
+                self.template
+            );
+        }
+        if self.batch_size == 0 {
+            bail!("{p}.batch_size = 0: expected at least 1 prompt per forward pass");
+        }
+        if self.words_per_prompt == 0 {
+            bail!("{p}.words_per_prompt = 0: expected at least 1 word per prompt");
+        }
+        if !(self.probe_l2.is_finite() && self.probe_l2 >= 0.0) {
+            bail!(
+                "{p}.probe_l2 = {}: expected a finite strength >= 0",
+                self.probe_l2
+            );
+        }
+        if self.probe_max_iter == 0 {
+            bail!("{p}.probe_max_iter = 0: expected at least 1 iteration");
+        }
+        if self.max_k == 0 {
+            bail!("{p}.max_k = 0: expected at least 1 latent");
+        }
+        if !(self.f1_jump.is_finite() && self.f1_jump >= 0.0) {
+            bail!(
+                "{p}.f1_jump = {}: expected a finite F1 difference >= 0",
+                self.f1_jump
+            );
+        }
+        if !(self.k_sparse_l1.is_finite() && self.k_sparse_l1 >= 0.0) {
+            bail!(
+                "{p}.k_sparse_l1 = {}: expected a finite strength >= 0",
+                self.k_sparse_l1
+            );
+        }
+        if !(self.min_probe_f1.is_finite() && self.min_probe_f1 < 1.0) {
+            bail!(
+                "{p}.min_probe_f1 = {}: expected an F1 threshold below 1",
+                self.min_probe_f1
+            );
+        }
+        if self.min_letters > 26 {
+            bail!(
+                "{p}.min_letters = {}: expected at most 26",
+                self.min_letters
+            );
+        }
+        Ok(())
+    }
+
+    /// What the benchmark (not the letters stage) reads.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            max_k: self.max_k,
+            f1_jump: self.f1_jump,
+            k_sparse_l1: self.k_sparse_l1,
+            min_probe_f1: self.min_probe_f1,
+            max_iter: self.probe_max_iter,
+            thresholds: Thresholds::default(),
+        }
+    }
+}
+
+/// The part of the config an absorption artifact's key hashes: the
+/// benchmark's own settings (the prompts and ground-truth probes reach it
+/// through the letters artifact's key, one of its inputs).
+pub fn key_config(cfg: &Config) -> Value {
+    let a = &cfg.bench.absorption;
+    json!({
+        "max_k": a.max_k,
+        "f1_jump": a.f1_jump,
+        "k_sparse_l1": a.k_sparse_l1,
+        "min_probe_f1": a.min_probe_f1,
+        "min_letters": a.min_letters,
+        "probe_max_iter": a.probe_max_iter,
+    })
+}
+
+/// The words of a letters artifact: activations [n, d] and letter indices,
+/// by split.
+pub struct LetterWords {
+    pub d: usize,
+    pub x_train: Vec<f32>,
+    pub y_train: Vec<u8>,
+    pub x_test: Vec<f32>,
+    pub y_test: Vec<u8>,
+}
+
+fn letter_index(s: &str, file: &Path) -> Result<u8> {
+    match s.as_bytes() {
+        [c] if c.is_ascii_lowercase() => Ok(c - b'a'),
+        _ => bail!("{}: letter {s:?} is not one of a..z", file.display()),
+    }
+}
+
+/// Reads `words.parquet` of a letters artifact.
+pub fn read_words(dir: &Path) -> Result<LetterWords> {
+    let path = dir.join(crate::letters::WORDS_FILE);
+    let mut w = LetterWords {
+        d: 0,
+        x_train: vec![],
+        y_train: vec![],
+        x_test: vec![],
+        y_test: vec![],
+    };
+    for batch in crate::parquet_io::read_all(&path)? {
+        let col = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| anyhow!("{}: no column {name}", path.display()))
+        };
+        let letters = col("letter")?.as_string::<i32>().clone();
+        let splits = col("split")?.as_string::<i32>().clone();
+        let acts = col("activation")?.as_fixed_size_list().clone();
+        w.d = acts.value_length() as usize;
+        let values = acts.values().as_primitive::<Float32Type>().values();
+        for r in 0..batch.num_rows() {
+            let l = letter_index(letters.value(r), &path)?;
+            let row = &values[r * w.d..(r + 1) * w.d];
+            match splits.value(r) {
+                "train" => {
+                    w.x_train.extend_from_slice(row);
+                    w.y_train.push(l);
+                }
+                "test" => {
+                    w.x_test.extend_from_slice(row);
+                    w.y_test.push(l);
+                }
+                s => bail!("{}: split {s:?} is not train or test", path.display()),
+            }
+        }
+    }
+    Ok(w)
+}
+
+/// Reads `probes.parquet` of a letters artifact (26 rows in letter order).
+pub fn read_probes(dir: &Path) -> Result<Vec<GroundTruthProbe>> {
+    let path = dir.join(crate::letters::PROBES_FILE);
+    let mut out = Vec::new();
+    for batch in crate::parquet_io::read_all(&path)? {
+        let col = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| anyhow!("{}: no column {name}", path.display()))
+        };
+        let letters = col("letter")?.as_string::<i32>().clone();
+        let f64s = |name: &str| -> Result<Float64Array> {
+            Ok(col(name)?
+                .as_primitive_opt::<arrow::datatypes::Float64Type>()
+                .ok_or_else(|| anyhow!("{}: {name} is not float64", path.display()))?
+                .clone())
+        };
+        let i32s = |name: &str| -> Result<Int32Array> {
+            Ok(col(name)?
+                .as_primitive_opt::<arrow::datatypes::Int32Type>()
+                .ok_or_else(|| anyhow!("{}: {name} is not int32", path.display()))?
+                .clone())
+        };
+        let (f1, pr, rc) = (
+            f64s("test_f1")?,
+            f64s("test_precision")?,
+            f64s("test_recall")?,
+        );
+        let (trw, tew) = (i32s("train_words")?, i32s("test_words")?);
+        let bias = col("bias")?.as_primitive::<Float32Type>().clone();
+        let trained = col("trained")?.as_boolean().clone();
+        let weights = col("weight")?.as_fixed_size_list().clone();
+        let d = weights.value_length() as usize;
+        let wv = weights.values().as_primitive::<Float32Type>().values();
+        for r in 0..batch.num_rows() {
+            out.push(GroundTruthProbe {
+                letter: letter_index(letters.value(r), &path)?,
+                w: wv[r * d..(r + 1) * d].to_vec(),
+                b: bias.value(r),
+                test_f1: f1.value(r),
+                test_precision: pr.value(r),
+                test_recall: rc.value(r),
+                train_words: trw.value(r) as usize,
+                test_words: tew.value(r) as usize,
+                trained: trained.value(r),
+            });
+        }
+    }
+    out.sort_by_key(|p| p.letter);
+    if out.len() != 26 || out.iter().enumerate().any(|(i, p)| p.letter as usize != i) {
+        bail!(
+            "{}: expected one probe per letter a..z, found {}",
+            path.display(),
+            out.len()
+        );
+    }
+    Ok(out)
+}
+
+fn letter_str(l: u8) -> String {
+    (LETTERS[l as usize] as char).to_string()
+}
+
+pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {
+    let cfg = input.cfg;
+    let ac = &cfg.bench.absorption;
+    let started = std::time::Instant::now();
+    let letters_key = input
+        .planned
+        .inputs
+        .get("letters")
+        .context("absorption needs the letters artifact")?;
+    let train_key = input
+        .planned
+        .inputs
+        .get(&format!("train/{variant}"))
+        .with_context(|| format!("absorption needs train/{variant}"))?;
+    let letters_dir = input.store.artifact_dir("letters", letters_key);
+    let words = read_words(&letters_dir)?;
+    let probes = read_probes(&letters_dir)?;
+    let train_dir = input.store.artifact_dir("train", train_key);
+    let (sae, _meta) = coact::sae::load_saelens(&train_dir)
+        .with_context(|| format!("loading the SAE of variant {variant}"))?;
+    if sae.cfg.d_in != words.d {
+        bail!(
+            "variant {variant}: the SAE reads {} dimensions but the letters artifact holds {}-dimensional activations",
+            sae.cfg.d_in,
+            words.d
+        );
+    }
+    let report = evaluate(
+        &sae,
+        &words.x_train,
+        &words.y_train,
+        &words.x_test,
+        &words.y_test,
+        &probes,
+        &ac.settings(),
+    )?;
+
+    let (metrics_batch, n_metrics) = metrics_table(variant, &report)?;
+    let (latents_batch, n_latents) = latents_table(variant, &report)?;
+    crate::parquet_io::write_all(&input.out_dir.join("absorption.parquet"), &[metrics_batch])?;
+    crate::parquet_io::write_all(
+        &input.out_dir.join("absorption_latents.parquet"),
+        &[latents_batch],
+    )?;
+    let left_out: Vec<Value> = report
+        .letters
+        .iter()
+        .filter_map(|l| {
+            l.left_out.map(|why| {
+                json!({ "letter": letter_str(l.letter), "reason": why.as_str(), "probe_f1": l.probe_f1 })
+            })
+        })
+        .collect();
+    let evaluable = report.letters_used >= ac.min_letters;
+    let letters_manifest = input.store.manifest("letters", letters_key)?;
+    let train_manifest = input.store.manifest("train", train_key)?;
+    let eval_json = json!({
+        "eval_type_id": "absorption_first_letter",
+        "eval_config": {
+            "model_name": cfg.model.name,
+            "random_seed": ac.seed,
+            "f1_jump_threshold": ac.f1_jump,
+            "max_k_value": ac.max_k,
+            "prompt_template": ac.template,
+            "prompt_token_pos": letters_manifest.summary.get("prompt_token_pos").cloned().unwrap_or(Value::Null),
+            "llm_batch_size": ac.batch_size,
+            "llm_dtype": "float32",
+            "k_sparse_probe_l1_decay": ac.k_sparse_l1,
+            "min_GT_probe_f1": ac.min_probe_f1,
+            "min_feats_for_eval": ac.min_letters,
+        },
+        "eval_id": input.planned.key,
+        "datetime_epoch_millis": crate::store::now_unix() * 1000,
+        "eval_result_metrics": {
+            "mean": {
+                "mean_absorption_fraction_score": json_f64(report.mean_absorption_fraction),
+                "mean_full_absorption_score": json_f64(report.mean_full_absorption_rate),
+                "mean_num_split_features": json_f64(report.mean_num_split_features),
+                "std_dev_absorption_fraction_score": json_f64(report.std_absorption_fraction),
+                "std_dev_full_absorption_score": json_f64(report.std_full_absorption_rate),
+                "std_dev_num_split_features": json_f64(report.std_num_split_features),
+            }
+        },
+        "eval_result_details": report.letters.iter().filter(|l| l.left_out.is_none()).map(|l| json!({
+            "first_letter": letter_str(l.letter),
+            "mean_absorption_fraction": l.absorption_fraction,
+            "full_absorption_rate": l.full_absorption_rate,
+            "num_full_absorption": l.num_full_absorption,
+            "num_probe_true_positives": l.num_words,
+            "num_split_features": l.main_latents.len(),
+        })).collect::<Vec<_>>(),
+        "sae_bench_commit_hash": null,
+        "sae_lens_id": variant,
+        "sae_lens_release_id": cfg.study,
+        "sae_lens_version": null,
+        "sae_cfg_dict": read_cfg_json(&train_dir),
+        "coact": {
+            "variant": variant,
+            "sae": train_manifest.config.get("sae").cloned().unwrap_or(Value::Null),
+            "letters_used": report.letters_used,
+            "letters_left_out": left_out,
+            "evaluable": evaluable,
+            "train_words": words.y_train.len(),
+            "test_words": words.y_test.len(),
+        },
+    });
+    std::fs::write(
+        input.out_dir.join("eval_results.json"),
+        serde_json::to_string_pretty(&eval_json)?,
+    )?;
+    if !evaluable {
+        input.progress.note(format!(
+            "absorption/{variant}: only {} letters have a ground-truth probe F1 above {} (SAEBench wants {}); the result is marked not evaluable",
+            report.letters_used, ac.min_probe_f1, ac.min_letters
+        ));
+    }
+    Ok(StageOutput {
+        tables: BTreeMap::from([
+            (
+                "absorption".to_string(),
+                TableEntry {
+                    files: vec!["absorption.parquet".into()],
+                    rows: n_metrics,
+                },
+            ),
+            (
+                "absorption_latents".to_string(),
+                TableEntry {
+                    files: vec!["absorption_latents.parquet".into()],
+                    rows: n_latents,
+                },
+            ),
+        ]),
+        summary: json!({
+            "variant": variant,
+            "mean_absorption_fraction": json_f64(report.mean_absorption_fraction),
+            "mean_full_absorption_rate": json_f64(report.mean_full_absorption_rate),
+            "mean_num_split_features": json_f64(report.mean_num_split_features),
+            "letters_used": report.letters_used,
+            "letters_left_out": left_out,
+            "evaluable": evaluable,
+            "seconds": started.elapsed().as_secs_f64(),
+        }),
+    })
+}
+
+/// NaN (no letter kept) as JSON null.
+fn json_f64(v: f64) -> Value {
+    if v.is_finite() {
+        json!(v)
+    } else {
+        Value::Null
+    }
+}
+
+fn read_cfg_json(dir: &Path) -> Value {
+    std::fs::read_to_string(dir.join(coact::sae::CFG_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null)
+}
+
+fn metrics_table(variant: &str, r: &AbsorptionReport) -> Result<(RecordBatch, u64)> {
+    let mut letter: Vec<Option<String>> = Vec::new();
+    let mut metric: Vec<&str> = Vec::new();
+    let mut value: Vec<f64> = Vec::new();
+    let mut push = |l: Option<String>, m: &'static str, v: f64| {
+        letter.push(l);
+        metric.push(m);
+        value.push(v);
+    };
+    for l in &r.letters {
+        let s = Some(letter_str(l.letter));
+        push(s.clone(), "probe_f1", l.probe_f1);
+        push(s.clone(), "num_words", l.num_words as f64);
+        push(
+            s.clone(),
+            "left_out",
+            if l.left_out.is_some() { 1.0 } else { 0.0 },
+        );
+        if l.left_out.is_none() {
+            push(s.clone(), "absorption_fraction", l.absorption_fraction);
+            push(s.clone(), "full_absorption_rate", l.full_absorption_rate);
+            push(
+                s.clone(),
+                "num_full_absorption",
+                l.num_full_absorption as f64,
+            );
+            push(s, "num_split_features", l.main_latents.len() as f64);
+        }
+    }
+    push(None, "mean_absorption_fraction", r.mean_absorption_fraction);
+    push(
+        None,
+        "mean_full_absorption_rate",
+        r.mean_full_absorption_rate,
+    );
+    push(None, "letters_used", r.letters_used as f64);
+    push(None, "mean_num_split_features", r.mean_num_split_features);
+    push(None, "std_absorption_fraction", r.std_absorption_fraction);
+    push(None, "std_full_absorption_rate", r.std_full_absorption_rate);
+    let n = value.len();
+    let schema = Schema::new(vec![
+        Field::new("variant", DataType::Utf8, false),
+        Field::new("letter", DataType::Utf8, true),
+        Field::new("metric", DataType::Utf8, false),
+        Field::new("value", DataType::Float64, false),
+    ]);
+    let batch = RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(StringArray::from(vec![variant; n])),
+            Arc::new(StringArray::from(letter)),
+            Arc::new(StringArray::from(metric)),
+            Arc::new(Float64Array::from(value)),
+        ],
+    )?;
+    Ok((batch, n as u64))
+}
+
+fn latents_table(variant: &str, r: &AbsorptionReport) -> Result<(RecordBatch, u64)> {
+    let (mut letter, mut rank, mut latent, mut f1, mut main) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for l in &r.letters {
+        for (i, &lat) in l.ranking.iter().enumerate() {
+            letter.push(letter_str(l.letter));
+            rank.push(i as i32 + 1);
+            latent.push(lat as i32);
+            f1.push(l.k_sparse_f1.get(i).copied().unwrap_or(f64::NAN));
+            main.push(i < l.main_latents.len());
+        }
+    }
+    let n = letter.len();
+    let schema = Schema::new(vec![
+        Field::new("variant", DataType::Utf8, false),
+        Field::new("letter", DataType::Utf8, false),
+        Field::new("rank", DataType::Int32, false),
+        Field::new("latent", DataType::Int32, false),
+        Field::new("k_sparse_f1", DataType::Float64, false),
+        Field::new("is_main", DataType::Boolean, false),
+    ]);
+    let batch = RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(StringArray::from(vec![variant; n])),
+            Arc::new(StringArray::from(letter)),
+            Arc::new(Int32Array::from(rank)),
+            Arc::new(Int32Array::from(latent)),
+            Arc::new(Float64Array::from(f1)),
+            Arc::new(BooleanArray::from(main)),
+        ],
+    )?;
+    debug_assert!(batch.column(0).len() == n);
+    Ok((batch, n as u64))
 }

@@ -99,6 +99,7 @@ impl BenchConfig {
             }
         }
         self.core.validate()?;
+        self.absorption.validate()?;
         Ok(())
     }
 
