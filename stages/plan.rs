@@ -58,14 +58,14 @@ pub const STAGES: &[StageDef] = &[
         name: "datasets",
         deps: &["extract"],
         format_version: 1,
-        pending: Some("issue 7"),
+        pending: None,
         resumable: false,
     },
     StageDef {
         name: "bench",
         deps: &["extract", "train", "letters", "datasets"],
         format_version: 1,
-        pending: Some("issues 6 and 7"),
+        pending: None,
         resumable: false,
     },
     StageDef {
@@ -202,7 +202,7 @@ fn stage_units(stage: &str, cfg: &Config) -> Result<Vec<Unit>> {
             .collect(),
         "bench" => {
             let mut units = Vec::new();
-            for bench in crate::bench::BENCHMARKS {
+            for bench in cfg.bench.selected() {
                 for v in &variants {
                     units.push(Unit {
                         unit: Some(format!("{}/{v}", bench.name)),

@@ -48,9 +48,13 @@ pub const BENCHMARKS: &[Benchmark] = &[
     },
 ];
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BenchConfig {
+    /// Which benchmarks run (units `<benchmark>/<variant>`); default all:
+    /// core, absorption, sparse_probing, scr_tpp.
+    #[serde(default = "default_benchmarks")]
+    pub benchmarks: Vec<String>,
     #[serde(default)]
     pub core: core::CoreConfig,
     #[serde(default)]
@@ -63,9 +67,44 @@ pub struct BenchConfig {
     pub scr_tpp: scr_tpp::ScrTppConfig,
 }
 
+fn default_benchmarks() -> Vec<String> {
+    BENCHMARKS.iter().map(|b| b.name.to_string()).collect()
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        Self {
+            benchmarks: default_benchmarks(),
+            core: Default::default(),
+            absorption: Default::default(),
+            datasets: Default::default(),
+            sparse_probing: Default::default(),
+            scr_tpp: Default::default(),
+        }
+    }
+}
+
 impl BenchConfig {
     pub fn validate(&self) -> Result<()> {
+        for (i, b) in self.benchmarks.iter().enumerate() {
+            if !BENCHMARKS.iter().any(|x| x.name == b) {
+                bail!(
+                    "bench.benchmarks[{i}] = '{b}': expected one of {}",
+                    default_benchmarks().join(", ")
+                );
+            }
+        }
+        crate::datasets::validate(&self.datasets)?;
+        self.sparse_probing.validate()?;
+        self.scr_tpp.validate()?;
         Ok(())
+    }
+
+    /// The benchmarks `bench.benchmarks` selects, in their fixed order.
+    pub fn selected(&self) -> impl Iterator<Item = &'static Benchmark> + '_ {
+        BENCHMARKS
+            .iter()
+            .filter(|b| self.benchmarks.iter().any(|n| n == b.name))
     }
 }
 
