@@ -24,8 +24,9 @@
 //!    than one piece gives one shorter piece. At most `pieces_per_doc`
 //!    pieces are kept per document, evenly spaced through it (pieces of one
 //!    document are alike, so many documents beat many pieces); with
-//!    `pieces_per_class`, documents are taken in a seeded order only while
-//!    every class they belong to has fewer pieces than that in their split.
+//!    `pieces_per_class`, documents are taken in a seeded order as long as
+//!    their pieces keep every class they belong to within that many pieces
+//!    in their split.
 //! 4. The model runs to the study layer on each piece (BOS first). Stored:
 //!    `pieces.parquet` (piece, document, split, the class of each task, the
 //!    residual mean-pooled over the non-BOS tokens, f32) and
@@ -645,7 +646,7 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
         let classes = &doc_classes[doc];
         if let Some(cap) = d.pieces_per_class {
             let full = classes.iter().enumerate().any(|(t, c)| {
-                c.is_some_and(|c| counts.get(&(test, t, c)).copied().unwrap_or(0) >= cap)
+                c.is_some_and(|c| counts.get(&(test, t, c)).copied().unwrap_or(0) + n > cap)
             });
             if full {
                 continue;

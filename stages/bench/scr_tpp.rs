@@ -82,7 +82,11 @@ pub struct ScrTppConfig {
     pub probe_l1: f64,
     /// The two binary tasks SCR correlates: [intended, spurious] (SAEBench's
     /// [profession, gender]); null: [party, era]. Every dataset with both
-    /// tasks gets SCR.
+    /// tasks gets SCR. SCR means something only when both tasks are
+    /// decodable from the residual: on the default SOTU dataset, party is
+    /// not once era is balanced (its oracle probe scores ~0.51 on
+    /// gemma-3-270m, layer 6), so the default pair measures noise there; use
+    /// a dataset such as LabHC/bias_in_bios (profession, gender) for SCR.
     #[serde(default)]
     pub scr_tasks: Option<Vec<String>>,
     /// The task whose classes TPP perturbs; null: period. Every dataset with

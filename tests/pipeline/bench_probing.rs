@@ -186,6 +186,25 @@ fn the_default_dataset_comes_from_the_corpus_labels() {
     assert_eq!(tasks[1], vec!["corpus", "2", "2", "4", "12"]);
     let status = s.ok(&["status"]);
     assert!(status.contains("datasets  fresh"), "{status}");
+
+    // A cap per class and split keeps the classes within it.
+    s.write_config_with(
+        8,
+        32,
+        "null",
+        0,
+        "bench:\n  datasets:\n    - name: capped\n      path: corpus.jsonl\n      piece_tokens: 8\n      pieces_per_doc: 3\n      pieces_per_class: 7\n      tasks:\n        - {name: party, column: party, top: 2}\n",
+    );
+    s.ok(&["run", "datasets", "-q"]);
+    let counts = query(
+        &s,
+        "select split, task_party, count(*) from datasets_pieces where dataset = 'capped' group by split, task_party order by 1, 2",
+    );
+    assert_eq!(counts.len(), 5, "{counts:?}");
+    for row in &counts[1..] {
+        let n: usize = row[2].parse().unwrap();
+        assert!(n <= 7 && n % 3 == 0, "{counts:?}");
+    }
 }
 
 #[test]
