@@ -203,7 +203,7 @@ fn the_default_dataset_comes_from_the_corpus_labels() {
     assert_eq!(counts.len(), 5, "{counts:?}");
     for row in &counts[1..] {
         let n: usize = row[2].parse().unwrap();
-        assert!(n <= 7 && n % 3 == 0, "{counts:?}");
+        assert!(n <= 7 && n.is_multiple_of(3), "{counts:?}");
     }
 }
 
