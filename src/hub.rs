@@ -8,10 +8,24 @@ use std::path::PathBuf;
 /// Returns the local path of `file` in `repo` (at `revision`, default main),
 /// downloading it into the HF cache when it is not cached yet.
 pub fn fetch_file(repo: &str, revision: Option<&str>, file: &str) -> Result<PathBuf> {
+    fetch(repo, hf_hub::RepoType::Model, revision, file)
+}
+
+/// As [`fetch_file`], for a file of a dataset repository.
+pub fn fetch_dataset_file(repo: &str, revision: Option<&str>, file: &str) -> Result<PathBuf> {
+    fetch(repo, hf_hub::RepoType::Dataset, revision, file)
+}
+
+fn fetch(
+    repo: &str,
+    kind: hf_hub::RepoType,
+    revision: Option<&str>,
+    file: &str,
+) -> Result<PathBuf> {
     use hf_hub::api::sync::ApiBuilder;
-    use hf_hub::{Repo, RepoType};
+    use hf_hub::Repo;
     let revision = revision.unwrap_or("main").to_string();
-    let repo_spec = Repo::with_revision(repo.to_string(), RepoType::Model, revision.clone());
+    let repo_spec = Repo::with_revision(repo.to_string(), kind, revision.clone());
     // A cached file needs no network at all.
     let cache = hf_hub::Cache::from_env();
     if let Some(path) = cache.repo(repo_spec.clone()).get(file) {

@@ -100,6 +100,9 @@ impl BenchConfig {
         }
         self.core.validate()?;
         self.absorption.validate()?;
+        crate::datasets::validate(&self.datasets)?;
+        self.sparse_probing.validate()?;
+        self.scr_tpp.validate()?;
         Ok(())
     }
 
