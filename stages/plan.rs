@@ -192,6 +192,11 @@ fn stage_units(stage: &str, cfg: &Config) -> Result<Vec<Unit>> {
                 ]),
             })
             .collect(),
+        // The benchmarks' input stages make nothing when no selected
+        // benchmark reads them.
+        "letters" | "datasets" if !cfg.bench.selected().any(|b| b.uses.contains(&stage)) => {
+            vec![]
+        }
         "datasets" => crate::datasets::units(cfg)?
             .into_iter()
             .map(|(name, config)| Unit {
