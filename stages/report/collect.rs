@@ -65,7 +65,7 @@ pub fn collect(
     if compete.is_empty() {
         data.not_run.insert(
             "compete".into(),
-            "no compete artifacts (the stage is not built in this version)".into(),
+            "no compete artifacts; the stage is not built in this version".into(),
         );
     }
     for (variant, key) in compete {
@@ -81,7 +81,7 @@ pub fn collect(
         if runs.is_empty() {
             data.not_run.insert(
                 bench.to_string(),
-                format!("no bench/{bench} artifacts (the benchmark is not built in this version)"),
+                format!("no bench/{bench} artifacts; the benchmark is not built in this version"),
             );
             continue;
         }
@@ -584,7 +584,9 @@ fn read_compete(
     }
 
     if let Some(batches) = contexts {
-        let mut by_latent: Vec<(i64, String, Vec<(i64, ContextRow)>)> = Vec::new();
+        // (latent, reason, (rank, context) rows), in the table's order.
+        type Latent = (i64, String, Vec<(i64, ContextRow)>);
+        let mut by_latent: Vec<Latent> = Vec::new();
         for b in &batches {
             let l = i64s(b, "latent")?;
             let reason = opt_strs(b, "reason")?;
@@ -689,7 +691,7 @@ fn timings(
                     unit: m.unit.clone(),
                     elapsed_s: m.elapsed_s,
                 });
-                queue.extend(m.inputs.into_iter());
+                queue.extend(m.inputs);
             }
             Err(e) => notes.push(format!("time of {name} ({key}): {e:#}")),
         }

@@ -168,8 +168,11 @@ const STAGE_ORDER: &[&str] = &[
     "tokenize", "extract", "train", "compete", "letters", "datasets", "bench", "report",
 ];
 
-/// (stage label, artifacts, total seconds, longest unit and its seconds).
-pub fn time_rows(data: &ReportData) -> Vec<(String, usize, f64, Option<(String, f64)>)> {
+/// One line of the time table: stage label, artifacts, total seconds, and
+/// the longest unit with its seconds (when there are several).
+pub type TimeRow = (String, usize, f64, Option<(String, f64)>);
+
+pub fn time_rows(data: &ReportData) -> Vec<TimeRow> {
     let mut by: BTreeMap<(usize, String), Vec<(String, f64)>> = BTreeMap::new();
     for t in &data.timings {
         let rank = STAGE_ORDER
@@ -215,6 +218,7 @@ fn outcome_label(o: Outcome) -> (&'static str, &'static str) {
         Outcome::NoDifference => ("same", "no difference beyond seed noise"),
         Outcome::OneSeed => ("na", "cannot tell (one seed)"),
         Outcome::Missing => ("na", "missing data"),
+        Outcome::NotRun => ("na", "not run"),
     }
 }
 
@@ -288,7 +292,7 @@ const CSS: &str = r#"
 :root { --fg:#1d1d1f; --muted:#666; --line:#dcdce0; --best:#e3f4e1; --bestfg:#17622a; --head:#f4f5f7; }
 * { box-sizing: border-box; }
 body { font: 15px/1.5 -apple-system, "Segoe UI", "DejaVu Sans", Helvetica, Arial, sans-serif; color: var(--fg); margin: 0; background: #fafafa; }
-main { max-width: 1320px; margin: 0 auto; padding: 24px 32px 64px; background: #fff; }
+main { max-width: 1560px; margin: 0 auto; padding: 24px 24px 64px; background: #fff; }
 h1 { font-size: 28px; margin: 0 0 4px; }
 h2 { font-size: 21px; margin: 40px 0 10px; padding-bottom: 4px; border-bottom: 2px solid var(--line); }
 h3 { font-size: 17px; margin: 24px 0 8px; }
@@ -299,15 +303,16 @@ nav { margin: 12px 0 8px; font-size: 14px; }
 nav a { margin-right: 14px; color: #0b5cad; text-decoration: none; }
 .scroll { overflow-x: auto; border: 1px solid var(--line); border-radius: 6px; }
 table { border-collapse: collapse; font-size: 13.5px; }
-th, td { padding: 4px 7px; border-bottom: 1px solid var(--line); text-align: right; white-space: nowrap; vertical-align: top; }
+th, td { padding: 4px 6px; border-bottom: 1px solid var(--line); text-align: right; white-space: nowrap; vertical-align: top; }
 th { background: var(--head); font-weight: 600; white-space: normal; }
-table.cmp { font-size: 13px; }
+table.cmp { font-size: 12.5px; }
+table.seeds th { text-align: left; }
 td.name, th.name, td.text, th.text { text-align: left; }
 td.text { white-space: normal; min-width: 260px; }
 tr.dir th { font-weight: 400; font-size: 12px; color: var(--muted); background: #fbfbfc; }
 tr.groupstart td { border-top: 2px solid #c8c8cc; }
-td.best { background: var(--best); color: var(--bestfg); font-weight: 700; }
-td.best::after { content: " ★"; font-size: 11px; }
+td.best { background: var(--best); color: var(--bestfg); font-weight: 700; position: relative; }
+td.best::after { content: "★"; font-size: 8px; position: absolute; top: 1px; right: 2px; }
 td.na { color: #aaa; }
 .sw { display: inline-block; width: 11px; height: 11px; border-radius: 50%; margin-right: 6px; vertical-align: -1px; }
 table.verdicts td { white-space: normal; text-align: left; max-width: 520px; }
@@ -399,8 +404,23 @@ pub fn page(data: &ReportData, cfg: &ReportConfig, plots: &[Plot]) -> String {
         "<p class=\"def\"><b>How to read this.</b> {}</p>",
         esc(SEED_RULE)
     );
-    h.push_str("<div class=\"scroll\"><table class=\"verdicts\">\n<thead><tr><th class=\"name\">Metric</th><th class=\"name\">Direction</th><th class=\"name\">Guided vs the TopK baseline</th><th class=\"name\">Guided vs uniform orthogonality</th></tr></thead>\n<tbody>\n");
-    for v in data.verdicts() {
+    // Metrics whose benchmark did not run get one line, not a table row each.
+    let (unrun, verdicts): (Vec<_>, Vec<_>) = data
+        .verdicts()
+        .into_iter()
+        .partition(|v| v.against.iter().all(|c| c.outcome == Outcome::NotRun));
+    if !unrun.is_empty() {
+        let names: Vec<&str> = unrun.iter().map(|v| v.metric.label).collect();
+        let _ = writeln!(
+            h,
+            "<p class=\"notrun\">No verdict, the benchmark did not run: {}.</p>",
+            esc(&names.join(", "))
+        );
+    }
+    if !verdicts.is_empty() {
+        h.push_str("<div class=\"scroll\"><table class=\"verdicts\">\n<thead><tr><th class=\"name\">Metric</th><th class=\"name\">Direction</th><th class=\"name\">Guided vs the TopK baseline</th><th class=\"name\">Guided vs uniform orthogonality</th></tr></thead>\n<tbody>\n");
+    }
+    for v in &verdicts {
         let _ = write!(
             h,
             "<tr><td class=\"name\"><b>{}</b></td><td class=\"name\">{}</td>",
@@ -419,7 +439,9 @@ pub fn page(data: &ReportData, cfg: &ReportConfig, plots: &[Plot]) -> String {
         }
         h.push_str("</tr>\n");
     }
-    h.push_str("</tbody></table></div>\n");
+    if !verdicts.is_empty() {
+        h.push_str("</tbody></table></div>\n");
+    }
 
     // Comparison table.
     let metrics = shown_metrics(data);
@@ -494,27 +516,38 @@ pub fn page(data: &ReportData, cfg: &ReportConfig, plots: &[Plot]) -> String {
     // Seed groups.
     let multi: Vec<&Group> = groups.iter().filter(|g| g.members.len() > 1).collect();
     if !multi.is_empty() {
-        h.push_str("<h3>Settings trained at several seeds: mean and seed range</h3>\n<p class=\"small muted\">Each cell: the mean over seeds, and below it the range (minimum to maximum) over seeds.</p>\n");
-        h.push_str("<div class=\"scroll\"><table class=\"cmp\">\n<thead><tr><th class=\"name\">Setting</th><th>Seeds</th>");
-        for m in &metrics {
-            let _ = write!(h, "<th title=\"{}\">{}</th>", esc(m.help), esc(m.label));
-        }
-        h.push_str("</tr></thead>\n<tbody>\n");
-        for g in multi {
+        // One row per metric, one column per setting: fits however many metrics.
+        h.push_str("<h3>Settings trained at several seeds: mean and seed range</h3>\n<p class=\"small muted\">Each cell: the mean over seeds, then the range (minimum – maximum) over seeds.</p>\n");
+        h.push_str("<div class=\"scroll\"><table class=\"cmp seeds\">\n<thead><tr><th class=\"name\">Metric</th>");
+        for g in &multi {
             let _ = write!(
                 h,
-                "<tr><td class=\"name\">{}{}<br><span class=\"small muted\">{}</span></td><td>{}</td>",
+                "<th>{}{} <span class=\"muted\">({} seeds)</span><br><span class=\"small muted\">{}</span></th>",
                 swatch(&data.variants[g.members[0]].name),
                 esc(&g.label),
-                esc(&data.variants[g.members[0]].describe()),
-                g.members.len()
+                g.members.len(),
+                esc(&data.variants[g.members[0]].describe())
             );
-            for m in &metrics {
+        }
+        h.push_str("</tr></thead>\n<tbody>\n");
+        for m in &metrics {
+            let _ = write!(
+                h,
+                "<tr><td class=\"name\" title=\"{}\">{} <span class=\"muted small\">{}</span></td>",
+                esc(m.help),
+                esc(m.label),
+                match m.better {
+                    Better::Higher => "↑",
+                    Better::Lower => "↓",
+                    Better::Neither => "",
+                }
+            );
+            for g in &multi {
                 match data.spread(g, m.key) {
                     Some(s) => {
                         let _ = write!(
                             h,
-                            "<td>{}<br><span class=\"small muted\">{} – {}</span></td>",
+                            "<td>{} <span class=\"small muted\">({} – {})</span></td>",
                             fmt_val(m, s.mean),
                             fmt_val(m, s.min),
                             fmt_val(m, s.max)
@@ -899,20 +932,18 @@ pub fn markdown(data: &ReportData, cfg: &ReportConfig, plots: &[Plot]) -> String
     }
     let multi: Vec<&Group> = groups.iter().filter(|g| g.members.len() > 1).collect();
     if !multi.is_empty() {
-        m.push_str(
-            "\n### Settings at several seeds: mean [min, max] over seeds\n\n| Setting | Seeds |",
-        );
-        for x in &metrics {
-            let _ = write!(m, " {} |", x.label);
+        m.push_str("\n### Settings at several seeds: mean [min, max] over seeds\n\n| Metric |");
+        for g in &multi {
+            let _ = write!(m, " {} ({} seeds) |", g.label, g.members.len());
         }
-        m.push_str("\n|---|---:|");
-        for _ in &metrics {
+        m.push_str("\n|---|");
+        for _ in &multi {
             m.push_str("---:|");
         }
         m.push('\n');
-        for g in multi {
-            let _ = write!(m, "| {} | {} |", g.label, g.members.len());
-            for x in &metrics {
+        for x in &metrics {
+            let _ = write!(m, "| {} |", x.label);
+            for g in &multi {
                 match data.spread(g, x.key) {
                     Some(s) => {
                         let _ = write!(

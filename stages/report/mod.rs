@@ -189,8 +189,8 @@ impl VariantInfo {
         (
             rank,
             self.kind.clone(),
-            (self.lambda * 1e6).round() as i64,
             (self.tau * 1e6).round() as i64,
+            (self.lambda * 1e6).round() as i64,
             self.seed,
         )
     }
@@ -490,7 +490,7 @@ pub struct Spread {
 
 impl ReportData {
     /// Variants in display order: TopK baselines, other kinds, uniform, then
-    /// guided by lambda and tau; seeds together.
+    /// guided by tau and lambda; seeds together.
     pub fn ordered(&self) -> Vec<usize> {
         let mut idx: Vec<usize> = (0..self.variants.len()).collect();
         idx.sort_by(|&a, &b| {
@@ -617,7 +617,13 @@ impl ReportData {
             return missing(format!("{other_name} is not in the study: no comparison"));
         };
         if let Some(why) = self.not_run.get(m.source) {
-            return missing(format!("{} was not run ({why}): no comparison", m.source));
+            let text = format!("{} was not run: {why}", m.source);
+            return Comparison {
+                other: other_name.to_string(),
+                outcome: Outcome::NotRun,
+                detail: text.clone(),
+                text,
+            };
         }
         let (Some(a), Some(b)) = (self.spread(g, m.key), self.spread(o, m.key)) else {
             let lacking = if self.spread(g, m.key).is_none() {
@@ -735,7 +741,10 @@ pub enum Outcome {
     NoDifference,
     /// Fewer than 2 seeds on a side.
     OneSeed,
+    /// A side has no value for the metric.
     Missing,
+    /// The metric's benchmark did not run at all.
+    NotRun,
 }
 
 #[derive(Debug, Clone)]
@@ -807,7 +816,11 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
         "report: {} variants, {} plots -> {}",
         data.variants.len(),
         rendered.plots.len(),
-        input.out_dir.join("report.html").display()
+        input
+            .store
+            .artifact_dir("report", &input.planned.key)
+            .join("report.html")
+            .display()
     ));
     let mut tables = BTreeMap::new();
     if rows > 0 {
@@ -972,6 +985,36 @@ mod tests {
         assert_eq!(get("mse").outcome, Outcome::Worse);
         assert_eq!(get("kl_div_score").outcome, Outcome::Missing);
         assert!(get("kl_div_score").text.contains("missing data"));
+    }
+
+    #[test]
+    fn the_comparison_table_carries_group_spreads() {
+        let mut data = ReportData {
+            variants: vec![v("topk", "none", 0.0, 0), v("topk-seed1", "none", 0.0, 1)],
+            ..Default::default()
+        };
+        for (n, x) in [("topk", 0.9), ("topk-seed1", 0.8)] {
+            data.values
+                .entry(n.into())
+                .or_default()
+                .insert("ce_loss_score".into(), x);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.parquet");
+        assert_eq!(write_comparison(&data, &path).unwrap(), 2);
+        let b = &crate::parquet_io::read_all(&path).unwrap()[0];
+        assert_eq!(
+            collect::strs(b, "group").unwrap(),
+            [Some("topk".to_string()), Some("topk".to_string())]
+        );
+        assert_eq!(collect::f64s(b, "group_min").unwrap()[0], Some(0.8));
+        assert_eq!(collect::i64s(b, "group_seeds").unwrap()[1], Some(2));
+        // Nothing measured: no table.
+        let empty = ReportData {
+            variants: data.variants.clone(),
+            ..Default::default()
+        };
+        assert_eq!(write_comparison(&empty, &path).unwrap(), 0);
     }
 
     #[test]

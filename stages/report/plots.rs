@@ -85,7 +85,12 @@ const GRID: RGBColor = RGBColor(225, 225, 225);
 /// other kinds brown, uniform orange, guided groups from a palette.
 pub fn group_colors(data: &ReportData) -> BTreeMap<String, (u8, u8, u8)> {
     let mut out = BTreeMap::new();
-    let mut next = 0usize;
+    // The guided setting of the verdicts is blue, as in the sweep plots.
+    let main = data.verdict_groups().guided.map(|g| g.key);
+    if let Some(k) = &main {
+        out.insert(k.clone(), GUIDED_PALETTE[0]);
+    }
+    let mut next = 1usize;
     let mut seen_class: BTreeMap<&str, usize> = BTreeMap::new();
     for g in data.groups() {
         let v = &data.variants[g.members[0]];
@@ -95,6 +100,9 @@ pub fn group_colors(data: &ReportData) -> BTreeMap<String, (u8, u8, u8)> {
             ("uniform", _) => "uniform",
             _ => "guided",
         };
+        if main.as_ref() == Some(&g.key) {
+            continue;
+        }
         let n = seen_class.entry(class).or_default();
         let first = *n == 0;
         *n += 1;
@@ -342,7 +350,7 @@ fn sweep_plot(data: &ReportData, out: &Path, axis: Axis) -> Result<Option<Plot>>
         root.fill(&WHITE).map_err(perr)?;
         let root = root.titled(&title, (FONT, 22)).map_err(perr)?;
         let (leg, body) = root.split_vertically(60);
-        let leg_items = vec![
+        let leg_items = [
             (
                 SWEEP,
                 format!(
@@ -894,6 +902,47 @@ fn histogram_plot(data: &ReportData, cfg: &ReportConfig, out: &Path) -> Result<O
 
 // ---------------------------------------------------------------- training curves
 
+/// Steps in the rolling mean of the plotted MSE (per-batch MSE is noisy).
+const SMOOTH: usize = 5;
+
+/// (tokens, MSE averaged over a centred window of SMOOTH steps).
+fn smooth(cv: &[super::CurvePoint]) -> Vec<(f64, f64)> {
+    let pts: Vec<&super::CurvePoint> = cv.iter().filter(|p| p.mse.is_finite()).collect();
+    let half = SMOOTH / 2;
+    (0..pts.len())
+        .map(|i| {
+            let (a, b) = (i.saturating_sub(half), (i + half + 1).min(pts.len()));
+            let m = pts[a..b].iter().map(|p| p.mse).sum::<f64>() / (b - a) as f64;
+            (pts[i].tokens, m)
+        })
+        .collect()
+}
+
+/// Tick values for a log axis over lo..hi: 1-2-5 per decade, or every digit
+/// when that gives fewer than 4.
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let ticks = |mults: &[f64]| -> Vec<f64> {
+        let mut out = Vec::new();
+        let mut e = lo.log10().floor() as i32;
+        while 10f64.powi(e) <= hi {
+            for m in mults {
+                let v = m * 10f64.powi(e);
+                if v >= lo && v <= hi {
+                    out.push(v);
+                }
+            }
+            e += 1;
+        }
+        out
+    };
+    let t = ticks(&[1.0, 2.0, 5.0]);
+    if t.len() >= 4 {
+        t
+    } else {
+        ticks(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0])
+    }
+}
+
 fn training_plot(data: &ReportData, out: &Path) -> Result<Option<Plot>> {
     let groups = data.groups();
     let colors = group_colors(data);
@@ -921,6 +970,13 @@ fn training_plot(data: &ReportData, out: &Path) -> Result<Option<Plot>> {
     if mses.is_empty() {
         return Ok(None);
     }
+    let smoothed: Vec<f64> = curves
+        .iter()
+        .flat_map(|(_, cv)| smooth(cv))
+        .map(|p| p.1)
+        .filter(|m| m.is_finite() && *m > 0.0)
+        .collect();
+    let mses = if smoothed.is_empty() { mses } else { smoothed };
     let mlo = mses.iter().cloned().fold(f64::INFINITY, f64::min) * 0.9;
     let mhi = mses.iter().cloned().fold(f64::NEG_INFINITY, f64::max) * 1.1;
     let dmax = pts()
@@ -948,34 +1004,62 @@ fn training_plot(data: &ReportData, out: &Path) -> Result<Option<Plot>> {
             }
         };
         {
+            // log10(MSE) on a linear axis, labelled at 1-2-5 values (plotters'
+            // own log axis labels only powers of ten above the range's start).
+            let (ylo, yhi) = (mlo.log10(), mhi.log10());
             let mut chart = ChartBuilder::on(&panels[0])
                 .caption(
-                    "Reconstruction MSE (scaled activations, log axis)",
-                    (FONT, 16),
+                    format!("Reconstruction MSE (scaled activations, log axis; rolling mean of {SMOOTH} steps)"),
+                    (FONT, 15),
                 )
                 .margin(12)
                 .x_label_area_size(40)
                 .y_label_area_size(64)
-                .build_cartesian_2d(0.0..tmax, (mlo..mhi).log_scale())
+                .build_cartesian_2d(0.0..tmax, ylo..yhi)
                 .map_err(perr)?;
-            let f = |v: &f64| fmt_tick(*v);
             chart
                 .configure_mesh()
                 .x_desc("training tokens")
                 .y_desc("MSE")
                 .x_labels(6)
+                .y_labels(0)
+                .disable_y_mesh()
                 .x_label_formatter(&tok)
-                .y_label_formatter(&f)
                 .label_style((FONT, 13))
                 .axis_desc_style((FONT, 14))
                 .bold_line_style(GRID)
                 .light_line_style(WHITE)
                 .draw()
                 .map_err(perr)?;
+            let (bx, by) = panels[0].get_base_pixel();
+            let style = (FONT, 13)
+                .into_font()
+                .color(&BLACK)
+                .pos(Pos::new(HPos::Right, VPos::Center));
+            for t in log_ticks(mlo, mhi) {
+                let y = t.log10();
+                chart
+                    .draw_series(std::iter::once(PathElement::new(
+                        vec![(0.0, y), (tmax, y)],
+                        GRID,
+                    )))
+                    .map_err(perr)?;
+                let (px, py) = chart.backend_coord(&(0.0, y));
+                let (px, py) = (px - bx, py - by);
+                panels[0]
+                    .draw(&PathElement::new(vec![(px - 4, py), (px, py)], BLACK))
+                    .map_err(perr)?;
+                panels[0]
+                    .draw(&Text::new(fmt_tick(t), (px - 6, py), style.clone()))
+                    .map_err(perr)?;
+            }
             for (c, cv) in &curves {
                 chart
                     .draw_series(LineSeries::new(
-                        cv.iter().filter(|p| p.mse > 0.0).map(|p| (p.tokens, p.mse)),
+                        smooth(cv)
+                            .into_iter()
+                            .filter(|p| p.1 > 0.0)
+                            .map(|(t, m)| (t, m.log10())),
                         c.mix(0.85).stroke_width(2),
                     ))
                     .map_err(perr)?;
