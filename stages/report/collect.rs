@@ -374,27 +374,31 @@ fn read_probing(
     Ok(())
 }
 
-/// SCR at N = 10 and 20, averaged over datasets, seeds and directions (only
-/// over the rows whose direction is "metric", SAEBench's headline choice,
-/// when the table has such rows).
+/// SCR at N = 10 and 20, averaged over datasets and seeds: SAEBench's
+/// headline (`scr_metric` rows: the direction SAEBench selects) when the
+/// table has it, else the mean of `scr` over both directions.
 fn read_scr(batches: &[RecordBatch], vals: &mut BTreeMap<String, f64>) -> Result<()> {
-    let mut rows: Vec<(Option<String>, i64, f64)> = Vec::new();
+    let mut rows: Vec<(bool, i64, f64)> = Vec::new();
     for b in batches {
-        let dir = opt_strs(b, "direction")?;
         let n = i64s(b, "n")?;
         let metric = strs(b, "metric")?;
         let value = f64s(b, "value")?;
         for r in 0..b.num_rows() {
-            if let (Some("scr"), Some(n), Some(v)) = (metric[r].as_deref(), n[r], value[r]) {
-                rows.push((dir[r].clone(), n, v));
+            let headline = match metric[r].as_deref() {
+                Some("scr_metric") => true,
+                Some("scr") => false,
+                _ => continue,
+            };
+            if let (Some(n), Some(v)) = (n[r], value[r]) {
+                rows.push((headline, n, v));
             }
         }
     }
-    let has_metric = rows.iter().any(|r| r.0.as_deref() == Some("metric"));
+    let has_headline = rows.iter().any(|r| r.0);
     for n in [10, 20] {
         let v: Vec<f64> = rows
             .iter()
-            .filter(|r| r.1 == n && (!has_metric || r.0.as_deref() == Some("metric")))
+            .filter(|r| r.1 == n && r.0 == has_headline)
             .map(|r| r.2)
             .collect();
         if let Some(m) = mean(&v) {

@@ -103,7 +103,26 @@ pub fn highlight(context: &str) -> String {
     if opens == 0 || opens != closes {
         return e;
     }
-    e.replace('«', "<mark>").replace('»', "</mark>")
+    // Tokens carry their leading space; it stays outside the highlight.
+    let mut out = String::with_capacity(e.len() + 16);
+    let mut rest = e.as_str();
+    while let Some(start) = rest.find('«') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + '«'.len_utf8()..];
+        let Some(end) = after.find('»') else {
+            out.push_str(after);
+            return out;
+        };
+        let token = &after[..end];
+        let trimmed = token.trim_start();
+        out.push_str(&token[..token.len() - trimmed.len()]);
+        out.push_str("<mark>");
+        out.push_str(trimmed);
+        out.push_str("</mark>");
+        rest = &after[end + '»'.len_utf8()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn hex(c: (u8, u8, u8)) -> String {
@@ -111,7 +130,7 @@ fn hex(c: (u8, u8, u8)) -> String {
 }
 
 fn fmt_val(m: &MetricDef, v: f64) -> String {
-    format!("{:.*}", m.digits, v)
+    super::fmt_metric(v, m.digits)
 }
 
 fn arrow(b: Better) -> &'static str {
@@ -797,7 +816,7 @@ pub fn page(data: &ReportData, cfg: &ReportConfig, plots: &[Plot]) -> String {
             esc(m.help)
         );
     }
-    h.push_str("<li>Sparse probing: mean test accuracy over datasets, tasks and seeds. SCR: mean over dataset pairs, directions and seeds (only SAEBench's headline direction when the table marks it). TPP: total metric (own-class drop minus mean other-class drop), mean over datasets and seeds.</li>\n");
+    h.push_str("<li>Sparse probing: mean test accuracy over datasets, tasks and seeds. SCR: SAEBench's headline (scr_metric, the direction it selects per dataset pair), mean over dataset pairs and seeds; without scr_metric rows, the mean of both directions. TPP: total metric (own-class drop minus mean other-class drop), mean over datasets and seeds.</li>\n");
     let _ = writeln!(h, "<li>{}</li>", esc(SEED_RULE));
     h.push_str("</ul>\n");
     if !data.notes.is_empty() {
@@ -890,7 +909,7 @@ pub fn markdown(data: &ReportData, cfg: &ReportConfig, plots: &[Plot]) -> String
         let _ = writeln!(m, "- **{}** ({}):", v.metric.label, arrow(v.metric.better));
         for c in &v.against {
             let (_, label) = outcome_label(c.outcome);
-            let _ = writeln!(m, "  - vs {}: **{label}**. {}", c.other, c.text);
+            let _ = writeln!(m, "  - vs {}: **{label}** ({})", c.other, c.detail);
         }
     }
     m.push_str("\n## Comparison across variants\n\nBest value per column in **bold** with ★.\n\n");

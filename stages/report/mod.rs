@@ -42,7 +42,8 @@ pub struct ReportConfig {
     /// competition table: pairs with c_ij >= this count as competing.
     #[serde(default = "default_histogram_tau")]
     pub histogram_tau: f64,
-    /// Bins of the decoder-cosine histograms over [-1, 1].
+    /// Bins of the decoder-cosine histograms, over the range the cosines
+    /// span (0.1st to 99.9th percentile, shared by every panel).
     #[serde(default = "default_histogram_bins")]
     pub histogram_bins: usize,
     /// TrueType font for the plots' text (Debian: fonts-dejavu-core;
@@ -194,6 +195,23 @@ impl VariantInfo {
             self.seed,
         )
     }
+}
+
+/// A metric value with `digits` decimals, fewer for large values (MSE on
+/// unscaled activations runs into the hundreds): 4 significant digits at most
+/// above 10.
+pub fn fmt_metric(v: f64, digits: usize) -> String {
+    let a = v.abs();
+    let d = if a >= 1000.0 {
+        0
+    } else if a >= 100.0 {
+        1
+    } else if a >= 10.0 {
+        2
+    } else {
+        digits
+    };
+    format!("{:.*}", d.min(digits), v)
 }
 
 /// A number as short as it reads well (0.1, 0.05, 32).
@@ -636,35 +654,27 @@ impl ReportData {
                 m.label
             ));
         };
+        // One digit more than the table, to show what separates the ranges.
+        let f = |x: f64| fmt_metric(x, m.digits + 1);
         let fmt = |s: &Spread| {
             if s.n == 1 {
-                format!("{} seed, {:.*}", s.n, m.digits + 1, s.mean)
+                format!("{} seed, {}", s.n, f(s.mean))
             } else {
                 format!(
-                    "{} seeds, mean {:.*}, range {:.*} to {:.*}",
+                    "{} seeds, mean {}, range {} to {}",
                     s.n,
-                    m.digits + 1,
-                    s.mean,
-                    m.digits + 1,
-                    s.min,
-                    m.digits + 1,
-                    s.max
+                    f(s.mean),
+                    f(s.min),
+                    f(s.max)
                 )
             }
         };
         let both = format!("{} ({}) vs {} ({})", g.label, fmt(&a), o.label, fmt(&b));
         let short = |s: &Spread| {
             if s.n == 1 {
-                format!("{:.*} (1 seed)", m.digits + 1, s.mean)
+                format!("{} (1 seed)", f(s.mean))
             } else {
-                format!(
-                    "{:.*} to {:.*} ({} seeds)",
-                    m.digits + 1,
-                    s.min,
-                    m.digits + 1,
-                    s.max,
-                    s.n
-                )
+                format!("{} to {} ({} seeds)", f(s.min), f(s.max), s.n)
             }
         };
         let detail = format!("{}: {}; {}: {}", g.label, short(&a), o.label, short(&b));

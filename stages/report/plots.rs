@@ -703,15 +703,33 @@ fn absorption_plot(data: &ReportData, out: &Path) -> Result<Option<Plot>> {
             let row = &data.absorption_letters[&v.name];
             for (c, l) in letters.iter().enumerate() {
                 let x = left + c as i32 * cell_w;
-                let fill = match row.get(l) {
-                    Some(x) if x.is_finite() => heat(*x),
-                    _ => RGBColor(200, 200, 200),
-                };
+                let value = row.get(l).copied().filter(|v| v.is_finite());
+                let fill = value.map_or(RGBColor(200, 200, 200), heat);
                 root.draw(&Rectangle::new(
                     [(x, y), (x + cell_w - 1, y + cell_h - 1)],
                     fill.filled(),
                 ))
                 .map_err(perr)?;
+                root.draw(&Rectangle::new(
+                    [(x, y), (x + cell_w - 1, y + cell_h - 1)],
+                    RGBColor(225, 225, 225),
+                ))
+                .map_err(perr)?;
+                // Values that matter are printed (two decimals, ".12").
+                if let Some(v) = value.filter(|v| *v >= 0.005) {
+                    let text = format!("{v:.2}");
+                    let text = text.trim_start_matches('0').to_string();
+                    let color = if v / vmax > 0.55 { WHITE } else { BLACK };
+                    root.draw(&Text::new(
+                        text,
+                        (x + cell_w / 2, y + cell_h / 2),
+                        (FONT, 11)
+                            .into_font()
+                            .color(&color)
+                            .pos(Pos::new(HPos::Center, VPos::Center)),
+                    ))
+                    .map_err(perr)?;
+                }
             }
         }
         // Colour bar.
@@ -757,7 +775,7 @@ fn absorption_plot(data: &ReportData, out: &Path) -> Result<Option<Plot>> {
     Ok(Some(Plot {
         file: file.into(),
         title: "Absorption per letter".into(),
-        caption: format!("Absorption fraction per first letter (columns) and variant (rows); white is 0, dark red {:.3}; grey: the letter was left out for that variant.", vmax),
+        caption: format!("Absorption fraction per first letter (columns) and variant (rows); white is 0, dark red {:.3}; grey: the letter was left out for that variant. Values of 0.005 and above are printed in the cell.", vmax),
     }))
 }
 
@@ -782,15 +800,31 @@ fn histogram_plot(data: &ReportData, cfg: &ReportConfig, out: &Path) -> Result<O
     if order.is_empty() {
         return Ok(None);
     }
+    // One x range for all panels: the 0.1st to 99.9th percentile of every
+    // variant's cosines (the end bins take the tails), widened to include 0.
     let bins = cfg.histogram_bins;
-    let width = 2.0 / bins as f64;
+    let mut all: Vec<f64> = order
+        .iter()
+        .flat_map(|v| data.competing_cos[&v.name].iter().copied())
+        .filter(|c| c.is_finite())
+        .collect();
+    all.sort_by(f64::total_cmp);
+    let (xlo, xhi) = if all.is_empty() {
+        (-1.0, 1.0)
+    } else {
+        let q = |p: f64| all[((all.len() - 1) as f64 * p).round() as usize];
+        let (a, b) = (q(0.001).min(0.0), q(0.999).max(0.0));
+        let pad = ((b - a) * 0.02).max(0.01);
+        ((a - pad).max(-1.0), (b + pad).min(1.0))
+    };
+    let width = (xhi - xlo) / bins as f64;
     let hists: Vec<(Vec<f64>, usize, f64)> = order
         .iter()
         .map(|v| {
             let cos = &data.competing_cos[&v.name];
             let mut h = vec![0.0; bins];
             for &c in cos.iter().filter(|c| c.is_finite()) {
-                let b = (((c.clamp(-1.0, 1.0) + 1.0) / width) as usize).min(bins - 1);
+                let b = (((c.clamp(xlo, xhi) - xlo) / width) as usize).min(bins - 1);
                 h[b] += 1.0;
             }
             let n = cos.len();
@@ -811,17 +845,6 @@ fn histogram_plot(data: &ReportData, cfg: &ReportConfig, out: &Path) -> Result<O
         .fold(0.0f64, f64::max)
         .max(1e-3)
         * 1.1;
-    // The x range: where any histogram has mass, widened to include 0.
-    let used: Vec<usize> = (0..bins)
-        .filter(|&b| hists.iter().any(|h| h.0[b] > 0.0))
-        .collect();
-    let (xlo, xhi) = match (used.first(), used.last()) {
-        (Some(&a), Some(&b)) => (
-            (-1.0 + a as f64 * width).min(-0.1),
-            (-1.0 + (b + 1) as f64 * width).max(0.5),
-        ),
-        _ => (-1.0, 1.0),
-    };
     let (rows, cols) = grid_shape(order.len(), 4);
     let (pw, ph) = (320u32, 230u32);
     let (w, h) = (pw * cols as u32, ph * rows as u32 + 50);
@@ -875,7 +898,7 @@ fn histogram_plot(data: &ReportData, cfg: &ReportConfig, out: &Path) -> Result<O
                         .enumerate()
                         .filter(|(_, y)| **y > 0.0)
                         .map(|(b, &y)| {
-                            let x0 = -1.0 + b as f64 * width;
+                            let x0 = xlo + b as f64 * width;
                             Rectangle::new([(x0, 0.0), (x0 + width, y)], color.mix(0.8).filled())
                         }),
                 )
@@ -893,9 +916,12 @@ fn histogram_plot(data: &ReportData, cfg: &ReportConfig, out: &Path) -> Result<O
         file: file.into(),
         title: "Decoder cosines of competing pairs".into(),
         caption: format!(
-            "Per variant, the decoder cosine of every pair that co-fires with c_ij >= {} on the eval tokens (share of its pairs per bin of width {}; all panels share both axes). Guided orthogonality should move mass toward 0.",
+            "Per variant, the decoder cosine of every pair that co-fires with c_ij >= {} on the eval tokens: the share of its pairs per bin ({} bins of width {:.3} from {:.3} to {:.3}; the end bins also hold the 0.1% tails). All panels share both axes. Guided orthogonality should move mass toward 0.",
             super::num(cfg.histogram_tau),
-            super::num(width)
+            bins,
+            width,
+            xlo,
+            xhi
         ),
     }))
 }

@@ -145,7 +145,7 @@ fn hand_made() -> ReportData {
                         },
                         ContextRow {
                             activation: 2.0,
-                            context: "we must «build» roads".into(),
+                            context: "we must« build» roads".into(),
                         },
                     ],
                     competitors: vec![Competitor {
@@ -357,6 +357,10 @@ fn report_renders_the_table_plots_verdicts_and_dashboards() {
     assert!(html.contains("latent 12"));
     assert!(html.contains("7 &amp; 12</td><td>0.800</td><td>0.310</td><td>2.50 / 1.50</td>"));
     assert!(html.contains("schools for <mark>all</mark> people"));
+    assert!(
+        html.contains("we must <mark>build</mark> roads"),
+        "leading space outside the mark"
+    );
     // Time per stage, summed per stage.
     assert!(html.contains("<td class=\"name\">extract</td><td>1</td><td>5.0 min</td>"));
     assert!(html.contains("bench core"));
@@ -398,7 +402,7 @@ fn missing_benchmarks_read_not_run_and_verdicts_say_so() {
     assert!(html.contains("No verdict, the benchmark did not run: SCR@10, SCR@20, TPP@10, TPP@20."));
     let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
     assert!(md.contains(
-        "vs the TopK baseline: **not run**. scr_tpp was not run: no bench/scr_tpp artifacts"
+        "vs the TopK baseline: **not run** (scr_tpp was not run: no bench/scr_tpp artifacts)"
     ));
     assert!(html.contains("cannot tell (one seed)"));
     assert!(html.contains("Decoder-cosine histograms: need compete_pairs"));
@@ -751,17 +755,29 @@ fn collect_reads_every_table_of_the_agreed_schemas() {
                 f64a(vec![Some(0.6), Some(0.7), Some(0.8), Some(0.95)]),
             ),
         ]);
+        // guided also has SAEBench's headline rows (scr_metric).
+        let headline = if v == "guided" {
+            Some("scr_metric")
+        } else {
+            None
+        };
         let scr = batch(vec![
-            ("variant", s(vec![Some(v); 3])),
-            ("dataset", s(vec![Some("p"); 3])),
+            ("variant", s(vec![Some(v); 4])),
+            ("dataset", s(vec![Some("p"); 4])),
             (
                 "direction",
-                s(vec![Some("dir1"), Some("dir2"), Some("dir1")]),
+                s(vec![Some("dir1"), Some("dir2"), Some("dir1"), Some("dir2")]),
             ),
-            ("n", i64a(vec![Some(10), Some(10), Some(20)])),
-            ("seed", i64a(vec![Some(0); 3])),
-            ("metric", s(vec![Some("scr"); 3])),
-            ("value", f64a(vec![Some(0.1), Some(0.3), Some(0.5)])),
+            ("n", i64a(vec![Some(10), Some(10), Some(20), Some(10)])),
+            ("seed", i64a(vec![Some(0); 4])),
+            (
+                "metric",
+                s(vec![Some("scr"), Some("scr"), Some("scr"), headline]),
+            ),
+            (
+                "value",
+                f64a(vec![Some(0.1), Some(0.3), Some(0.5), Some(0.4)]),
+            ),
         ]);
         let tpp = batch(vec![
             ("variant", s(vec![Some(v); 2])),
@@ -820,6 +836,11 @@ fn collect_reads_every_table_of_the_agreed_schemas() {
         "mean of both directions"
     );
     assert_eq!(val("topk", "scr_20"), 0.5);
+    assert_eq!(
+        val("guided", "scr_10"),
+        0.4,
+        "SAEBench's headline when present"
+    );
     assert_eq!(val("topk", "tpp_10"), 0.07);
     assert_eq!(d.train_curves["topk"].len(), 3);
     assert_eq!(d.train_curves["topk"][2].mse, 0.2);
