@@ -72,7 +72,7 @@ pub const STAGES: &[StageDef] = &[
         name: "report",
         deps: &["train", "compete", "bench"],
         format_version: 1,
-        pending: Some("issue 8"),
+        pending: None,
         resumable: false,
     },
 ];

