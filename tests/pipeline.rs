@@ -230,7 +230,7 @@ fn second_run_is_a_cache_hit_and_config_changes_make_only_tokenize_stale() {
     let status = s.ok(&["status"]);
     assert!(status.contains("tokenize  fresh"), "{status}");
     assert!(status.contains("extract   missing"), "{status}");
-    assert!(status.contains("report    not yet implemented"), "{status}");
+    assert!(status.contains("report    missing"), "{status}");
 
     // A setting tokenize does not read (the layer) leaves it fresh.
     s.edit_config("layer: 1", "layer: 2");
@@ -309,8 +309,6 @@ fn bad_inputs_give_errors_that_name_them() {
         "{err}"
     );
 
-    let err = s.fails(&["run", "report"]);
-    assert!(err.contains("stage report is not implemented yet"), "{err}");
     let err = s.fails(&["run", "tokenise"]);
     assert!(
         err.contains("unknown stage 'tokenise'") && err.contains("tokenize"),
