@@ -71,7 +71,7 @@ pub const STAGES: &[StageDef] = &[
     StageDef {
         name: "report",
         deps: &["train", "compete", "bench"],
-        format_version: 1,
+        format_version: 2,
         pending: None,
         resumable: false,
     },

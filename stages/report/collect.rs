@@ -379,11 +379,17 @@ fn read_probing(
 /// table has it, else the mean of `scr` over both directions.
 fn read_scr(batches: &[RecordBatch], vals: &mut BTreeMap<String, f64>) -> Result<()> {
     let mut rows: Vec<(bool, i64, f64)> = Vec::new();
+    let (mut oracle, mut biased) = (Vec::new(), Vec::new());
     for b in batches {
         let n = i64s(b, "n")?;
         let metric = strs(b, "metric")?;
         let value = f64s(b, "value")?;
         for r in 0..b.num_rows() {
+            match (metric[r].as_deref(), value[r]) {
+                (Some("a_oracle"), Some(v)) => oracle.push(v),
+                (Some("a_biased"), Some(v)) => biased.push(v),
+                _ => {}
+            }
             let headline = match metric[r].as_deref() {
                 Some("scr_metric") => true,
                 Some("scr") => false,
@@ -404,6 +410,11 @@ fn read_scr(batches: &[RecordBatch], vals: &mut BTreeMap<String, f64>) -> Result
         if let Some(m) = mean(&v) {
             vals.insert(format!("scr_{n}"), m);
         }
+    }
+    // SCR divides by A_oracle - A_biased: when that gap is tiny the
+    // spurious signal is barely decodable and SCR is mostly noise.
+    if let (Some(o), Some(b)) = (mean(&oracle), mean(&biased)) {
+        vals.insert(super::SCR_GAP.to_string(), o - b);
     }
     Ok(())
 }

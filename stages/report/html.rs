@@ -464,6 +464,9 @@ pub fn page(data: &ReportData, cfg: &ReportConfig, plots: &[Plot]) -> String {
 
     // Comparison table.
     let metrics = shown_metrics(data);
+    if let Some(w) = scr_noise_warning(data) {
+        let _ = writeln!(h, "<p class=\"notrun\"><b>{}</b></p>", esc(&w));
+    }
     h.push_str("<h2 id=\"comparison\">Comparison across variants</h2>\n");
     h.push_str("<p>One row per trained SAE. Column headers say which way is better; the best value of each column is marked <span style=\"background:var(--best);color:var(--bestfg);font-weight:700;padding:0 4px\">★</span> (all tied values are marked). Hover a header for its definition. Rows of the same setting at different seeds are adjacent and share a colour dot.</p>\n");
     h.push_str("<div class=\"scroll\"><table class=\"cmp\" id=\"comparison-table\">\n<thead><tr><th class=\"name\">Variant</th><th>Seed</th>");
@@ -818,6 +821,9 @@ pub fn page(data: &ReportData, cfg: &ReportConfig, plots: &[Plot]) -> String {
     }
     h.push_str("<li>Sparse probing: mean test accuracy over datasets, tasks and seeds. SCR: SAEBench's headline (scr_metric, the direction it selects per dataset pair), mean over dataset pairs and seeds; without scr_metric rows, the mean of both directions. TPP: total metric (own-class drop minus mean other-class drop), mean over datasets and seeds.</li>\n");
     let _ = writeln!(h, "<li>{}</li>", esc(SEED_RULE));
+    if let Some(w) = scr_noise_warning(data) {
+        let _ = writeln!(h, "<li class=\"notrun\"><b>{}</b></li>", esc(&w));
+    }
     h.push_str("</ul>\n");
     if !data.notes.is_empty() {
         h.push_str("<h3>Problems reading the inputs</h3>\n<ul class=\"small notrun\">\n");
@@ -828,6 +834,28 @@ pub fn page(data: &ReportData, cfg: &ReportConfig, plots: &[Plot]) -> String {
     }
     h.push_str("</main>\n</body>\n</html>\n");
     h
+}
+
+/// A warning when SCR's denominator (A_oracle - A_biased, mean over the
+/// variants) is so small that SCR mostly measures noise.
+pub fn scr_noise_warning(data: &ReportData) -> Option<String> {
+    let gaps: Vec<f64> = data
+        .values
+        .values()
+        .filter_map(|v| v.get(super::SCR_GAP).copied())
+        .collect();
+    if gaps.is_empty() {
+        return None;
+    }
+    let gap = gaps.iter().sum::<f64>() / gaps.len() as f64;
+    (gap < super::SCR_GAP_WARN).then(|| {
+        format!(
+            "SCR divides by A_oracle - A_biased, which averages {gap:.3} here (below {}): the probes barely \
+             tell the spurious attribute apart on these data, so SCR is dominated by noise and its verdicts \
+             say little. A dataset where both attributes are decodable (e.g. bias_in_bios) gives a meaningful SCR.",
+            super::SCR_GAP_WARN
+        )
+    })
 }
 
 /// Why a plot is absent, for each plot the data did not allow.
@@ -911,6 +939,9 @@ pub fn markdown(data: &ReportData, cfg: &ReportConfig, plots: &[Plot]) -> String
             let (_, label) = outcome_label(c.outcome);
             let _ = writeln!(m, "  - vs {}: **{label}** ({})", c.other, c.detail);
         }
+    }
+    if let Some(w) = scr_noise_warning(data) {
+        let _ = writeln!(m, "\n> **{w}**");
     }
     m.push_str("\n## Comparison across variants\n\nBest value per column in **bold** with ★.\n\n");
     let metrics = shown_metrics(data);

@@ -294,6 +294,11 @@ pub struct Timing {
     pub elapsed_s: f64,
 }
 
+/// The `values` key of SCR's mean A_oracle - A_biased (its denominator).
+pub const SCR_GAP: &str = "scr_oracle_minus_biased";
+/// Below this gap the page warns that SCR is dominated by noise.
+pub const SCR_GAP_WARN: f64 = 0.05;
+
 /// Everything the report shows, read from the artifacts (or built by hand).
 #[derive(Debug, Clone, Default)]
 pub struct ReportData {

@@ -876,3 +876,31 @@ fn collect_reads_every_table_of_the_agreed_schemas() {
     check_html(&html);
     assert!(html.contains("data-metric=\"tpp_10\" class=\"na\">not run</td>"));
 }
+
+#[test]
+fn a_tiny_scr_denominator_warns_that_scr_is_noise() {
+    use coact_pipeline::report::{SCR_GAP, SCR_GAP_WARN};
+    let mut data = hand_made();
+    for v in data.values.values_mut() {
+        v.insert(SCR_GAP.to_string(), 0.2);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    render(&data, &ReportConfig::default(), dir.path()).unwrap();
+    let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
+    assert!(
+        !html.contains("dominated by noise"),
+        "a clear gap warns nothing"
+    );
+
+    for v in data.values.values_mut() {
+        v.insert(SCR_GAP.to_string(), SCR_GAP_WARN / 5.0);
+    }
+    render(&data, &ReportConfig::default(), dir.path()).unwrap();
+    let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(
+        html.contains("dominated by noise") && html.contains("0.010"),
+        "html"
+    );
+    assert!(md.contains("dominated by noise"), "md");
+}
