@@ -51,7 +51,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Float16Type, Float32Type, Int32Type, Schema};
 use candle_core::{Device, Tensor};
-use coact::lm::{hook_name, Gemma};
+use coact::lm::hook_name;
 use coact::rng::SplitMix64;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
@@ -675,20 +675,9 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
     }
 
     // The model, to the study layer.
-    let source = crate::extract::model_source(cfg);
-    let spinner = input.progress.spinner(format!("loading {source}"));
-    let model =
-        Gemma::load(&source, &Device::Cpu).map_err(|e| anyhow!("model ({source}): {e:#}"))?;
-    spinner.finish_and_clear();
+    let model = crate::extract::load_model(cfg, input.progress)?;
     let layer = cfg.model.layer;
     let dm = model.config().d_model;
-    if layer >= model.config().n_layers {
-        bail!(
-            "model.layer = {layer}: {} has {} layers",
-            cfg.model.name,
-            model.config().n_layers
-        );
-    }
     if let Some(t) = pieces
         .iter()
         .flat_map(|p| &p.tokens)

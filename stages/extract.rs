@@ -6,6 +6,7 @@
 //! continues from its finished shards and ends with identical files.
 
 use crate::config::{Config, ExtractDtype, ModelSourceKind};
+use crate::progress::Progress;
 use crate::runner::{StageInput, StageOutput};
 use crate::store::{Store, TableEntry};
 use anyhow::{anyhow, bail, Context, Result};
@@ -42,6 +43,25 @@ pub fn model_source(cfg: &Config) -> ModelSource {
             revision: m.revision.clone(),
         },
     }
+}
+
+/// The study's model on the CPU, checked to have the study layer; every
+/// stage that runs the model loads it through here.
+pub fn load_model(cfg: &Config, progress: &Progress) -> Result<Gemma> {
+    let source = model_source(cfg);
+    let spinner = progress.spinner(format!("loading {source}"));
+    let model =
+        Gemma::load(&source, &Device::Cpu).map_err(|e| anyhow!("model ({source}): {e:#}"))?;
+    spinner.finish_and_clear();
+    let (layer, n_layers) = (cfg.model.layer, model.config().n_layers);
+    if layer >= n_layers {
+        bail!(
+            "model.layer = {layer}: {} has {n_layers} layers (0..={})",
+            cfg.model.name,
+            n_layers - 1
+        );
+    }
+    Ok(model)
 }
 
 /// Token sequences of one split, in seq_id order.
@@ -150,19 +170,8 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
     let context = tok_manifest.summary["context_size"].as_u64().unwrap_or(0) as usize;
 
     let source = model_source(cfg);
-    let spinner = input.progress.spinner(format!("loading {source}"));
-    let model =
-        Gemma::load(&source, &Device::Cpu).map_err(|e| anyhow!("model ({source}): {e:#}"))?;
-    spinner.finish_and_clear();
+    let model = load_model(cfg, input.progress)?;
     let mc = model.config().clone();
-    if layer >= mc.n_layers {
-        bail!(
-            "model.layer = {layer}: {} has {} layers (0..={})",
-            cfg.model.name,
-            mc.n_layers,
-            mc.n_layers - 1
-        );
-    }
     let tok_vocab = tok_manifest.summary["vocab_size"].as_u64().unwrap_or(0) as usize;
     if tok_vocab != mc.vocab {
         bail!(

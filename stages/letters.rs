@@ -43,7 +43,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema};
 use candle_core::{Device, Tensor};
-use coact::lm::{hook_name, Gemma};
+use coact::lm::hook_name;
 use coact::metrics::absorption::{train_ground_truth, GroundTruthProbe, LETTERS};
 use coact::rng::SplitMix64;
 use coact::text::TextTokenizer;
@@ -261,20 +261,8 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
     }
 
     // The forward: sequences of equal token length share a batch (no padding).
-    let source = crate::extract::model_source(cfg);
-    let spinner = input.progress.spinner(format!("loading {source}"));
-    let model =
-        Gemma::load(&source, &Device::Cpu).map_err(|e| anyhow!("model ({source}): {e:#}"))?;
-    spinner.finish_and_clear();
+    let model = crate::extract::load_model(cfg, input.progress)?;
     let mc = model.config().clone();
-    if layer >= mc.n_layers {
-        bail!(
-            "model.layer = {layer}: {} has {} layers (0..={})",
-            cfg.model.name,
-            mc.n_layers,
-            mc.n_layers - 1
-        );
-    }
     if let Some(t) = sequences
         .iter()
         .flatten()

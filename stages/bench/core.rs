@@ -505,11 +505,7 @@ fn cached_model(cfg: &Config, progress: &crate::progress::Progress) -> Result<Ar
             return Ok(model.clone());
         }
     }
-    let spinner = progress.spinner(format!("loading {source}"));
-    let model = Arc::new(
-        Gemma::load(&source, &Device::Cpu).map_err(|e| anyhow!("model ({source}): {e:#}"))?,
-    );
-    spinner.finish_and_clear();
+    let model = Arc::new(crate::extract::load_model(cfg, progress)?);
     *slot = Some((id, model.clone()));
     Ok(model)
 }
