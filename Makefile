@@ -43,11 +43,19 @@ test: setup
 	cargo test --workspace
 
 # Speed benchmarks: figures printed, ratios measured within one run.
-# SAE step (steps/s, tokens/s, guided over plain, encoder GFLOP/s vs candle)
-# and the Gemma forward (early exit to the study layer vs candle-transformers'
-# quantized_gemma3 on the same batch); the compete stage's co-firing pass.
+# The matrix backend (CPU flags, each path's peak, coact's shapes as shares of
+# it), the bf16 forward's accuracy, the SAE step (f32 and bf16, guided over
+# plain), the Gemma forward (f32 and bf16), the compete stage's co-firing pass;
+# then, where present, the peers of ../shared/peers (numpy's OpenBLAS peak).
+PEERS ?= ../shared/peers
 bench: setup
+	cargo test -p coact --test linalg -- --ignored --nocapture gemm_rates
+	cargo test -p coact --test lm_bf16 -- --nocapture
 	cargo test -p coact --test sae_speed --test lm_speed --test competition -- --ignored --nocapture --test-threads 1
+	@if [ -f $(PEERS)/gemm_peak.py ] && python3 -c 'import numpy' 2>/dev/null; then \
+	  echo "numpy OpenBLAS f32 GFLOP/s, [4096,640]x[640,4096] and square 2048:"; \
+	  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python3 $(PEERS)/gemm_peak.py; \
+	else echo "(numpy or $(PEERS)/gemm_peak.py missing: the OpenBLAS reference is not measured)"; fi
 
 lint:
 	cargo fmt --all -- --check

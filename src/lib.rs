@@ -5,6 +5,7 @@
 
 pub mod competition;
 pub mod hub;
+pub mod linalg;
 pub mod lm;
 pub mod metrics;
 pub mod probe;

@@ -2,6 +2,7 @@
 //! path, and semantic validation.
 
 use anyhow::{anyhow, bail, Result};
+use coact::linalg::Compute;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -125,6 +126,36 @@ pub enum ExtractDtype {
     F16,
 }
 
+/// `compute:` of extract and train: the arithmetic of the large products
+/// (see coact::linalg). `auto` is bf16 where the CPU has bf16 hardware
+/// (AVX512-BF16 or AMX), else f32.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ComputeSetting {
+    #[default]
+    Auto,
+    F32,
+    Bf16,
+}
+
+impl ComputeSetting {
+    /// What this setting means on this machine; `key` names it in errors
+    /// and in the note printed when `auto` falls back to f32.
+    pub fn resolve(self, key: &str) -> Result<Compute> {
+        let requested = match self {
+            ComputeSetting::Auto => None,
+            ComputeSetting::F32 => Some(Compute::F32),
+            ComputeSetting::Bf16 => Some(Compute::Bf16),
+        };
+        let (c, note) = coact::linalg::resolve(requested, key)?;
+        if let Some(n) = note {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| eprintln!("note: {n}"));
+        }
+        Ok(c)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExtractConfig {
@@ -137,6 +168,10 @@ pub struct ExtractConfig {
     /// Tokens (rows) per Parquet shard.
     #[serde(default = "default_shard_tokens")]
     pub shard_tokens: usize,
+    /// The forward's linear layers (and, for every stage that runs the
+    /// model, the unembedding): auto, f32 or bf16.
+    #[serde(default)]
+    pub compute: ComputeSetting,
 }
 
 fn default_extract_batch() -> usize {
@@ -155,6 +190,7 @@ impl Default for ExtractConfig {
             batch_size: default_extract_batch(),
             dtype: default_extract_dtype(),
             shard_tokens: default_shard_tokens(),
+            compute: ComputeSetting::Auto,
         }
     }
 }
@@ -187,6 +223,10 @@ pub struct TrainConfig {
     /// Steps between checkpoints (a killed run resumes from the last one).
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: usize,
+    /// The SAE encoder's product: auto, f32 or bf16 (bf16 chooses the active
+    /// latents, their values and every gradient stay f32).
+    #[serde(default)]
+    pub compute: ComputeSetting,
     pub base: crate::variants::VariantSettings,
     pub variants: Vec<crate::variants::VariantSpec>,
 }

@@ -16,7 +16,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema};
 use candle_core::{Device, Tensor};
-use coact::lm::{hook_name, Gemma, ModelSource};
+use coact::lm::{hook_name, Gemma, LoadOptions, ModelSource};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
@@ -50,8 +50,12 @@ pub fn model_source(cfg: &Config) -> ModelSource {
 pub fn load_model(cfg: &Config, progress: &Progress) -> Result<Gemma> {
     let source = model_source(cfg);
     let spinner = progress.spinner(format!("loading {source}"));
-    let model =
-        Gemma::load(&source, &Device::Cpu).map_err(|e| anyhow!("model ({source}): {e:#}"))?;
+    let opts = LoadOptions {
+        compute: cfg.extract.compute.resolve("extract.compute")?,
+        ..Default::default()
+    };
+    let model = Gemma::load_with(&source, &Device::Cpu, &opts)
+        .map_err(|e| anyhow!("model ({source}): {e:#}"))?;
     spinner.finish_and_clear();
     let (layer, n_layers) = (cfg.model.layer, model.config().n_layers);
     if layer >= n_layers {
@@ -255,10 +259,11 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
     }
     bar.finish_and_clear();
     input.progress.note(format!(
-        "extract: {rows} tokens of {} at {} (d_model {})",
+        "extract: {rows} tokens of {} at {} (d_model {}, {} products)",
         cfg.model.name,
         hook_name(layer),
-        mc.d_model
+        mc.d_model,
+        model.compute()
     ));
     Ok(StageOutput {
         tables: BTreeMap::from([(
@@ -276,6 +281,8 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
             "d_model": mc.d_model,
             "dtype": ex.dtype,
             "context_size": context,
+            "compute": model.compute(),
+            "backend": coact::linalg::backend_info(),
             "splits": summary_splits,
         }),
     })

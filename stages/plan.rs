@@ -170,6 +170,7 @@ fn stage_units(stage: &str, cfg: &Config) -> Result<Vec<Unit>> {
                 "decay_frac": cfg.train.decay_frac,
                 "dead_after_tokens": cfg.train.dead_after_tokens,
                 "uniform_pairs": cfg.train.uniform_pairs,
+                "compute": cfg.train.compute.resolve("train.compute")?,
             });
             cfg.variants()
                 .into_iter()
@@ -271,10 +272,13 @@ fn stage_config(stage: &str, cfg: &Config) -> Result<Value> {
                 Some(p) => json!({ "path": p, "fingerprint": fingerprint(&cfg.resolve(p), None) }),
                 None => json!({ "hf_id": m.hf_id, "revision": m.revision }),
             };
+            // The resolved compute, not `auto`: bf16 and f32 make other bytes.
+            let mut extract = serde_json::to_value(&cfg.extract)?;
+            extract["compute"] = json!(cfg.extract.compute.resolve("extract.compute")?);
             json!({
                 "model": { "name": m.name, "source": m.source, "weights": weights },
                 "layer": m.layer,
-                "extract": cfg.extract,
+                "extract": extract,
             })
         }
         "letters" => crate::letters::key_config(cfg),

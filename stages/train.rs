@@ -42,7 +42,7 @@ pub fn trainer_config(
     v: &Variant,
     total_steps: usize,
     batch: usize,
-) -> TrainerConfig {
+) -> Result<TrainerConfig> {
     let t = &cfg.train;
     let s = &v.settings;
     let mut tc = TrainerConfig::new(total_steps, batch);
@@ -62,7 +62,8 @@ pub fn trainer_config(
             tau: s.tau as f32,
         },
     };
-    tc
+    tc.compute = t.compute.resolve("train.compute")?;
+    Ok(tc)
 }
 
 pub fn sae_config(v: &Variant, d_in: usize) -> SaeConfig {
@@ -128,7 +129,8 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
     let steps_per_epoch = n / batch;
     let total = steps_per_epoch * cfg.train.epochs;
     let scale = norm_scaling_factor(&x[..SCALE_SAMPLE.min(n) * d], d)?;
-    let tc = trainer_config(cfg, &variant, total, batch);
+    let tc = trainer_config(cfg, &variant, total, batch)?;
+    let compute = tc.compute;
     let sc = sae_config(&variant, d);
     let ckpt = input.out_dir.join(CHECKPOINT);
     let ckpt_log = input.out_dir.join(CHECKPOINT_LOG);
@@ -278,6 +280,8 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
             "batch_size": batch,
             "activation_scale": scale,
             "tokens_per_s": tokens_per_s,
+            "compute": compute,
+            "backend": coact::linalg::backend_info(),
             "final": {
                 "mse_scaled": mean(&|s| s.mse),
                 "l0": mean(&|s| s.l0),

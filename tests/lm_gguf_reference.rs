@@ -159,6 +159,7 @@ fn gemma3_gguf_matches_candle_quantized_gemma3() {
     let silu = |weights| LoadOptions {
         weights,
         activation: Some(Activation::Silu),
+        ..Default::default()
     };
     let src = ModelSource::Gguf(gguf_path());
     let ours_q = Gemma::load_with(&src, &Device::Cpu, &silu(WeightFormat::Quantized)).unwrap();

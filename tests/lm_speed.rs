@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
+use coact::linalg::Compute;
 use coact::lm::{Gemma, LoadOptions, ModelSource, WeightFormat};
 
 fn env_usize(k: &str, d: usize) -> usize {
@@ -72,24 +73,56 @@ fn lm_extract_throughput() {
     let tokens = Tensor::new(tokens, &dev).unwrap();
     let n = b * t;
 
-    let start = Instant::now();
-    let dense = Gemma::load(&src, &dev).unwrap();
+    let info = coact::linalg::backend_info();
     println!(
-        "load (dequantized f32): {:.2}s",
-        start.elapsed().as_secs_f64()
+        "cpu: {} | flags: {} | bf16 kernel: {}",
+        info.cpu.model,
+        info.cpu.flags(),
+        info.bf16_kernel
     );
-    let early = rate(n, reps, || {
-        dense.resid_post(&tokens, layer).unwrap();
-    });
-    println!("coact early exit to layer {layer} (f32): {early:.0} tokens/s");
-    println!("peak RSS so far: {:.0} MB", peak_rss_mb());
-    if only_early {
+    let mut modes = vec![Compute::F32];
+    if info.cpu.has_bf16() {
+        modes.push(Compute::Bf16);
+    }
+    let mut early_f32 = f64::NAN;
+    for compute in modes {
+        let start = Instant::now();
+        let dense = Gemma::load_with(
+            &src,
+            &dev,
+            &LoadOptions {
+                compute,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        println!("load ({compute}): {:.2}s", start.elapsed().as_secs_f64());
+        let early = rate(n, reps, || {
+            dense.resid_post(&tokens, layer).unwrap();
+        });
+        if compute == Compute::F32 {
+            early_f32 = early;
+        }
+        println!(
+            "coact early exit to layer {layer} ({compute}): {early:.0} tokens/s ({:.2}x f32)",
+            early / early_f32
+        );
+        println!("peak RSS so far: {:.0} MB", peak_rss_mb());
+        if only_early {
+            continue;
+        }
+        let full = rate(n, reps.min(2), || {
+            dense.logits(&tokens, None).unwrap();
+        });
+        println!("coact full forward with logits ({compute}): {full:.0} tokens/s");
+    }
+    if only_early || std::env::var("COACT_BENCH_CANDLE").is_err() {
+        println!(
+            "(set COACT_BENCH_CANDLE=1 for the QMatMul and candle quantized_gemma3 comparisons)"
+        );
         return;
     }
-    let full = rate(n, reps, || {
-        dense.logits(&tokens, None).unwrap();
-    });
-    println!("coact full forward with logits (f32): {full:.0} tokens/s");
+    let early = early_f32;
 
     let quant = Gemma::load_with(
         &src,
@@ -124,39 +157,7 @@ fn lm_extract_throughput() {
          {candle:.0} tokens/s"
     );
     println!(
-        "ratio coact early exit (layer {layer}) / candle quantized full forward: {:.1}x; \
-         coact full / candle full: {:.1}x",
+        "ratio coact f32 early exit (layer {layer}) / candle quantized full forward: {:.1}x",
         early / candle,
-        full / candle
     );
-}
-
-/// Raw f32 matmul rate of candle's CPU gemm on the forward's shapes (rows =
-/// 1024 tokens), for judging how close the forward gets to it.
-#[test]
-#[ignore = "benchmark: run with --ignored --nocapture"]
-fn lm_gemm_rate() {
-    let dev = Device::Cpu;
-    for (m, k, n) in [
-        (1024usize, 640usize, 4096usize),
-        (1024, 2048, 640),
-        (1024, 640, 1536),
-    ] {
-        let a = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
-        let b = Tensor::randn(0f32, 1.0, (k, n), &dev).unwrap();
-        let bt = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
-        let reps = 20;
-        let flops = 2.0 * (m * k * n * reps) as f64;
-        let kn = rate(flops as usize, reps, || {
-            a.matmul(&b).unwrap();
-        }) / reps as f64;
-        let nk = rate(flops as usize, reps, || {
-            a.matmul(&bt.t().unwrap()).unwrap();
-        }) / reps as f64;
-        println!(
-            "{m}x{k}x{n}: [in,out] weights {:.1} GFLOP/s, [out,in] transposed {:.1} GFLOP/s",
-            kn / 1e9,
-            nk / 1e9
-        );
-    }
 }

@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use coact::linalg::Compute;
 use coact::rng::SplitMix64;
 use coact::sae::{Ortho, Sae, SaeConfig, SaeKind, Trainer, TrainerConfig};
 
@@ -44,7 +45,13 @@ fn time_steps(t: &mut Trainer, x: &[f32], steps: usize) -> f64 {
 #[test]
 #[ignore]
 fn step_speed() {
-    println!("threads: {}", rayon::current_num_threads());
+    let info = coact::linalg::backend_info();
+    println!(
+        "threads: {} | cpu: {} | flags: {}",
+        rayon::current_num_threads(),
+        info.cpu.model,
+        info.cpu.flags()
+    );
     let x = data(B, 1);
     let steps: usize = std::env::var("SAE_SPEED_STEPS")
         .ok()
@@ -54,42 +61,39 @@ fn step_speed() {
         Ok(v) => v.split(',').map(|s| s.trim().parse().unwrap()).collect(),
         Err(_) => vec![4096, 16384],
     };
+    let mut modes = vec![Compute::F32];
+    if info.cpu.has_bf16() {
+        modes.push(Compute::Bf16);
+    }
     for &f in &fs {
         for k in [32usize, 64] {
-            let sae_cfg = SaeConfig {
-                d_in: D,
-                d_sae: f,
-                kind: SaeKind::TopK { k },
-            };
-            let mut cfg = TrainerConfig::new(1000, B);
-            let mut plain = Trainer::new(cfg.clone(), sae_cfg.clone(), &x[..256 * D]).unwrap();
-            let tp = time_steps(&mut plain, &x, steps);
-            cfg.ortho = Ortho::Guided {
-                lambda: 0.1,
-                tau: 0.1,
-            };
-            let mut guided = Trainer::new(cfg.clone(), sae_cfg.clone(), &x[..256 * D]).unwrap();
-            let tg = time_steps(&mut guided, &x, steps);
-            let st = guided.step(&x).unwrap();
-            cfg.ortho = Ortho::Guided {
-                lambda: 0.1,
-                tau: 0.0,
-            };
-            let mut guided0 = Trainer::new(cfg.clone(), sae_cfg.clone(), &x[..256 * D]).unwrap();
-            let tg0 = time_steps(&mut guided0, &x, steps);
-            let st0 = guided0.step(&x).unwrap();
-            println!(
-                "F {f:5} k {k:2} B {B}: plain {:7.1} ms/step {:6.2} steps/s {:8.0} tok/s | guided tau 0.1 {:7.1} ms ({:.3}x, {} pairs) | guided tau 0 {:7.1} ms ({:.3}x, {} pairs)",
-                tp * 1e3,
-                1.0 / tp,
-                B as f64 / tp,
-                tg * 1e3,
-                tg / tp,
-                st.competing_pairs,
-                tg0 * 1e3,
-                tg0 / tp,
-                st0.competing_pairs
-            );
+            for &compute in &modes {
+                let sae_cfg = SaeConfig {
+                    d_in: D,
+                    d_sae: f,
+                    kind: SaeKind::TopK { k },
+                };
+                let mut cfg = TrainerConfig::new(1000, B);
+                cfg.compute = compute;
+                let mut plain = Trainer::new(cfg.clone(), sae_cfg.clone(), &x[..256 * D]).unwrap();
+                let tp = time_steps(&mut plain, &x, steps);
+                cfg.ortho = Ortho::Guided {
+                    lambda: 0.1,
+                    tau: 0.1,
+                };
+                let mut guided = Trainer::new(cfg.clone(), sae_cfg.clone(), &x[..256 * D]).unwrap();
+                let tg = time_steps(&mut guided, &x, steps);
+                let st = guided.step(&x).unwrap();
+                println!(
+                    "F {f:5} k {k:2} B {B} {compute:4}: plain {:7.1} ms/step {:8.0} tok/s | guided tau 0.1 {:7.1} ms ({:.3}x, +{:.1} ms, {} pairs)",
+                    tp * 1e3,
+                    B as f64 / tp,
+                    tg * 1e3,
+                    tg / tp,
+                    (tg - tp) * 1e3,
+                    st.competing_pairs,
+                );
+            }
         }
     }
 }

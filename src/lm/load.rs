@@ -12,6 +12,7 @@ use super::config::GemmaConfig;
 use super::model::{Block, Gemma, MultiProj, Proj};
 use super::ops::gemma_norm_scale;
 use super::{Activation, ModelSource};
+use crate::linalg::Compute;
 
 /// How GGUF weights are held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -35,6 +36,9 @@ pub struct LoadOptions {
     /// Overrides the MLP activation read from the checkpoint (for comparisons
     /// with code that uses another one).
     pub activation: Option<Activation>,
+    /// The arithmetic of the linear layers: f32 (the default) or bf16 inputs
+    /// with f32 accumulation, the weights held in bf16 (see [`crate::linalg`]).
+    pub compute: Compute,
 }
 
 impl Gemma {
@@ -57,7 +61,33 @@ impl Gemma {
         if let Some(a) = opts.activation {
             model.cfg.activation = a;
         }
+        if opts.compute == Compute::Bf16 {
+            model.to_bf16()?;
+        }
         Ok(model)
+    }
+}
+
+impl Gemma {
+    /// Holds every block's dense weights in bf16 (the unembedding follows at
+    /// the first full forward).
+    fn to_bf16(&mut self) -> Result<()> {
+        for b in &mut self.blocks {
+            for mp in [&mut b.qkv, &mut b.gate_up] {
+                match mp {
+                    MultiProj::Fused(p, _) => *p = p.to_bf16()?,
+                    MultiProj::Separate(ps) => {
+                        for p in ps {
+                            *p = p.to_bf16()?;
+                        }
+                    }
+                }
+            }
+            b.o = b.o.to_bf16()?;
+            b.down = b.down.to_bf16()?;
+        }
+        self.compute = Compute::Bf16;
+        Ok(())
     }
 }
 
@@ -180,6 +210,8 @@ fn load_gguf(path: &Path, device: &Device, format: WeightFormat) -> Result<Gemma
         blocks,
         final_norm,
         unembed,
+        compute: Compute::F32,
+        unembed_bf16: Default::default(),
         device: device.clone(),
     })
 }
@@ -310,6 +342,8 @@ fn load_safetensors(dir: &Path, device: &Device) -> Result<Gemma> {
         blocks,
         final_norm,
         unembed,
+        compute: Compute::F32,
+        unembed_bf16: Default::default(),
         device: device.clone(),
     })
 }

@@ -26,6 +26,7 @@
 //! small numerical pieces: Gemma RMSNorm, softcap, rope, masked softmax, GeGLU).
 
 mod config;
+mod linear;
 mod load;
 mod model;
 pub mod ops;

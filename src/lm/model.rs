@@ -4,9 +4,12 @@
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor};
+use std::sync::OnceLock;
 
 use super::config::{Arch, GemmaConfig};
+use super::linear::linear;
 use super::ops::{rms_norm, rope_bthd, rope_tables, softcap, Geglu, MaskedSoftmax};
+use crate::linalg::{Compute, Trans};
 
 /// A residual splice: after block `.0`, the residual `[B, T, d_model]` is
 /// replaced by `.1(residual)` (same shape). Any function of the residual will do.
@@ -15,10 +18,10 @@ pub type Splice<'a> = (usize, &'a dyn Fn(&Tensor) -> Result<Tensor>);
 /// A linear map without bias.
 #[derive(Debug, Clone)]
 pub(crate) enum Proj {
-    /// f32 weight stored `[in, out]` contiguous: `y = x w` (gemm's natural layout).
+    /// f32 or bf16 weight stored `[in, out]` contiguous: `y = x w`.
     Dense(Tensor),
-    /// f32 weight stored `[out, in]` (the tied unembedding reuses the
-    /// embedding matrix this way without a copy): `y = x w^T`.
+    /// f32 or bf16 weight stored `[out, in]` (the tied unembedding reuses
+    /// the embedding matrix this way without a copy): `y = x w^T`.
     DenseT(Tensor),
     /// candle's quantized matmul on a GGUF tensor.
     Quant(QMatMul),
@@ -27,10 +30,19 @@ pub(crate) enum Proj {
 impl Proj {
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Proj::Dense(w) => x.matmul(w),
-            Proj::DenseT(w) => x.matmul(&w.t()?),
+            Proj::Dense(w) => linear(x, w, Trans::N),
+            Proj::DenseT(w) => linear(x, w, Trans::T),
             Proj::Quant(q) => q.forward(x),
         }
+    }
+
+    /// The same map with its dense weight in bf16 (quantized maps unchanged).
+    pub(crate) fn to_bf16(&self) -> candle_core::Result<Proj> {
+        Ok(match self {
+            Proj::Dense(w) => Proj::Dense(w.to_dtype(DType::BF16)?),
+            Proj::DenseT(w) => Proj::DenseT(w.to_dtype(DType::BF16)?),
+            Proj::Quant(q) => Proj::Quant(q.clone()),
+        })
     }
 }
 
@@ -96,6 +108,11 @@ pub struct Gemma {
     pub(crate) blocks: Vec<Block>,
     pub(crate) final_norm: Tensor,
     pub(crate) unembed: Proj,
+    /// The arithmetic of the linear layers.
+    pub(crate) compute: Compute,
+    /// With bf16 compute, the unembedding's bf16 copy, made at the first
+    /// full forward (extraction never needs it; it is 335 MB for gemma-3).
+    pub(crate) unembed_bf16: OnceLock<Proj>,
     pub(crate) device: Device,
 }
 
@@ -114,6 +131,22 @@ impl Gemma {
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// The arithmetic of the linear layers (and the unembedding).
+    pub fn compute(&self) -> Compute {
+        self.compute
+    }
+
+    fn unembedding(&self) -> Result<&Proj> {
+        if self.compute == Compute::F32 {
+            return Ok(&self.unembed);
+        }
+        if self.unembed_bf16.get().is_none() {
+            let p = self.unembed.to_bf16()?;
+            let _ = self.unembed_bf16.set(p);
+        }
+        Ok(self.unembed_bf16.get().expect("set above"))
     }
 
     /// Runs blocks `0..=layer` on `tokens` (`[B, T]`, u32) and returns the
@@ -137,7 +170,7 @@ impl Gemma {
         let (b, t) = self.check_tokens(tokens)?;
         let x = self.run(tokens, self.cfg.n_layers - 1, splice)?;
         let x = rms_norm(&x, &self.final_norm, self.cfg.rms_norm_eps)?;
-        let mut logits = self.unembed.forward(&x)?;
+        let mut logits = self.unembedding()?.forward(&x)?;
         if let Some(c) = self.cfg.final_softcap {
             logits = softcap(&logits, c)?;
         }

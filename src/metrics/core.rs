@@ -27,6 +27,7 @@
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
 
+use crate::linalg::Trans;
 use crate::sae::SparseCodes;
 
 fn check_pair(x: &[f32], x_hat: &[f32], d: usize) -> Result<usize> {
@@ -417,32 +418,22 @@ pub fn max_cosine_per_row(m: &[f32], rows: usize, cols: usize) -> Result<Vec<f64
             let end = (start + CHUNK).min(rows);
             let c = end - start;
             let mut g = vec![0.0f32; c * rows];
-            // SAFETY: g is c x rows (row stride rows), lhs is c x cols rows of
-            // u (row stride cols), rhs is u^T, cols x rows (u read with column
-            // stride cols); gemm writes dst = lhs . rhs.
-            unsafe {
-                gemm::gemm(
-                    c,
-                    rows,
-                    cols,
-                    g.as_mut_ptr(),
-                    1,
-                    rows as isize,
-                    false,
-                    u[start * cols..].as_ptr(),
-                    1,
-                    cols as isize,
-                    u.as_ptr(),
-                    cols as isize,
-                    1,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
+            // g = u[start..end] . u^T.
+            crate::linalg::sgemm(
+                Trans::N,
+                Trans::T,
+                c,
+                rows,
+                cols,
+                1.0,
+                &u[start * cols..end * cols],
+                cols,
+                u,
+                cols,
+                0.0,
+                &mut g,
+                rows,
+            );
             (0..c)
                 .map(|i| {
                     let row = &g[i * rows..(i + 1) * rows];

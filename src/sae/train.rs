@@ -35,10 +35,11 @@ use serde::{Deserialize, Serialize};
 
 use super::cofire::batch_pairs;
 use super::model::{
-    axpy, dot, encode_centered, geometric_median, Sae, SaeConfig, SaeKind, ScratchPool, Select,
-    SparseCodes,
+    axpy, dot, encode_centered, geometric_median, EncoderWeights, Sae, SaeConfig, SaeKind,
+    ScratchPool, Select, SparseCodes,
 };
 use super::ortho::{weighted_abs_cos, PairPenalty};
+use crate::linalg::{self, Compute};
 use crate::rng::SplitMix64;
 
 const BETA1: f32 = 0.9;
@@ -90,6 +91,11 @@ pub struct TrainerConfig {
     pub aux_coeff: f32,
     pub ortho: Ortho,
     pub seed: u64,
+    /// The encoder product's arithmetic. With bf16, bf16 pre-activations
+    /// choose the active latents and their values are recomputed in f32
+    /// (see `encode_centered`); every other part of the step is f32.
+    #[serde(default)]
+    pub compute: Compute,
 }
 
 impl TrainerConfig {
@@ -105,6 +111,7 @@ impl TrainerConfig {
             aux_coeff: 1.0 / 32.0,
             ortho: Ortho::None,
             seed: 0,
+            compute: Compute::F32,
         }
     }
 
@@ -122,6 +129,9 @@ impl TrainerConfig {
             self.decay_frac
         );
         ensure!(self.total_steps > 0, "total_steps must be > 0");
+        if self.compute == Compute::Bf16 {
+            linalg::resolve(Some(Compute::Bf16), "compute")?;
+        }
         ensure!(self.batch_size > 0, "batch_size must be > 0");
         ensure!(
             self.aux_coeff.is_finite() && self.aux_coeff >= 0.0,
@@ -387,6 +397,13 @@ impl Trainer {
                 row.iter_mut().zip(&sae.b_dec).for_each(|(v, b)| *v -= b);
             }
         });
+        let w_bf16 = (self.cfg.compute == Compute::Bf16).then(|| {
+            let mut wb = vec![0u16; sae.w_enc_t.len()];
+            wb.par_chunks_mut(LAT_CHUNK * d)
+                .zip(sae.w_enc_t.par_chunks(LAT_CHUNK * d))
+                .for_each(|(b, w)| linalg::convert_to_bf16(w, b));
+            wb
+        });
         let enc = encode_centered(
             sae,
             &xc,
@@ -394,6 +411,10 @@ impl Trainer {
             select,
             use_aux.then_some((&dead[..], k_aux)),
             &self.pool,
+            match &w_bf16 {
+                Some(wb) => EncoderWeights::Bf16(wb),
+                None => EncoderWeights::F32,
+            },
         );
         let main = enc.main;
         let aux = enc.aux.unwrap_or_else(|| SparseCodes {
