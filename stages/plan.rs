@@ -2,6 +2,7 @@
 
 use crate::config::{Config, CorpusFormat};
 use crate::store::{compute_key, json_diff, Manifest, Store};
+use crate::verify::{check_artifact, check_sizes};
 use anyhow::Result;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -323,6 +324,9 @@ pub enum State {
     /// An older artifact exists; the reasons say what changed.
     Stale(Vec<String>),
     Missing,
+    /// Published, but a file is missing or not the size the manifest says
+    /// (or the manifest is unreadable): `coact run` rebuilds it.
+    Damaged(Vec<crate::verify::Damage>),
     NotImplemented(&'static str),
 }
 
@@ -338,7 +342,15 @@ pub fn status(cfg: &Config, store: &Store) -> Result<Vec<(&'static str, Option<P
         let existing = store.list(def.name)?;
         for p in planned.iter().filter(|p| p.stage == def.name) {
             let state = if store.exists(def.name, &p.key) {
-                State::Fresh
+                let damage = match existing.iter().find(|m| m.key == p.key) {
+                    Some(m) => check_sizes(&store.artifact_dir(def.name, &p.key), m),
+                    None => check_artifact(store, def.name, &p.key, false),
+                };
+                if damage.is_empty() {
+                    State::Fresh
+                } else {
+                    State::Damaged(damage)
+                }
             } else {
                 match existing.iter().find(|m| m.unit == p.unit) {
                     Some(old) => State::Stale(why_stale(old, p)),
