@@ -9,6 +9,7 @@ pub mod corpus;
 pub mod datasets;
 pub mod digest;
 pub mod extract;
+pub mod fingerprint;
 pub mod letters;
 pub mod lock;
 pub mod parquet_io;

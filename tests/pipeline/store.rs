@@ -1,6 +1,6 @@
 //! The store's safety on the tiny study: one writer per data folder (the
 //! lock), damaged artifacts found by size (status, run) and by content
-//! (verify, run --verify) and rebuilt.
+//! (verify, run --verify) and rebuilt, raw inputs keyed by content.
 
 use crate::{csv_rows, Study};
 use coact_pipeline::lock::RunLock;
@@ -261,4 +261,83 @@ fn verify_finds_a_flipped_byte_that_keeps_the_size_and_run_verify_rebuilds_it() 
         report.contains("have no digest") && report.contains("none damaged"),
         "{report}"
     );
+}
+
+#[test]
+fn an_edit_that_keeps_size_and_mtime_changes_the_raw_inputs_key() {
+    let s = Study::new(6, 30);
+    s.ok(&["run", "tokenize", "-q"]);
+    let before = s.artifacts("tokenize");
+    let corpus = s.dir.join("corpus.jsonl");
+    let text = std::fs::read_to_string(&corpus).unwrap();
+    let meta = std::fs::metadata(&corpus).unwrap();
+    // A swapped label: same length, written in place, mtime put back (as
+    // npm gives every file the same mtime).
+    let edited = text.replacen("Republican", "Democratic", 1);
+    assert_ne!(edited, text);
+    assert_eq!(edited.len(), text.len());
+    std::fs::write(&corpus, &edited).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&corpus)
+        .unwrap()
+        .set_modified(meta.modified().unwrap())
+        .unwrap();
+    let after = std::fs::metadata(&corpus).unwrap();
+    assert_eq!(
+        (after.len(), after.modified().unwrap()),
+        (meta.len(), meta.modified().unwrap())
+    );
+    let status = s.ok(&["status"]);
+    assert!(
+        status.contains("tokenize  stale") && status.contains("config corpus.fingerprint: "),
+        "{status}"
+    );
+    s.ok(&["run", "tokenize", "-q"]);
+    assert_eq!(s.artifacts("tokenize").len(), before.len() + 1);
+    let parties = csv_rows(&s.ok(&[
+        "query",
+        "--format",
+        "csv",
+        "select party from tokenize_documents where doc_id = 'doc00'",
+    ]));
+    assert_eq!(parties[1], vec!["Democratic"]);
+}
+
+#[test]
+fn unchanged_raw_inputs_are_hashed_once_and_read_from_the_digest_cache() {
+    let s = Study::new(6, 30);
+    // Files changed within the last second are never cached (coarse clocks).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    s.ok(&["run", "tokenize", "-q"]);
+    let cache_path = s.dir.join("data/.fingerprints.json");
+    let cache: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cache_path).unwrap()).unwrap();
+    let corpus = std::path::absolute(s.dir.join("corpus.jsonl"))
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    let digest = cache[&corpus]["digest"].as_str().unwrap().to_string();
+    assert!(digest.starts_with("sha256:"), "{cache}");
+    assert!(cache
+        .as_object()
+        .unwrap()
+        .keys()
+        .any(|k| k.ends_with("model.safetensors")));
+
+    // Proof that status reads the cache instead of rehashing: a doctored
+    // digest for an unchanged file is believed.
+    let mut doctored = cache.clone();
+    doctored[&corpus]["digest"] = "sha256:doctored".into();
+    std::fs::write(&cache_path, doctored.to_string()).unwrap();
+    let status = s.ok(&["status"]);
+    assert!(
+        status.contains("tokenize  stale") && status.contains("-> \"sha256:doctored\""),
+        "{status}"
+    );
+    // Rewriting the file (same bytes) changes its ctime: hashed again, and
+    // the same content gives the same key.
+    let bytes = std::fs::read(s.dir.join("corpus.jsonl")).unwrap();
+    std::fs::write(s.dir.join("corpus.jsonl"), bytes).unwrap();
+    assert!(s.ok(&["status"]).contains("tokenize  fresh"));
 }
