@@ -62,9 +62,14 @@ impl RunLock {
                 let who = read_holder_waiting(&path)
                     .map(|h| format!("`{}` ({})", h.command, h.describe()))
                     .unwrap_or_else(|| "another coact process (it has not said which yet)".into());
+                // `data/`, not `./data/`, for a config in the current folder.
+                let shown = match data_dir.strip_prefix(".") {
+                    Ok(p) if !p.as_os_str().is_empty() => p,
+                    _ => data_dir,
+                };
                 bail!(
                     "{}/ is in use by {who}; wait for it or stop it",
-                    data_dir.display()
+                    shown.display()
                 );
             }
             Err(TryLockError::Error(e)) => {

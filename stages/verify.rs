@@ -160,7 +160,10 @@ pub fn verify(cfg: &Config, stage: Option<&str>) -> Result<(String, usize)> {
             .map(|u| format!("  [{u}]"))
             .unwrap_or_default();
         if !store.exists(name, key) {
-            writeln!(out, "{name:<9} missing  {key}{unit}  (not built; nothing to check)")?;
+            writeln!(
+                out,
+                "{name:<9} missing  {key}{unit}  (not built; nothing to check)"
+            )?;
             continue;
         }
         checked += 1;

@@ -61,7 +61,11 @@ fn a_second_run_on_the_same_data_folder_is_refused_at_once_and_reads_keep_workin
     );
     // Nothing of the holder's folder was touched.
     assert_eq!(s.artifacts("tokenize"), tokenize);
-    assert!(s.artifacts("extract").is_empty(), "{:?}", s.artifacts("extract"));
+    assert!(
+        s.artifacts("extract").is_empty(),
+        "{:?}",
+        s.artifacts("extract")
+    );
     assert!(s.artifacts("train").is_empty());
     // clean writes too, so it waits its turn; status, query and verify read.
     let err = s.fails(&["clean", "--all"]);
@@ -164,7 +168,11 @@ fn a_truncated_shard_or_deleted_sae_file_is_damaged_and_run_rebuilds_it() {
         )) && err.contains("extract   done"),
         "{err}"
     );
-    assert_eq!(err.matches("cache hit").count(), 4, "tokenize and 3 SAEs: {err}");
+    assert_eq!(
+        err.matches("cache hit").count(),
+        4,
+        "tokenize and 3 SAEs: {err}"
+    );
     assert_eq!(std::fs::read(&shard).unwrap(), original);
     assert!(s.ok(&["status"]).contains("extract   fresh"));
 
@@ -172,7 +180,9 @@ fn a_truncated_shard_or_deleted_sae_file_is_damaged_and_run_rebuilds_it() {
     std::fs::remove_file(sae.join("sae_weights.safetensors")).unwrap();
     let status = s.ok(&["status"]);
     assert!(
-        status.lines().any(|l| l.starts_with("train     damaged") && l.contains("[topk]"))
+        status
+            .lines()
+            .any(|l| l.starts_with("train     damaged") && l.contains("[topk]"))
             && status.contains("sae_weights.safetensors is missing"),
         "{status}"
     );
@@ -220,7 +230,11 @@ fn verify_finds_a_flipped_byte_that_keeps_the_size_and_run_verify_rebuilds_it() 
     let out = s.coact(&["verify"]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(!out.status.success(), "{text}");
-    assert!(stderr(&out).contains("1 damaged artifact"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("1 damaged artifact"),
+        "{}",
+        stderr(&out)
+    );
     assert!(
         text.lines()
             .any(|l| l.starts_with("train     damaged") && l.contains("[guided-tau0]"))
@@ -231,8 +245,13 @@ fn verify_finds_a_flipped_byte_that_keeps_the_size_and_run_verify_rebuilds_it() 
     );
     assert!(s.fails(&["verify", "train"]).contains("1 damaged artifact"));
     let only = s.ok(&["verify", "extract"]);
-    assert!(!only.contains("train") && only.contains("none damaged"), "{only}");
-    assert!(s.fails(&["verify", "trian"]).contains("unknown stage 'trian'"));
+    assert!(
+        !only.contains("train") && only.contains("none damaged"),
+        "{only}"
+    );
+    assert!(s
+        .fails(&["verify", "trian"])
+        .contains("unknown stage 'trian'"));
 
     // run --verify checks content before serving a cache hit.
     let out = s.coact(&["run", "train", "--verify"]);
