@@ -3,12 +3,14 @@
 //! current config (extract shards, train checkpoints), too with `--all`.
 
 use crate::config::Config;
+use crate::lock::{command_line, RunLock};
 use crate::plan::{plan, STAGES};
 use crate::store::Store;
 use anyhow::Result;
 
 /// Returns the folders removed.
 pub fn clean(cfg: &Config, all: bool) -> Result<Vec<String>> {
+    let _lock = RunLock::acquire(&cfg.data_dir(), &cfg.file, &command_line())?;
     let store = Store::new(cfg.data_dir());
     let planned = plan(cfg)?;
     let mut removed = Vec::new();

@@ -329,8 +329,7 @@ pub fn validate(datasets: &[DatasetConfig]) -> Result<()> {
 }
 
 /// One artifact per dataset: (unit name, config its key hashes). The key
-/// covers the dataset's settings and the size and modification time of a
-/// local file.
+/// covers the dataset's settings and the content digest of a local file.
 pub fn units(cfg: &Config) -> Result<Vec<(String, Value)>> {
     Ok(default_datasets(cfg)
         .into_iter()
@@ -338,7 +337,7 @@ pub fn units(cfg: &Config) -> Result<Vec<(String, Value)>> {
             let fingerprint = d
                 .path
                 .as_ref()
-                .map(|p| file_fingerprint(&cfg.resolve(p)))
+                .map(|p| crate::fingerprint::fingerprint(cfg, &cfg.resolve(p), None))
                 .unwrap_or_default();
             let mut v = serde_json::to_value(&d).expect("serialisable");
             v["fingerprint"] = json!(fingerprint);
@@ -346,18 +345,6 @@ pub fn units(cfg: &Config) -> Result<Vec<(String, Value)>> {
             (d.name.clone(), v)
         })
         .collect())
-}
-
-fn file_fingerprint(p: &Path) -> String {
-    let Ok(m) = std::fs::metadata(p) else {
-        return "missing".into();
-    };
-    let t = m
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos());
-    format!("{}:{t}", m.len())
 }
 
 /// A task with its classes resolved on the data.

@@ -61,7 +61,7 @@ pub fn key_config(cfg: &Config) -> Value {
     let a = &cfg.bench.absorption;
     json!({
         "words": a.words,
-        "words_fingerprint": crate::plan::fingerprint(&cfg.resolve(&a.words), None),
+        "words_fingerprint": crate::fingerprint::fingerprint(cfg, &cfg.resolve(&a.words), None),
         "max_words": a.max_words,
         "test_fraction": a.test_fraction,
         "icl_examples": a.icl_examples,

@@ -33,9 +33,19 @@ enum Command {
         /// Rerun the named stages even when fresh.
         #[arg(long)]
         force: bool,
+        /// Check the content digests of fresh artifacts before serving them;
+        /// rebuild the damaged ones (sizes are always checked).
+        #[arg(long)]
+        verify: bool,
     },
-    /// Each stage: fresh, stale (and why), missing or not yet implemented.
+    /// Each stage: fresh, stale (and why), missing, damaged (which file) or not yet implemented.
     Status,
+    /// Check the content of the config's artifacts (one stage's when named)
+    /// against the digests recorded when they were published.
+    Verify {
+        /// Only this stage's artifacts.
+        stage: Option<String>,
+    },
     /// SQL over every Parquet table of the fresh artifacts (`<stage>_<table>`).
     Query {
         /// The SQL statement.
@@ -66,8 +76,21 @@ fn real_main(cli: Cli) -> Result<()> {
     let cfg = Config::load(&cli.config)?;
     let progress = Progress { quiet: cli.quiet };
     match cli.command {
-        Command::Run { stages, force } => {
-            coact_pipeline::runner::run(&cfg, &stages, force, &progress)
+        Command::Run {
+            stages,
+            force,
+            verify,
+        } => coact_pipeline::runner::run(&cfg, &stages, force, verify, &progress),
+        Command::Verify { stage } => {
+            let (report, damaged) = coact_pipeline::verify::verify(&cfg, stage.as_deref())?;
+            print!("{report}");
+            if damaged > 0 {
+                anyhow::bail!(
+                    "{damaged} damaged artifact{}",
+                    if damaged == 1 { "" } else { "s" }
+                );
+            }
+            Ok(())
         }
         Command::Status => {
             print!("{}", coact_pipeline::status::report(&cfg)?);

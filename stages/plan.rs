@@ -1,7 +1,9 @@
 //! The stage graph and each stage's content key for a given config.
 
-use crate::config::{Config, CorpusFormat};
+use crate::config::Config;
+use crate::fingerprint::Fingerprints;
 use crate::store::{compute_key, json_diff, Manifest, Store};
+use crate::verify::{check_artifact, check_sizes};
 use anyhow::Result;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -240,8 +242,9 @@ fn stage_units(stage: &str, cfg: &Config) -> Result<Vec<Unit>> {
 }
 
 /// The part of the config a stage depends on, and fingerprints of the raw
-/// files it reads (size and modification time, so that status stays instant).
+/// files it reads (content digests, cached: see fingerprint.rs).
 fn stage_config(stage: &str, cfg: &Config) -> Result<Value> {
+    let mut fp = Fingerprints::open(&cfg.data_dir());
     Ok(match stage {
         "tokenize" => {
             let corpus_path = cfg.resolve(&cfg.corpus.path);
@@ -250,7 +253,7 @@ fn stage_config(stage: &str, cfg: &Config) -> Result<Value> {
                 json!({ "hf_id": cfg.model.hf_id, "revision": cfg.model.revision })
             } else {
                 let p = cfg.resolve(Path::new(&cfg.model.tokenizer));
-                json!({ "path": cfg.model.tokenizer, "fingerprint": fingerprint(&p, format) })
+                json!({ "path": cfg.model.tokenizer, "fingerprint": fp.path(&p, format) })
             };
             json!({
                 "corpus": {
@@ -259,7 +262,7 @@ fn stage_config(stage: &str, cfg: &Config) -> Result<Value> {
                     "text_column": cfg.corpus.text_column,
                     "id_column": cfg.corpus.id_column,
                     "label_columns": cfg.corpus.label_columns,
-                    "fingerprint": fingerprint(&corpus_path, format),
+                    "fingerprint": fp.path(&corpus_path, format),
                 },
                 "tokenizer": tokenizer,
                 "bos_token": cfg.model.bos_token,
@@ -269,7 +272,7 @@ fn stage_config(stage: &str, cfg: &Config) -> Result<Value> {
         "extract" => {
             let m = &cfg.model;
             let weights = match &m.path {
-                Some(p) => json!({ "path": p, "fingerprint": fingerprint(&cfg.resolve(p), None) }),
+                Some(p) => json!({ "path": p, "fingerprint": fp.path(&cfg.resolve(p), None) }),
                 None => json!({ "hf_id": m.hf_id, "revision": m.revision }),
             };
             // The resolved compute, not `auto`: bf16 and f32 make other bytes.
@@ -286,47 +289,15 @@ fn stage_config(stage: &str, cfg: &Config) -> Result<Value> {
     })
 }
 
-/// size:mtime of a file, or of every file of a folder (every .txt file of a
-/// txt corpus folder), so that status stays instant.
-pub fn fingerprint(path: &Path, format: Option<CorpusFormat>) -> String {
-    let one = |p: &Path| -> Option<String> {
-        let m = std::fs::metadata(p).ok()?;
-        let t = m
-            .modified()
-            .ok()?
-            .duration_since(std::time::UNIX_EPOCH)
-            .ok()?;
-        Some(format!("{}:{}", m.len(), t.as_nanos()))
-    };
-    if path.is_dir() {
-        let txt_only = format == Some(CorpusFormat::TxtDir);
-        let mut parts: Vec<String> = std::fs::read_dir(path)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .filter(|e| e.path().is_file())
-                    .filter(|e| !txt_only || e.path().extension().is_some_and(|x| x == "txt"))
-                    .filter_map(|e| {
-                        Some(format!(
-                            "{}={}",
-                            e.file_name().to_string_lossy(),
-                            one(&e.path())?
-                        ))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        parts.sort();
-        return parts.join(",");
-    }
-    one(path).unwrap_or_else(|| "missing".into())
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub enum State {
     Fresh,
     /// An older artifact exists; the reasons say what changed.
     Stale(Vec<String>),
     Missing,
+    /// Published, but a file is missing or not the size the manifest says
+    /// (or the manifest is unreadable): `coact run` rebuilds it.
+    Damaged(Vec<crate::verify::Damage>),
     NotImplemented(&'static str),
 }
 
@@ -342,7 +313,15 @@ pub fn status(cfg: &Config, store: &Store) -> Result<Vec<(&'static str, Option<P
         let existing = store.list(def.name)?;
         for p in planned.iter().filter(|p| p.stage == def.name) {
             let state = if store.exists(def.name, &p.key) {
-                State::Fresh
+                let damage = match existing.iter().find(|m| m.key == p.key) {
+                    Some(m) => check_sizes(&store.artifact_dir(def.name, &p.key), m),
+                    None => check_artifact(store, def.name, &p.key, false),
+                };
+                if damage.is_empty() {
+                    State::Fresh
+                } else {
+                    State::Damaged(damage)
+                }
             } else {
                 match existing.iter().find(|m| m.unit == p.unit) {
                     Some(old) => State::Stale(why_stale(old, p)),

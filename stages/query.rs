@@ -30,9 +30,17 @@ pub fn fresh_tables(cfg: &Config) -> Result<Vec<TableSource>> {
     let store = Store::new(cfg.data_dir());
     let mut tables: BTreeMap<String, TableSource> = BTreeMap::new();
     for (stage, planned, state) in status(cfg, &store)? {
-        let (Some(p), State::Fresh) = (planned, state) else {
+        let Some(p) = planned else { continue };
+        if let State::Damaged(damage) = &state {
+            eprintln!(
+                "warning: {stage} {} is damaged ({}): its tables are left out; `coact run {stage}` rebuilds it",
+                p.key,
+                crate::verify::summary(damage)
+            );
+        }
+        if state != State::Fresh {
             continue;
-        };
+        }
         let m = store.manifest(stage, &p.key)?;
         let dir = store.artifact_dir(stage, &p.key);
         for (table, entry) in &m.tables {

@@ -2,9 +2,11 @@
 //! the store and publishing new ones atomically.
 
 use crate::config::Config;
+use crate::lock::{command_line, RunLock};
 use crate::plan::{plan, stage_def, stage_names, Planned, STAGES};
 use crate::progress::Progress;
 use crate::store::{now_unix, Manifest, Store, TableEntry};
+use crate::verify::{check_artifact, summary};
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -40,8 +42,16 @@ fn run_stage(name: &str, input: &StageInput) -> Result<StageOutput> {
 }
 
 /// Runs the named stages (all when empty) and whatever they need. `force`
-/// reruns the named stages (all when none are named) even when fresh.
-pub fn run(cfg: &Config, names: &[String], force: bool, progress: &Progress) -> Result<()> {
+/// reruns the named stages (all when none are named) even when fresh. A
+/// damaged artifact (a file missing or of the wrong size; with `verify`, of
+/// the wrong content too) is rebuilt like a missing one.
+pub fn run(
+    cfg: &Config,
+    names: &[String],
+    force: bool,
+    verify: bool,
+    progress: &Progress,
+) -> Result<()> {
     for n in names {
         let def = stage_def(n)
             .ok_or_else(|| anyhow!("unknown stage '{n}'; stages: {}", stage_names().join(", ")))?;
@@ -50,6 +60,9 @@ pub fn run(cfg: &Config, names: &[String], force: bool, progress: &Progress) -> 
         }
     }
     let wanted = closure(names);
+    // Held until the run ends: a second run or clean on this data folder
+    // fails at once instead of colliding with this one.
+    let _lock = RunLock::acquire(&cfg.data_dir(), &cfg.file, &command_line())?;
     let store = Store::new(cfg.data_dir());
     let planned = plan(cfg)?;
     for def in STAGES.iter().filter(|d| wanted.contains(d.name)) {
@@ -64,6 +77,7 @@ pub fn run(cfg: &Config, names: &[String], force: bool, progress: &Progress) -> 
                 def,
                 p,
                 force && (names.is_empty() || names.iter().any(|n| n == def.name)),
+                verify,
                 progress,
             )?;
         }
@@ -77,6 +91,7 @@ fn run_unit(
     def: &crate::plan::StageDef,
     p: &Planned,
     forced: bool,
+    verify: bool,
     progress: &Progress,
 ) -> Result<()> {
     let label = match &p.unit {
@@ -84,8 +99,17 @@ fn run_unit(
         None => def.name.to_string(),
     };
     if store.exists(def.name, &p.key) && !forced {
-        progress.note(format!("{label:<9} fresh  {} (cache hit)", p.key));
-        return Ok(());
+        let damage = check_artifact(store, def.name, &p.key, verify);
+        if damage.is_empty() {
+            progress.note(format!("{label:<9} fresh  {} (cache hit)", p.key));
+            return Ok(());
+        }
+        // Said even with -q: the user should know why a fresh stage reruns.
+        eprintln!(
+            "{label} {}: damaged ({}); rebuilding",
+            p.key,
+            summary(&damage)
+        );
     }
     let started = std::time::Instant::now();
     let staging = if def.resumable {

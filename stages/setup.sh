@@ -53,9 +53,10 @@ FONT=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
 DNNL=/usr/lib/$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)/libdnnl.so
 WORDS_MIN_LINES=50000
 
-# Pipeline stages fingerprint raw inputs by size and mtime, so files we build
-# get a fixed mtime: refetching identical bytes must not look like a new input.
-# (1985-10-26T08:15:00Z, the date npm gives every file in a package tarball.)
+# Pipeline stages key raw inputs by content (sha256, cached by size, mtime,
+# inode and ctime), so the mtime no longer matters for keys; files we build
+# still get npm's fixed mtime (1985-10-26T08:15:00Z, the date npm gives every
+# file in a package tarball) so that all assets look alike.
 FIXED_MTIME=@499162500
 
 # ---------------------------------------------------------------- arguments

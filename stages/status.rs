@@ -1,5 +1,5 @@
 //! `coact status`: one line per stage, fresh / stale (and why) / missing /
-//! not yet implemented.
+//! damaged (which file) / not yet implemented.
 
 use crate::config::Config;
 use crate::plan::{status, State};
@@ -17,6 +17,14 @@ pub fn report(cfg: &Config) -> Result<String> {
         cfg.file.display(),
         store.root().display()
     )?;
+    if let Some(h) = crate::lock::current_holder(store.root()) {
+        writeln!(
+            out,
+            "in use by `{}` ({}): what it is building shows as missing until it publishes",
+            h.command,
+            h.describe()
+        )?;
+    }
     for (stage, planned, state) in status(cfg, &store)? {
         let key = planned.as_ref().map(|p| p.key.as_str()).unwrap_or("-");
         let unit = planned
@@ -46,6 +54,15 @@ pub fn report(cfg: &Config) -> Result<String> {
                 }
             }
             State::Missing => writeln!(out, "{stage:<9} missing  {key}{unit}")?,
+            State::Damaged(damage) => {
+                writeln!(
+                    out,
+                    "{stage:<9} damaged  {key}{unit}  (`coact run` rebuilds it)"
+                )?;
+                for d in damage {
+                    writeln!(out, "{:<19}{d}", "")?;
+                }
+            }
             State::NotImplemented(issue) => {
                 writeln!(out, "{stage:<9} not yet implemented ({issue})")?
             }

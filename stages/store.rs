@@ -37,6 +37,11 @@ pub fn compute_key(
 pub struct FileEntry {
     pub name: String,
     pub bytes: u64,
+    /// `sha256:<hex>` of the content at publish time, for `coact verify`.
+    /// Manifests written before digests were recorded have none; their files
+    /// can only be checked by size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -233,8 +238,8 @@ impl Staging {
         &self.dir
     }
 
-    /// Fills in the file list, writes the manifest and renames the folder into
-    /// place, replacing an earlier artifact of the same key (`--force`).
+    /// Fills in the file list (sizes and content digests), writes the
+    /// manifest and renames the folder into place, replacing an earlier artifact of the same key (`--force`).
     pub fn publish(mut self, mut manifest: Manifest) -> Result<PathBuf> {
         for table in manifest.tables.values() {
             for f in &table.files {
@@ -285,9 +290,12 @@ fn list_files(dir: &Path) -> Result<Vec<FileEntry>> {
                     .strip_prefix(dir)?
                     .to_string_lossy()
                     .to_string();
+                let digest = crate::digest::sha256_file(&entry.path())
+                    .with_context(|| format!("hashing {}", entry.path().display()))?;
                 out.push(FileEntry {
                     name: rel,
                     bytes: meta.len(),
+                    digest: Some(digest),
                 });
             }
         }
@@ -341,7 +349,9 @@ mod tests {
     fn key_depends_on_every_part() {
         let inputs: BTreeMap<String, String> = [("tokenize".to_string(), "abc".to_string())].into();
         let k = compute_key("extract", 1, &json!({"a": 1}), &inputs);
-        assert_eq!(k.len(), 16);
+        // Pinned: the manifest's format (sizes, digests) must never change
+        // keys, or every cache would be rebuilt.
+        assert_eq!(k, "5a8cd81e1cf0bd78");
         assert_eq!(k, compute_key("extract", 1, &json!({"a": 1}), &inputs));
         assert_ne!(k, compute_key("extract", 2, &json!({"a": 1}), &inputs));
         assert_ne!(k, compute_key("extract", 1, &json!({"a": 2}), &inputs));
@@ -412,12 +422,22 @@ mod tests {
         );
         st.publish(m).unwrap();
         assert!(store.exists("s", "k2"));
+        // A manifest from before digests were recorded still loads.
+        let old = r#"{"stage":"s","key":"k","format_version":1,"inputs":{},"config":{},
+            "coact_version":"0","created_unix":0,"elapsed_s":0.0,
+            "files":[{"name":"t.parquet","bytes":3}],"tables":{}}"#;
+        let old: Manifest = serde_json::from_str(old).unwrap();
+        assert_eq!(old.files[0].digest, None);
         let back = store.manifest("s", "k2").unwrap();
         assert_eq!(
             back.files,
             vec![FileEntry {
                 name: "t.parquet".into(),
-                bytes: 3
+                bytes: 3,
+                digest: Some(
+                    "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+                        .into()
+                ),
             }]
         );
 

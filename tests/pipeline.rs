@@ -15,6 +15,8 @@ mod bench_probing;
 mod compete;
 #[path = "pipeline/report.rs"]
 mod report;
+#[path = "pipeline/store.rs"]
+mod store;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
