@@ -9,7 +9,8 @@
 //! Environment: COACT_BENCH_BATCH (sequences per batch, default 8),
 //! COACT_BENCH_SEQ (tokens per sequence, default 128), COACT_BENCH_LAYER
 //! (early-exit layer, default 6, the default study's), COACT_BENCH_REPS (timed batches, default 3),
-//! COACT_BENCH_ONLY=early (only coact's early exit, for a clean peak RSS).
+//! COACT_BENCH_ONLY=early (only coact's early exit, for a clean peak RSS),
+//! COACT_BENCH_COMPUTE=f32 or bf16 (one mode only; default both where the CPU has bf16).
 
 mod lm_support;
 
@@ -83,6 +84,11 @@ fn lm_extract_throughput() {
     let mut modes = vec![Compute::F32];
     if info.cpu.has_bf16() {
         modes.push(Compute::Bf16);
+    }
+    match std::env::var("COACT_BENCH_COMPUTE").as_deref() {
+        Ok("f32") => modes.retain(|&c| c == Compute::F32),
+        Ok("bf16") => modes.retain(|&c| c == Compute::Bf16),
+        _ => {}
     }
     let mut early_f32 = f64::NAN;
     for compute in modes {
