@@ -2,7 +2,9 @@
 //! and scale folding.
 
 use coact::rng::SplitMix64;
-use coact::sae::cofire::{batch_pairs, competition, CoFireAccumulator};
+use coact::sae::cofire::{
+    batch_pairs, batch_partners, competition, CoFireAccumulator, PARTNER_BLOCK,
+};
 use coact::sae::{
     fold_scaling, geometric_median, load_saelens, norm_scaling_factor, save_saelens, Ortho, Sae,
     SaeConfig, SaeKind, SaelensMeta, Trainer, TrainerConfig,
@@ -117,6 +119,61 @@ fn cofire_matches_dense_count_on_random_lists() {
     let got: Vec<(u32, u32, u64)> = b.pairs.iter().map(|p| (p.i, p.j, p.count)).collect();
     assert_eq!(got, want);
     assert!(!want.is_empty());
+}
+
+#[test]
+fn partner_lists_hold_every_competing_pair_in_both_rows() {
+    // Latents fire 1 to ~20 times, as in a wide SAE's batch.
+    let (f, n, k) = (300usize, 200usize, 7usize);
+    let mut r = SplitMix64::new(12);
+    let mut indptr = vec![0];
+    let mut idx = Vec::new();
+    for _ in 0..n {
+        let mut l: Vec<u32> = Vec::new();
+        while l.len() < k {
+            // Skewed: low ids fire far more often.
+            let u = r.next_f64();
+            let j = (u * u * f as f64) as u32;
+            if !l.contains(&j) {
+                l.push(j);
+            }
+        }
+        idx.extend(l);
+        indptr.push(idx.len());
+    }
+    for tau in [0.0f32, 0.1, 0.5] {
+        let want = batch_pairs(f, &indptr, &idx, tau, true);
+        let got = batch_partners(f, &indptr, &idx, tau);
+        assert_eq!(got.n, want.n);
+        assert_eq!(got.pairs, want.pairs.len());
+        let c_sum: f64 = want.pairs.iter().map(|p| p.c as f64).sum();
+        assert!((got.c_sum - c_sum).abs() <= 1e-9 * c_sum, "{} vs {c_sum}", got.c_sum);
+        // Every (row, partner, c), as a sorted list, against both orientations.
+        let mut listed = Vec::new();
+        let mut seen = vec![false; f];
+        for b in &got.blocks {
+            assert!(b.rows.len() <= PARTNER_BLOCK);
+            assert_eq!(b.offsets.len(), b.rows.len() + 1);
+            for (q, &i) in b.rows.iter().enumerate() {
+                assert!(!seen[i as usize], "row {i} listed twice");
+                seen[i as usize] = true;
+                let (lo, hi) = (b.offsets[q], b.offsets[q + 1]);
+                assert!(hi > lo, "row {i} listed without partners");
+                for p in lo..hi {
+                    listed.push((i, b.partners[p], b.c[p]));
+                }
+            }
+        }
+        listed.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let mut expect = Vec::new();
+        for p in &want.pairs {
+            expect.push((p.i, p.j, p.c));
+            expect.push((p.j, p.i, p.c));
+        }
+        expect.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        assert_eq!(listed, expect, "tau {tau}");
+        assert!(!expect.is_empty());
+    }
 }
 
 fn topk_cfg(d: usize, f: usize, k: usize) -> SaeConfig {

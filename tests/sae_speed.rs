@@ -54,8 +54,14 @@ fn step_speed() {
         Ok(v) => v.split(',').map(|s| s.trim().parse().unwrap()).collect(),
         Err(_) => vec![4096, 16384],
     };
+    let ks: Vec<usize> = match std::env::var("SAE_SPEED_K") {
+        Ok(v) => v.split(',').map(|s| s.trim().parse().unwrap()).collect(),
+        Err(_) => vec![32, 64],
+    };
+    // SAE_SPEED_TAU0=0 skips the tau 0 run.
+    let tau0 = std::env::var("SAE_SPEED_TAU0").map_or(true, |v| v != "0");
     for &f in &fs {
-        for k in [32usize, 64] {
+        for &k in &ks {
             let sae_cfg = SaeConfig {
                 d_in: D,
                 d_sae: f,
@@ -71,25 +77,37 @@ fn step_speed() {
             let mut guided = Trainer::new(cfg.clone(), sae_cfg.clone(), &x[..256 * D]).unwrap();
             let tg = time_steps(&mut guided, &x, steps);
             let st = guided.step(&x).unwrap();
-            cfg.ortho = Ortho::Guided {
-                lambda: 0.1,
-                tau: 0.0,
-            };
-            let mut guided0 = Trainer::new(cfg.clone(), sae_cfg.clone(), &x[..256 * D]).unwrap();
-            let tg0 = time_steps(&mut guided0, &x, steps);
-            let st0 = guided0.step(&x).unwrap();
+            // Plain again: the guided extra is measured against the mean of two.
+            let tp2 = time_steps(&mut plain, &x, steps);
+            let tp = 0.5 * (tp + tp2);
             println!(
-                "F {f:5} k {k:2} B {B}: plain {:7.1} ms/step {:6.2} steps/s {:8.0} tok/s | guided tau 0.1 {:7.1} ms ({:.3}x, {} pairs) | guided tau 0 {:7.1} ms ({:.3}x, {} pairs)",
+                "F {f:5} k {k:2} B {B}: plain {:7.1} ms/step ({:7.1} then {:7.1}) {:8.0} tok/s | guided tau 0.1 {:7.1} ms, +{:6.1} ms ({:.3}x, {} pairs)",
                 tp * 1e3,
-                1.0 / tp,
+                (2.0 * tp - tp2) * 1e3,
+                tp2 * 1e3,
                 B as f64 / tp,
                 tg * 1e3,
+                (tg - tp) * 1e3,
                 tg / tp,
                 st.competing_pairs,
-                tg0 * 1e3,
-                tg0 / tp,
-                st0.competing_pairs
             );
+            if tau0 {
+                cfg.ortho = Ortho::Guided {
+                    lambda: 0.1,
+                    tau: 0.0,
+                };
+                let mut guided0 =
+                    Trainer::new(cfg.clone(), sae_cfg.clone(), &x[..256 * D]).unwrap();
+                let tg0 = time_steps(&mut guided0, &x, steps);
+                let st0 = guided0.step(&x).unwrap();
+                println!(
+                    "      guided tau 0 {:7.1} ms, +{:6.1} ms ({:.3}x, {} pairs)",
+                    tg0 * 1e3,
+                    (tg0 - tp) * 1e3,
+                    tg0 / tp,
+                    st0.competing_pairs
+                );
+            }
         }
     }
 }

@@ -59,21 +59,17 @@ pub fn check_lists(d_sae: usize, indptr: &[usize], indices: &[u32]) -> Result<()
     Ok(())
 }
 
-/// Co-firing pairs of one batch. `tau`: keep only pairs with `c_ij >= tau`
-/// (0 keeps every co-firing pair). `sorted`: sort pairs by (i, j); the
-/// unsorted order is still deterministic (it does not depend on threads).
-///
-/// The caller guarantees each token's list has no repeated latent and every id
-/// is below `d_sae` (see [`check_lists`]).
-pub fn batch_pairs(
-    d_sae: usize,
-    indptr: &[usize],
-    indices: &[u32],
-    tau: f32,
-    sorted: bool,
-) -> BatchCoFire {
+/// For each latent, the tokens on which it is active (ascending): a counting
+/// sort of the active lists.
+struct Transposed {
+    n: Vec<u32>,
+    /// `d_sae + 1` offsets into `tokens_of`.
+    start: Vec<usize>,
+    tokens_of: Vec<u32>,
+}
+
+fn transpose(d_sae: usize, indptr: &[usize], indices: &[u32]) -> Transposed {
     let n_tok = indptr.len().saturating_sub(1);
-    // Transpose: for each latent, the tokens on which it is active (counting sort).
     let mut n = vec![0u32; d_sae];
     for &j in indices {
         n[j as usize] += 1;
@@ -90,7 +86,31 @@ pub fn batch_pairs(
             fill[j as usize] += 1;
         }
     }
-    drop(fill);
+    Transposed {
+        n,
+        start,
+        tokens_of,
+    }
+}
+
+/// Co-firing pairs of one batch. `tau`: keep only pairs with `c_ij >= tau`
+/// (0 keeps every co-firing pair). `sorted`: sort pairs by (i, j); the
+/// unsorted order is still deterministic (it does not depend on threads).
+///
+/// The caller guarantees each token's list has no repeated latent and every id
+/// is below `d_sae` (see [`check_lists`]).
+pub fn batch_pairs(
+    d_sae: usize,
+    indptr: &[usize],
+    indices: &[u32],
+    tau: f32,
+    sorted: bool,
+) -> BatchCoFire {
+    let Transposed {
+        n,
+        start,
+        tokens_of,
+    } = transpose(d_sae, indptr, indices);
 
     // For each latent i, count partners j > i over i's tokens in a scratch
     // array, then emit and reset only the touched entries.
@@ -148,6 +168,145 @@ pub fn batch_pairs(
         pairs.extend(p);
     }
     BatchCoFire { n, pairs }
+}
+
+/// Latents per block of [`batch_partners`] (fixed: the order of every sum
+/// built on the blocks follows it, not the number of threads).
+pub const PARTNER_BLOCK: usize = 32;
+
+/// A block of latents with their competing partners, as a small CSR.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PartnerBlock {
+    /// Latents with at least one partner, in processing order.
+    pub rows: Vec<u32>,
+    /// `rows.len() + 1` offsets into `partners` and `c`.
+    pub offsets: Vec<usize>,
+    /// Partner latent ids (both `j > i` and `j < i`), in a fixed order.
+    pub partners: Vec<u32>,
+    /// `c_ij` for each partner (the same value in row i and in row j).
+    pub c: Vec<f32>,
+}
+
+/// The competing pairs of one batch as symmetric partner lists: every pair
+/// (i, j) with `c_ij >= tau` appears in row i and in row j.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchPartners {
+    /// `n[i]`: tokens on which latent i is active.
+    pub n: Vec<u32>,
+    /// Blocks of [`PARTNER_BLOCK`] latents (before dropping those without
+    /// partners). Latents are ordered by the first token on which they fire
+    /// (then by their place in that token's list), so that a block's rows
+    /// share many partners.
+    pub blocks: Vec<PartnerBlock>,
+    /// Number of pairs `i < j` with `c_ij >= tau`.
+    pub pairs: usize,
+    /// Sum of `c_ij` over those pairs (summed per block, then over blocks in
+    /// order).
+    pub c_sum: f64,
+}
+
+/// Competing pairs of one batch as symmetric partner lists (the same pairs
+/// and `c_ij` as [`batch_pairs`]; see [`BatchPartners`]). The work is
+/// `sum over tokens of (active count)^2`, counted with one scratch row of
+/// counters per thread; the result does not depend on the number of threads.
+///
+/// The caller guarantees each token's list has no repeated latent and every id
+/// is below `d_sae` (see [`check_lists`]).
+pub fn batch_partners(d_sae: usize, indptr: &[usize], indices: &[u32], tau: f32) -> BatchPartners {
+    let n_tok = indptr.len().saturating_sub(1);
+    let Transposed {
+        n,
+        start,
+        tokens_of,
+    } = transpose(d_sae, indptr, indices);
+    // Processing order: by first token, then by place in that token's list.
+    let mut order = Vec::with_capacity(d_sae);
+    for t in 0..n_tok {
+        for &j in &indices[indptr[t]..indptr[t + 1]] {
+            if tokens_of[start[j as usize]] as usize == t {
+                order.push(j);
+            }
+        }
+    }
+    let n_ref = &n;
+    let parts: Vec<(PartnerBlock, f64, usize)> = order
+        .par_chunks(PARTNER_BLOCK)
+        .map_init(
+            || (vec![0u32; d_sae], Vec::<u32>::new()),
+            |(cnt, touched), rows| {
+                let mut b = PartnerBlock {
+                    offsets: vec![0],
+                    ..Default::default()
+                };
+                let mut c_sum = 0.0f64;
+                let mut pairs = 0usize;
+                for &i in rows {
+                    let iu = i as usize;
+                    let ni = n_ref[iu];
+                    let toks = &tokens_of[start[iu]..start[iu + 1]];
+                    let need: usize = toks
+                        .iter()
+                        .map(|&t| indptr[t as usize + 1] - indptr[t as usize])
+                        .sum();
+                    if touched.len() < need {
+                        touched.resize(need, 0);
+                    }
+                    // Count every latent sharing a token with i (i included),
+                    // recording each on first touch, without branches.
+                    let mut len = 0usize;
+                    for &t in toks {
+                        let t = t as usize;
+                        for &j in &indices[indptr[t]..indptr[t + 1]] {
+                            // SAFETY: ids are below d_sae (caller's contract)
+                            // and len < need <= touched.len().
+                            unsafe {
+                                let c = cnt.get_unchecked_mut(j as usize);
+                                *touched.get_unchecked_mut(len) = j;
+                                len += (*c == 0) as usize;
+                                *c += 1;
+                            }
+                        }
+                    }
+                    let before = b.partners.len();
+                    for &j in &touched[..len] {
+                        let count = cnt[j as usize];
+                        cnt[j as usize] = 0;
+                        if j == i {
+                            continue;
+                        }
+                        let c = competition(count as u64, ni as u64, n_ref[j as usize] as u64);
+                        if c >= tau {
+                            b.partners.push(j);
+                            b.c.push(c);
+                            if j > i {
+                                c_sum += c as f64;
+                                pairs += 1;
+                            }
+                        }
+                    }
+                    if b.partners.len() > before {
+                        b.rows.push(i);
+                        b.offsets.push(b.partners.len());
+                    }
+                }
+                (b, c_sum, pairs)
+            },
+        )
+        .collect();
+    let mut blocks = Vec::with_capacity(parts.len());
+    let mut c_sum = 0.0f64;
+    let mut pairs = 0usize;
+    for (b, s, p) in parts {
+        c_sum += s;
+        pairs += p;
+        blocks.push(b);
+    }
+    BatchPartners {
+        n,
+        blocks,
+        pairs,
+        c_sum,
+    }
 }
 
 /// Streams co-firing counts over many batches: per-latent counts `n_i`, the

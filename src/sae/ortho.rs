@@ -3,13 +3,23 @@
 //!
 //! Both orthogonality variants reduce to this: the guided term uses the
 //! competing pairs of the batch with `w_p = c_ij / sum c`, the uniform term a
-//! random sample of pairs with `w_p = 1 / pairs`. The gradient only touches
-//! rows that appear in a pair and is returned sparsely (one row per touched
-//! latent), computed per row (each row sums over its own pairs in a fixed
-//! order), so the result does not depend on thread scheduling.
+//! random sample of pairs with `w_p = 1 / pairs`. The pairs come as symmetric
+//! partner lists ([`PartnerBlock`]: each pair is listed in both of its rows),
+//! so each row's gradient
+//! `g_i = sum_j a_ij d_j - (sum_j a_ij cos_ij |d_j| / |d_i|) d_i` is one
+//! gather-accumulate over its own partners, with no scatter: partners are
+//! taken 8 at a time, their 8 dot products with d_i computed together and the
+//! same 8 rows, still in L1, accumulated into g_i. Each cosine is computed
+//! from both of its rows, bit for bit the same way (the dot product's FMA
+//! order does not depend on which row leads).
+//!
+//! Every sum has a fixed order (per row over its partner list; the penalty
+//! per block, then over blocks in order), so the result does not depend on
+//! thread scheduling or on the number of threads.
 
 use rayon::prelude::*;
 
+use super::cofire::{PartnerBlock, PARTNER_BLOCK};
 use super::model::dot;
 
 /// Gradient rows for the latents that appear in at least one pair.
@@ -36,41 +46,91 @@ impl SparseRowGrad {
 pub(crate) struct PairPenalty {
     /// `sum_p w_p |cos_p|`.
     pub value: f64,
-    /// `cos_p` for each pair.
-    pub cos: Vec<f32>,
+    /// `sum_p |cos_p|` (unweighted, for statistics).
+    pub abs_cos_sum: f64,
     /// Gradient of `scale * value` with respect to the decoder rows.
     pub grad: SparseRowGrad,
 }
 
-/// The penalty and the gradient of `scale * penalty` through the true cosine
-/// `d_i . d_j / (|d_i| |d_j|)` (for unit rows this is `d_j - cos d_i`).
-pub(crate) fn weighted_abs_cos(
+/// Symmetric partner lists for a list of pairs `(i, j)`, `i != j` (repeats
+/// allowed: each is its own term), each with raw weight 1. Rows in ascending
+/// order, partners in the order of the pairs.
+pub(crate) fn pairs_to_blocks(f: usize, pairs: &[(u32, u32)]) -> Vec<PartnerBlock> {
+    let mut deg = vec![0usize; f + 1];
+    for &(i, j) in pairs {
+        deg[i as usize + 1] += 1;
+        deg[j as usize + 1] += 1;
+    }
+    for r in 0..f {
+        deg[r + 1] += deg[r];
+    }
+    let start = deg;
+    let mut fill = start.clone();
+    let mut partners = vec![0u32; start[f]];
+    for &(i, j) in pairs {
+        partners[fill[i as usize]] = j;
+        fill[i as usize] += 1;
+        partners[fill[j as usize]] = i;
+        fill[j as usize] += 1;
+    }
+    (0..f)
+        .collect::<Vec<_>>()
+        .chunks(PARTNER_BLOCK)
+        .map(|rows| {
+            let mut b = PartnerBlock {
+                offsets: vec![0],
+                ..Default::default()
+            };
+            for &r in rows {
+                let p = &partners[start[r]..start[r + 1]];
+                if !p.is_empty() {
+                    b.rows.push(r as u32);
+                    b.partners.extend_from_slice(p);
+                    b.offsets.push(b.partners.len());
+                }
+            }
+            b.c = vec![1.0; b.partners.len()];
+            b
+        })
+        .collect()
+}
+
+/// The penalty `sum_pairs w |cos|` over the pairs listed in `blocks` (each
+/// pair in both of its rows), `w = (c / norm) as f32` for the listed raw
+/// weight c, and the gradient of `scale * penalty` through the true cosine
+/// `d_i . d_j / (|d_i| |d_j|)` (for unit rows `d_j - cos d_i`).
+pub(crate) fn partner_penalty(
     w_dec: &[f32],
     d: usize,
     f: usize,
-    pairs: &[(u32, u32)],
-    weights: &[f32],
+    blocks: &[PartnerBlock],
+    norm: f64,
     scale: f32,
 ) -> PairPenalty {
-    assert_eq!(pairs.len(), weights.len());
-    // Rows involved, ascending; their inverse norms.
+    assert!(w_dec.len() >= f * d);
     let mut slot = vec![u32::MAX; f];
-    let mut deg = vec![0u32; f];
-    for &(i, j) in pairs {
-        deg[i as usize] += 1;
-        deg[j as usize] += 1;
-    }
     let mut rows = Vec::new();
-    for (j, &c) in deg.iter().enumerate() {
-        if c > 0 {
-            slot[j] = rows.len() as u32;
-            rows.push(j as u32);
+    for b in blocks {
+        for &r in &b.rows {
+            assert!((r as usize) < f && slot[r as usize] == u32::MAX);
+            slot[r as usize] = rows.len() as u32;
+            rows.push(r);
         }
+        assert_eq!(b.offsets.len(), b.rows.len() + 1);
+        assert!(b.partners.len() == b.c.len() && *b.offsets.last().unwrap() == b.partners.len());
     }
-    let inv: Vec<f32> = rows
-        .par_iter()
-        .map(|&j| {
-            let r = &w_dec[j as usize * d..(j as usize + 1) * d];
+    // Every partner is a row of its own (the lists are symmetric).
+    for b in blocks {
+        assert!(b.partners.iter().all(|&j| (j as usize) < f && slot[j as usize] != u32::MAX));
+    }
+    let inv: Vec<f32> = (0..f)
+        .into_par_iter()
+        .with_min_len(256)
+        .map(|j| {
+            if slot[j] == u32::MAX {
+                return 0.0;
+            }
+            let r = &w_dec[j * d..(j + 1) * d];
             let nrm = dot(r, r).sqrt();
             if nrm > 0.0 {
                 1.0 / nrm
@@ -79,42 +139,93 @@ pub(crate) fn weighted_abs_cos(
             }
         })
         .collect();
-    let row = |j: u32| &w_dec[j as usize * d..(j as usize + 1) * d];
-    let cos: Vec<f32> = pairs
+
+    let mut grad = vec![0.0f32; rows.len() * d];
+    let mut parts: Vec<&mut [f32]> = Vec::with_capacity(blocks.len());
+    let mut rest = &mut grad[..];
+    for b in blocks {
+        let (a, r) = rest.split_at_mut(b.rows.len() * d);
+        parts.push(a);
+        rest = r;
+    }
+    let sums: Vec<(f64, f64)> = blocks
         .par_iter()
-        .map(|&(i, j)| {
-            dot(row(i), row(j)) * inv[slot[i as usize] as usize] * inv[slot[j as usize] as usize]
+        .zip(parts)
+        .map(|(b, g)| {
+            let (mut value, mut abs) = (0.0f64, 0.0f64);
+            for (r, gr) in g.chunks_mut(d.max(1)).enumerate().take(b.rows.len()) {
+                let (lo, hi) = (b.offsets[r], b.offsets[r + 1]);
+                let (v, a) = row_grad(
+                    w_dec,
+                    d,
+                    b.rows[r] as usize,
+                    &inv,
+                    &b.partners[lo..hi],
+                    &b.c[lo..hi],
+                    norm,
+                    scale,
+                    gr,
+                );
+                value += v;
+                abs += a;
+            }
+            (value, abs)
         })
         .collect();
-    let value: f64 = cos
-        .iter()
-        .zip(weights)
-        .map(|(&c, &w)| w as f64 * c.abs() as f64)
-        .sum();
+    let (mut value, mut abs_cos_sum) = (0.0f64, 0.0f64);
+    for (v, a) in sums {
+        value += v;
+        abs_cos_sum += a;
+    }
+    PairPenalty {
+        value,
+        abs_cos_sum,
+        grad: SparseRowGrad { slot, rows, grad },
+    }
+}
 
-    // Per-row adjacency (pair index, partner), by counting sort over slots.
-    let nr = rows.len();
-    let mut start = vec![0usize; nr + 1];
-    for (s, &j) in rows.iter().enumerate() {
-        start[s + 1] = start[s] + deg[j as usize] as usize;
-    }
-    let mut fill = start.clone();
-    let mut adj = vec![(0u32, 0u32); start[nr]];
-    for (p, &(i, j)) in pairs.iter().enumerate() {
-        let si = slot[i as usize] as usize;
-        adj[fill[si]] = (p as u32, j);
-        fill[si] += 1;
-        let sj = slot[j as usize] as usize;
-        adj[fill[sj]] = (p as u32, i);
-        fill[sj] += 1;
-    }
-    let mut grad = vec![0.0f32; nr * d];
-    grad.par_chunks_mut(d).enumerate().for_each(|(s, g)| {
-        let me = rows[s];
-        let inv_i = inv[s];
-        let mut self_coef = 0.0f32;
-        for &(p, other) in &adj[start[s]..start[s + 1]] {
-            let c = cos[p as usize];
+/// Partners per fused dot/accumulate group.
+const GROUP: usize = 8;
+
+/// Row i's gradient into `g` (len d); returns its share of the penalty and of
+/// `sum |cos|` (the pairs where i is the smaller latent).
+#[allow(clippy::too_many_arguments)]
+fn row_grad(
+    w_dec: &[f32],
+    d: usize,
+    i: usize,
+    inv: &[f32],
+    partners: &[u32],
+    raw: &[f32],
+    norm: f64,
+    scale: f32,
+    g: &mut [f32],
+) -> (f64, f64) {
+    let di = &w_dec[i * d..(i + 1) * d];
+    let inv_i = inv[i];
+    let (mut value, mut abs) = (0.0f64, 0.0f64);
+    let mut self_coef = 0.0f32;
+    g.iter_mut().for_each(|v| *v = 0.0);
+    let mut dots = [0.0f32; GROUP];
+    for (pb, rb) in partners.chunks(GROUP).zip(raw.chunks(GROUP)) {
+        let mut src: [&[f32]; GROUP] = [di; GROUP];
+        for (s, &j) in src.iter_mut().zip(pb) {
+            *s = &w_dec[j as usize * d..(j as usize + 1) * d];
+        }
+        let m = pb.len();
+        kernels::dots(di, &src[..m], &mut dots[..m]);
+        let mut coef = [0.0f32; GROUP];
+        let mut live: [&[f32]; GROUP] = [di; GROUP];
+        let mut nl = 0;
+        for q in 0..m {
+            let j = pb[q] as usize;
+            let w = (rb[q] as f64 / norm) as f32;
+            // inv_i * inv_j is the same product from either row.
+            let c = dots[q] * (inv_i * inv[j]);
+            if j > i {
+                value += w as f64 * c.abs() as f64;
+                abs += c.abs() as f64;
+            }
             let sign = if c > 0.0 {
                 1.0
             } else if c < 0.0 {
@@ -122,26 +233,299 @@ pub(crate) fn weighted_abs_cos(
             } else {
                 0.0
             };
-            let w = scale * weights[p as usize] * sign;
-            if w == 0.0 {
+            let ws = scale * w * sign;
+            if ws == 0.0 {
                 continue;
             }
-            let inv_j = inv[slot[other as usize] as usize];
-            let a = w * inv_i * inv_j;
-            for (gv, &v) in g.iter_mut().zip(row(other)) {
-                *gv += a * v;
-            }
-            self_coef += w * c * inv_i * inv_i;
+            coef[nl] = ws * inv_i * inv[j];
+            live[nl] = src[q];
+            nl += 1;
+            self_coef += ws * c * inv_i * inv_i;
         }
-        if self_coef != 0.0 {
-            for (gv, &v) in g.iter_mut().zip(row(me)) {
-                *gv -= self_coef * v;
+        kernels::axpys(g, &coef[..nl], &live[..nl]);
+    }
+    if self_coef != 0.0 {
+        kernels::axpys(g, &[-self_coef], &[di]);
+    }
+    (value, abs)
+}
+
+/// `dots[q] = a . rows[q]` and `g += sum_q coef[q] rows[q]` (in order of q),
+/// for up to [`GROUP`] rows at once. Each dot product has its own
+/// accumulator with the same lane layout whatever the group, and the FMA
+/// `a * b + acc` is symmetric in a and b, so `dot(x, y)` and `dot(y, x)` agree
+/// bit for bit.
+mod kernels {
+    use super::GROUP;
+
+    pub fn dots(a: &[f32], rows: &[&[f32]], out: &mut [f32]) {
+        debug_assert!(rows.len() <= GROUP && rows.iter().all(|r| r.len() == a.len()));
+        #[cfg(target_arch = "x86_64")]
+        {
+            if x86::has_avx512() {
+                // SAFETY: AVX-512F detected; every row has a.len() values.
+                unsafe { x86::dots512(a, rows, out) };
+                return;
+            }
+            if x86::has_avx2() {
+                // SAFETY: AVX2 and FMA detected; every row has a.len() values.
+                unsafe { x86::dots256(a, rows, out) };
+                return;
             }
         }
-    });
-    PairPenalty {
-        value,
-        cos,
-        grad: SparseRowGrad { slot, rows, grad },
+        for (o, r) in out.iter_mut().zip(rows) {
+            let mut acc = [0.0f32; 8];
+            for (ca, cr) in a.chunks(8).zip(r.chunks(8)) {
+                for l in 0..ca.len() {
+                    acc[l] = ca[l].mul_add(cr[l], acc[l]);
+                }
+            }
+            *o = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+        }
+    }
+
+    pub fn axpys(g: &mut [f32], coef: &[f32], rows: &[&[f32]]) {
+        debug_assert!(rows.len() == coef.len() && rows.len() <= GROUP);
+        debug_assert!(rows.iter().all(|r| r.len() == g.len()));
+        if rows.is_empty() {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            if x86::has_avx512() {
+                // SAFETY: AVX-512F detected; every row has g.len() values.
+                unsafe { x86::axpys512(g, coef, rows) };
+                return;
+            }
+            if x86::has_avx2() {
+                // SAFETY: AVX2 and FMA detected; every row has g.len() values.
+                unsafe { x86::axpys256(g, coef, rows) };
+                return;
+            }
+        }
+        for (k, gv) in g.iter_mut().enumerate() {
+            let mut acc = *gv;
+            for (&c, r) in coef.iter().zip(rows) {
+                acc = c.mul_add(r[k], acc);
+            }
+            *gv = acc;
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    mod x86 {
+        use std::arch::x86_64::*;
+        use std::sync::OnceLock;
+
+        use super::GROUP;
+
+        pub fn has_avx512() -> bool {
+            static HAS: OnceLock<bool> = OnceLock::new();
+            *HAS.get_or_init(|| is_x86_feature_detected!("avx512f"))
+        }
+
+        pub fn has_avx2() -> bool {
+            static HAS: OnceLock<bool> = OnceLock::new();
+            *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+        }
+
+        fn ptrs(rows: &[&[f32]]) -> [*const f32; GROUP] {
+            let mut p = [rows[0].as_ptr(); GROUP];
+            for (q, r) in rows.iter().enumerate() {
+                p[q] = r.as_ptr();
+            }
+            p
+        }
+
+        #[target_feature(enable = "avx512f")]
+        pub unsafe fn dots512(a: &[f32], rows: &[&[f32]], out: &mut [f32]) {
+            if rows.is_empty() {
+                return;
+            }
+            let p = ptrs(rows);
+            match rows.len() {
+                1 => dots512_n::<1>(a, &p, out),
+                2 => dots512_n::<2>(a, &p, out),
+                3 => dots512_n::<3>(a, &p, out),
+                4 => dots512_n::<4>(a, &p, out),
+                5 => dots512_n::<5>(a, &p, out),
+                6 => dots512_n::<6>(a, &p, out),
+                7 => dots512_n::<7>(a, &p, out),
+                _ => dots512_n::<8>(a, &p, out),
+            }
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn dots512_n<const M: usize>(a: &[f32], p: &[*const f32; GROUP], out: &mut [f32]) {
+            let n = a.len();
+            let pa = a.as_ptr();
+            let mut acc = [_mm512_setzero_ps(); M];
+            let mut k = 0;
+            while k + 16 <= n {
+                let va = _mm512_loadu_ps(pa.add(k));
+                for q in 0..M {
+                    acc[q] = _mm512_fmadd_ps(va, _mm512_loadu_ps(p[q].add(k)), acc[q]);
+                }
+                k += 16;
+            }
+            if k < n {
+                let mask: __mmask16 = ((1u32 << (n - k)) - 1) as u16;
+                let va = _mm512_maskz_loadu_ps(mask, pa.add(k));
+                for q in 0..M {
+                    acc[q] = _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(mask, p[q].add(k)), acc[q]);
+                }
+            }
+            for q in 0..M {
+                out[q] = _mm512_reduce_add_ps(acc[q]);
+            }
+        }
+
+        #[target_feature(enable = "avx512f")]
+        pub unsafe fn axpys512(g: &mut [f32], coef: &[f32], rows: &[&[f32]]) {
+            let p = ptrs(rows);
+            match rows.len() {
+                1 => axpys512_n::<1>(g, coef, &p),
+                2 => axpys512_n::<2>(g, coef, &p),
+                3 => axpys512_n::<3>(g, coef, &p),
+                4 => axpys512_n::<4>(g, coef, &p),
+                5 => axpys512_n::<5>(g, coef, &p),
+                6 => axpys512_n::<6>(g, coef, &p),
+                7 => axpys512_n::<7>(g, coef, &p),
+                _ => axpys512_n::<8>(g, coef, &p),
+            }
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn axpys512_n<const M: usize>(g: &mut [f32], coef: &[f32], p: &[*const f32; GROUP]) {
+            let n = g.len();
+            let pg = g.as_mut_ptr();
+            let mut c = [_mm512_setzero_ps(); M];
+            for q in 0..M {
+                c[q] = _mm512_set1_ps(coef[q]);
+            }
+            let mut k = 0;
+            while k + 32 <= n {
+                let mut a0 = _mm512_loadu_ps(pg.add(k));
+                let mut a1 = _mm512_loadu_ps(pg.add(k + 16));
+                for q in 0..M {
+                    a0 = _mm512_fmadd_ps(c[q], _mm512_loadu_ps(p[q].add(k)), a0);
+                    a1 = _mm512_fmadd_ps(c[q], _mm512_loadu_ps(p[q].add(k + 16)), a1);
+                }
+                _mm512_storeu_ps(pg.add(k), a0);
+                _mm512_storeu_ps(pg.add(k + 16), a1);
+                k += 32;
+            }
+            while k < n {
+                let r = (n - k).min(16);
+                let mask: __mmask16 = ((1u32 << r) - 1) as u16;
+                let mut a0 = _mm512_maskz_loadu_ps(mask, pg.add(k));
+                for q in 0..M {
+                    a0 = _mm512_fmadd_ps(c[q], _mm512_maskz_loadu_ps(mask, p[q].add(k)), a0);
+                }
+                _mm512_mask_storeu_ps(pg.add(k), mask, a0);
+                k += r;
+            }
+        }
+
+        #[target_feature(enable = "avx2,fma")]
+        pub unsafe fn dots256(a: &[f32], rows: &[&[f32]], out: &mut [f32]) {
+            if rows.is_empty() {
+                return;
+            }
+            let p = ptrs(rows);
+            match rows.len() {
+                1 => dots256_n::<1>(a, &p, out),
+                2 => dots256_n::<2>(a, &p, out),
+                3 => dots256_n::<3>(a, &p, out),
+                4 => dots256_n::<4>(a, &p, out),
+                5 => dots256_n::<5>(a, &p, out),
+                6 => dots256_n::<6>(a, &p, out),
+                7 => dots256_n::<7>(a, &p, out),
+                _ => dots256_n::<8>(a, &p, out),
+            }
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn dots256_n<const M: usize>(a: &[f32], p: &[*const f32; GROUP], out: &mut [f32]) {
+            let n = a.len();
+            let pa = a.as_ptr();
+            let mut acc = [_mm256_setzero_ps(); M];
+            let mut k = 0;
+            while k + 8 <= n {
+                let va = _mm256_loadu_ps(pa.add(k));
+                for q in 0..M {
+                    acc[q] = _mm256_fmadd_ps(va, _mm256_loadu_ps(p[q].add(k)), acc[q]);
+                }
+                k += 8;
+            }
+            let mut lanes = [[0.0f32; 8]; M];
+            for q in 0..M {
+                _mm256_storeu_ps(lanes[q].as_mut_ptr(), acc[q]);
+            }
+            for q in 0..M {
+                let l = &mut lanes[q];
+                for t in k..n {
+                    l[t - k] = a[t].mul_add(*p[q].add(t), l[t - k]);
+                }
+                out[q] = ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
+            }
+        }
+
+        #[target_feature(enable = "avx2,fma")]
+        pub unsafe fn axpys256(g: &mut [f32], coef: &[f32], rows: &[&[f32]]) {
+            let p = ptrs(rows);
+            match rows.len() {
+                1 => axpys256_n::<1>(g, coef, &p),
+                2 => axpys256_n::<2>(g, coef, &p),
+                3 => axpys256_n::<3>(g, coef, &p),
+                4 => axpys256_n::<4>(g, coef, &p),
+                5 => axpys256_n::<5>(g, coef, &p),
+                6 => axpys256_n::<6>(g, coef, &p),
+                7 => axpys256_n::<7>(g, coef, &p),
+                _ => axpys256_n::<8>(g, coef, &p),
+            }
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn axpys256_n<const M: usize>(g: &mut [f32], coef: &[f32], p: &[*const f32; GROUP]) {
+            let n = g.len();
+            let pg = g.as_mut_ptr();
+            let mut c = [_mm256_setzero_ps(); M];
+            for q in 0..M {
+                c[q] = _mm256_set1_ps(coef[q]);
+            }
+            let mut k = 0;
+            while k + 16 <= n {
+                let mut a0 = _mm256_loadu_ps(pg.add(k));
+                let mut a1 = _mm256_loadu_ps(pg.add(k + 8));
+                for q in 0..M {
+                    a0 = _mm256_fmadd_ps(c[q], _mm256_loadu_ps(p[q].add(k)), a0);
+                    a1 = _mm256_fmadd_ps(c[q], _mm256_loadu_ps(p[q].add(k + 8)), a1);
+                }
+                _mm256_storeu_ps(pg.add(k), a0);
+                _mm256_storeu_ps(pg.add(k + 8), a1);
+                k += 16;
+            }
+            if k + 8 <= n {
+                let mut a0 = _mm256_loadu_ps(pg.add(k));
+                for q in 0..M {
+                    a0 = _mm256_fmadd_ps(c[q], _mm256_loadu_ps(p[q].add(k)), a0);
+                }
+                _mm256_storeu_ps(pg.add(k), a0);
+                k += 8;
+            }
+            while k < n {
+                let mut acc = g[k];
+                for q in 0..M {
+                    acc = coef[q].mul_add(*p[q].add(k), acc);
+                }
+                g[k] = acc;
+                k += 1;
+            }
+        }
     }
 }

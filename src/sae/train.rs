@@ -33,12 +33,12 @@ use rayon::prelude::*;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
-use super::cofire::batch_pairs;
+use super::cofire::batch_partners;
 use super::model::{
     axpy, dot, encode_centered, geometric_median, Sae, SaeConfig, SaeKind, ScratchPool, Select,
     SparseCodes,
 };
-use super::ortho::{weighted_abs_cos, PairPenalty};
+use super::ortho::{pairs_to_blocks, partner_penalty, PairPenalty};
 use crate::rng::SplitMix64;
 
 const BETA1: f32 = 0.9;
@@ -622,25 +622,24 @@ impl Trainer {
                         ps.push((i.min(j), i.max(j)));
                     }
                 }
-                let w = vec![1.0 / ps.len().max(1) as f32; ps.len()];
-                Some(weighted_abs_cos(w_dec, d, f, &ps, &w, lam))
+                let blocks = pairs_to_blocks(f, &ps);
+                Some(partner_penalty(
+                    w_dec,
+                    d,
+                    f,
+                    &blocks,
+                    ps.len().max(1) as f64,
+                    lam,
+                ))
             }
             Ortho::Guided { lambda: lam, tau } => {
                 lambda = lam;
-                let cof = batch_pairs(f, &main.indptr, &main.indices, tau, false);
-                let ps: Vec<(u32, u32)> = cof.pairs.iter().map(|p| (p.i, p.j)).collect();
-                let c_sum: f64 = cof.pairs.iter().map(|p| p.c as f64).sum();
-                let w: Vec<f32> = cof
-                    .pairs
-                    .iter()
-                    .map(|p| (p.c as f64 / c_sum) as f32)
-                    .collect();
-                let pen = weighted_abs_cos(w_dec, d, f, &ps, &w, lam);
-                if !ps.is_empty() {
-                    stats.competing_pairs = ps.len();
-                    stats.mean_c = c_sum / ps.len() as f64;
-                    stats.mean_abs_cos_competing =
-                        pen.cos.iter().map(|c| c.abs() as f64).sum::<f64>() / ps.len() as f64;
+                let bp = batch_partners(f, &main.indptr, &main.indices, tau);
+                let pen = partner_penalty(w_dec, d, f, &bp.blocks, bp.c_sum, lam);
+                if bp.pairs > 0 {
+                    stats.competing_pairs = bp.pairs;
+                    stats.mean_c = bp.c_sum / bp.pairs as f64;
+                    stats.mean_abs_cos_competing = pen.abs_cos_sum / bp.pairs as f64;
                 }
                 Some(pen)
             }
