@@ -3,7 +3,8 @@
 
 use coact::rng::SplitMix64;
 use coact::sae::cofire::{
-    batch_pairs, batch_partners, competition, CoFireAccumulator, PARTNER_BLOCK,
+    batch_pairs, batch_partners, batch_token_pairs, competition, token_pairs_len, CoFireAccumulator,
+    PARTNER_BLOCK,
 };
 use coact::sae::{
     fold_scaling, geometric_median, load_saelens, norm_scaling_factor, save_saelens, Ortho, Sae,
@@ -173,6 +174,38 @@ fn partner_lists_hold_every_competing_pair_in_both_rows() {
         expect.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         assert_eq!(listed, expect, "tau {tau}");
         assert!(!expect.is_empty());
+
+        // The same pairs by first co-firing token.
+        let tp = batch_token_pairs(f, &indptr, &idx, tau);
+        assert_eq!(tp.n, want.n);
+        assert_eq!(tp.pairs, want.pairs.len());
+        assert!((tp.c_sum - c_sum).abs() <= 1e-9 * c_sum);
+        assert_eq!(tp.c.len(), token_pairs_len(&indptr));
+        let mut first = std::collections::HashMap::new();
+        for t in 0..n {
+            let l = &idx[indptr[t]..indptr[t + 1]];
+            for &a in l {
+                for &b in l {
+                    first.entry((a, b)).or_insert(t);
+                }
+            }
+        }
+        let mut placed = Vec::new();
+        for t in 0..n {
+            let l = &idx[indptr[t]..indptr[t + 1]];
+            let k = l.len();
+            for p in 0..k {
+                for q in 0..k {
+                    let c = tp.c[tp.base[t] + p * k + q];
+                    if c != 0.0 {
+                        assert_eq!(first[&(l[p], l[q])], t, "pair placed after its first token");
+                        placed.push((l[p], l[q], c));
+                    }
+                }
+            }
+        }
+        placed.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        assert_eq!(placed, expect, "tau {tau}");
     }
 }
 

@@ -158,3 +158,57 @@ fn encoder_matmul_vs_candle() {
         );
     }
 }
+
+/// The co-firing pass alone on a fresh SAE's codes:
+/// `cargo test -p coact --test sae_speed -- --ignored --nocapture cofire_speed`.
+#[test]
+#[ignore]
+fn cofire_speed() {
+    use coact::sae::cofire::{batch_pairs, batch_partners, batch_token_pairs, guided_penalty};
+    let x = data(B, 1);
+    let list = |var: &str| -> Vec<usize> {
+        std::env::var(var).map_or(vec![], |v| {
+            v.split(',').map(|s| s.trim().parse().unwrap()).collect()
+        })
+    };
+    let fs = Some(list("SAE_SPEED_F")).filter(|v| !v.is_empty()).unwrap_or(vec![4096, 16384]);
+    let ks = Some(list("SAE_SPEED_K")).filter(|v| !v.is_empty()).unwrap_or(vec![32, 64]);
+    for &f in &fs {
+        for &k in &ks {
+            let sae = Sae::init(
+                SaeConfig {
+                    d_in: D,
+                    d_sae: f,
+                    kind: SaeKind::TopK { k },
+                },
+                0,
+            )
+            .unwrap();
+            let codes = sae.encode(&x, B).unwrap();
+            let reps = 3;
+            let time = |g: &mut dyn FnMut()| {
+                g();
+                let t0 = Instant::now();
+                for _ in 0..reps {
+                    g();
+                }
+                t0.elapsed().as_secs_f64() / reps as f64 * 1e3
+            };
+            let (ind, idx) = (&codes.indptr, &codes.indices);
+            let mut pairs = 0;
+            let t_tok = time(&mut || pairs = batch_token_pairs(f, ind, idx, 0.1).pairs);
+            let t_full = time(&mut || {
+                std::hint::black_box(guided_penalty(&sae.w_dec, D, ind, idx, 0.1).unwrap());
+            });
+            let t_part = time(&mut || {
+                std::hint::black_box(batch_partners(f, ind, idx, 0.1));
+            });
+            let t_pairs = time(&mut || {
+                std::hint::black_box(batch_pairs(f, ind, idx, 0.1, false));
+            });
+            println!(
+                "F {f:5} k {k:2}: guided penalty + gradient {t_full:6.1} ms (batch_token_pairs {t_tok:6.1} ms); batch_partners {t_part:6.1} ms, batch_pairs {t_pairs:6.1} ms; {pairs} pairs"
+            );
+        }
+    }
+}

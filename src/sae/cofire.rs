@@ -309,6 +309,223 @@ pub fn batch_partners(d_sae: usize, indptr: &[usize], indices: &[u32], tau: f32)
     }
 }
 
+/// The competing pairs of one batch, each placed on the first token on which
+/// both of its latents fire: per token t with active list `L_t` (length
+/// `k_t`), a `k_t x k_t` block of `c` where `c[base[t] + p * k_t + q]` is
+/// `c_ij` for `(i, j) = (L_t[p], L_t[q])` when t is the first token where i
+/// and j are both active and `c_ij >= tau`, and 0 otherwise. Each pair thus
+/// appears exactly twice, at (p, q) and (q, p) of one block. Processing the
+/// pairs token by token keeps the k_t decoder rows of a token in cache.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenPairs {
+    /// `n[i]`: tokens on which latent i is active.
+    pub n: Vec<u32>,
+    /// `tokens + 1` offsets of the blocks in `c`.
+    pub base: Vec<usize>,
+    pub c: Vec<f32>,
+    /// Number of pairs `i < j` with `c_ij >= tau`.
+    pub pairs: usize,
+    /// Sum of their `c_ij`, per block of [`PARTNER_BLOCK`] latents in
+    /// ascending order, then over blocks.
+    pub c_sum: f64,
+}
+
+impl Drop for TokenPairs {
+    fn drop(&mut self) {
+        super::ortho::give_buffer(std::mem::take(&mut self.c));
+    }
+}
+
+/// `sum over tokens of k_t^2`: the size of [`TokenPairs::c`].
+pub fn token_pairs_len(indptr: &[usize]) -> usize {
+    indptr.windows(2).map(|w| (w[1] - w[0]).pow(2)).sum()
+}
+
+struct SyncPtr<T>(*mut T);
+unsafe impl<T> Send for SyncPtr<T> {}
+unsafe impl<T> Sync for SyncPtr<T> {}
+
+/// The competing pairs of one batch by first co-firing token (see
+/// [`TokenPairs`]; the same pairs and `c_ij` as [`batch_pairs`]). Counted per
+/// latent with one scratch row of counters per thread; the result does not
+/// depend on the number of threads.
+///
+/// The caller guarantees each token's list has no repeated latent and every id
+/// is below `d_sae` (see [`check_lists`]).
+pub fn batch_token_pairs(d_sae: usize, indptr: &[usize], indices: &[u32], tau: f32) -> TokenPairs {
+    let n_tok = indptr.len().saturating_sub(1);
+    let Transposed { n, start, .. } = transpose(d_sae, indptr, indices);
+    // Entries (positions in `indices`) of each latent, ascending, and the
+    // token of each entry.
+    let mut fill = start.clone();
+    let mut entries_of = vec![0u32; indices.len()];
+    let mut tok = vec![0u32; indices.len()];
+    for t in 0..n_tok {
+        for e in indptr[t]..indptr[t + 1] {
+            let j = indices[e] as usize;
+            entries_of[fill[j]] = e as u32;
+            fill[j] += 1;
+            tok[e] = t as u32;
+        }
+    }
+    drop(fill);
+    let mut base = vec![0usize; n_tok + 1];
+    for t in 0..n_tok {
+        let k = indptr[t + 1] - indptr[t];
+        base[t + 1] = base[t] + k * k;
+    }
+    // thr[m]: the smallest count with competition(count, m, m) >= tau
+    // (count <= m always; m + 1 when none).
+    let max_n = n.iter().copied().max().unwrap_or(0) as usize;
+    let thr: Vec<u32> = (0..=max_n)
+        .map(|m| {
+            let (mut lo, mut hi) = (1u64, m as u64 + 1);
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                if competition(mid, m as u64, m as u64) >= tau {
+                    hi = mid;
+                } else {
+                    lo = mid + 1;
+                }
+            }
+            lo as u32
+        })
+        .collect();
+    // Every value is written below (each row of each block by its latent).
+    // c1[m] = competition(1, m, m): most pairs co-fire once.
+    let c1: Vec<f32> = (0..=max_n as u64).map(|m| competition(1, m, m)).collect();
+    let mut c = super::ortho::take_buffer(base[n_tok]);
+    let cp = SyncPtr(c.as_mut_ptr());
+    let (n_ref, cp, c1) = (&n, &cp, &c1);
+    let parts: Vec<(f64, usize)> = (0..d_sae.div_ceil(PARTNER_BLOCK))
+        .into_par_iter()
+        .map_init(
+            || (vec![0u32; d_sae], Vec::<u32>::new(), Vec::<u32>::new()),
+            |(cnt, touched, touched_e), blk| {
+                let mut c_sum = 0.0f64;
+                let mut pairs = 0usize;
+                let lo = blk * PARTNER_BLOCK;
+                for i in lo..(lo + PARTNER_BLOCK).min(d_sae) {
+                    let ni = n_ref[i];
+                    if ni == 0 {
+                        continue;
+                    }
+                    let ents = &entries_of[start[i]..start[i + 1]];
+                    let need: usize = ents
+                        .iter()
+                        .map(|&e| {
+                            let t = tok[e as usize] as usize;
+                            indptr[t + 1] - indptr[t]
+                        })
+                        .sum();
+                    if touched.len() < need {
+                        touched.resize(need, 0);
+                        touched_e.resize(need, 0);
+                    }
+                    // Count every latent sharing a token with i (i included),
+                    // recording each with its entry on the first shared token,
+                    // without branches.
+                    let mut len = 0usize;
+                    for &ei in ents {
+                        let t = tok[ei as usize] as usize;
+                        for p in indptr[t]..indptr[t + 1] {
+                            // SAFETY: ids are below d_sae (caller's contract)
+                            // and len < need <= touched.len().
+                            unsafe {
+                                let j = *indices.get_unchecked(p);
+                                let cj = cnt.get_unchecked_mut(j as usize);
+                                *touched.get_unchecked_mut(len) = j;
+                                *touched_e.get_unchecked_mut(len) = p as u32;
+                                len += (*cj == 0) as usize;
+                                *cj += 1;
+                            }
+                        }
+                    }
+                    // Clear i's rows of its blocks, then fill them. Touched
+                    // latents come in the order of their first shared token.
+                    for &ei in ents {
+                        let t = tok[ei as usize] as usize;
+                        let k = indptr[t + 1] - indptr[t];
+                        let row = base[t] + (ei as usize - indptr[t]) * k;
+                        // SAFETY: row..row + k is i's row of block t, inside
+                        // c; no other latent writes it.
+                        unsafe { std::ptr::write_bytes(cp.0.add(row), 0, k) };
+                    }
+                    let mut s = 0usize;
+                    for q in 0..len {
+                        let j = touched[q] as usize;
+                        let count = cnt[j];
+                        cnt[j] = 0;
+                        if j == i {
+                            continue;
+                        }
+                        let m = ni.min(n_ref[j]);
+                        if count < thr[m as usize] {
+                            continue;
+                        }
+                        let cij = if count == 1 {
+                            c1[m as usize]
+                        } else {
+                            competition(count as u64, ni as u64, n_ref[j] as u64)
+                        };
+                        let p = touched_e[q] as usize;
+                        let t = tok[p] as usize;
+                        while tok[ents[s] as usize] as usize != t {
+                            s += 1;
+                        }
+                        let k = indptr[t + 1] - indptr[t];
+                        let at = base[t] + (ents[s] as usize - indptr[t]) * k + (p - indptr[t]);
+                        // SAFETY: inside c, in i's row of block t, which no
+                        // other latent writes.
+                        unsafe { *cp.0.add(at) = cij };
+                        if j > i {
+                            c_sum += cij as f64;
+                            pairs += 1;
+                        }
+                    }
+                }
+                (c_sum, pairs)
+            },
+        )
+        .collect();
+    let mut c_sum = 0.0f64;
+    let mut pairs = 0usize;
+    for (s, p) in parts {
+        c_sum += s;
+        pairs += p;
+    }
+    TokenPairs {
+        n,
+        base,
+        c,
+        pairs,
+        c_sum,
+    }
+}
+
+/// The guided orthogonality term of SPEC.md for decoder rows `w_dec`
+/// ([d_sae, d_in]) on a batch's active lists: `sum c_ij |cos(d_i, d_j)| /
+/// sum c_ij` over the pairs with `c_ij >= tau`, the number of those pairs and
+/// their mean |cos|. The trainer's kernel (it also computes the gradient,
+/// dropped here); for diagnostics and benchmarks.
+pub fn guided_penalty(
+    w_dec: &[f32],
+    d_in: usize,
+    indptr: &[usize],
+    indices: &[u32],
+    tau: f32,
+) -> Result<(f64, usize, f64)> {
+    if d_in == 0 || w_dec.len() % d_in != 0 {
+        bail!("w_dec must be [d_sae, d_in]");
+    }
+    let f = w_dec.len() / d_in;
+    check_lists(f, indptr, indices)?;
+    let tp = batch_token_pairs(f, indptr, indices, tau);
+    let pen = super::ortho::token_penalty(w_dec, d_in, f, indptr, indices, &tp, 1.0);
+    let mean_cos = pen.abs_cos_sum / tp.pairs.max(1) as f64;
+    Ok((pen.value, tp.pairs, mean_cos))
+}
+
 /// Streams co-firing counts over many batches: per-latent counts `n_i`, the
 /// number of tokens seen and the sparse pair counts `C_ij` (i < j), kept as a
 /// sorted list of (key, count) merged with each batch.

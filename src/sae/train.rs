@@ -33,12 +33,12 @@ use rayon::prelude::*;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
-use super::cofire::batch_partners;
+use super::cofire::{batch_partners, batch_token_pairs, token_pairs_len};
 use super::model::{
     axpy, dot, encode_centered, geometric_median, Sae, SaeConfig, SaeKind, ScratchPool, Select,
     SparseCodes,
 };
-use super::ortho::{pairs_to_blocks, partner_penalty, PairPenalty};
+use super::ortho::{pairs_to_blocks, partner_penalty, token_penalty, PairPenalty};
 use crate::rng::SplitMix64;
 
 const BETA1: f32 = 0.9;
@@ -634,12 +634,26 @@ impl Trainer {
             }
             Ortho::Guided { lambda: lam, tau } => {
                 lambda = lam;
-                let bp = batch_partners(f, &main.indptr, &main.indices, tau);
-                let pen = partner_penalty(w_dec, d, f, &bp.blocks, bp.c_sum, lam);
-                if bp.pairs > 0 {
-                    stats.competing_pairs = bp.pairs;
-                    stats.mean_c = bp.c_sum / bp.pairs as f64;
-                    stats.mean_abs_cos_competing = pen.abs_cos_sum / bp.pairs as f64;
+                // Token by token (decoder rows in cache) unless its buffers
+                // (a k_t x k_t block per token, a row per active entry) would
+                // pass 1 GiB; then latent by latent.
+                let (pairs, c_sum, pen) = if (token_pairs_len(&main.indptr)
+                    + main.indices.len() * d)
+                    * 4
+                    <= 1 << 30
+                {
+                    let tp = batch_token_pairs(f, &main.indptr, &main.indices, tau);
+                    let pen = token_penalty(w_dec, d, f, &main.indptr, &main.indices, &tp, lam);
+                    (tp.pairs, tp.c_sum, pen)
+                } else {
+                    let bp = batch_partners(f, &main.indptr, &main.indices, tau);
+                    let pen = partner_penalty(w_dec, d, f, &bp.blocks, bp.c_sum, lam);
+                    (bp.pairs, bp.c_sum, pen)
+                };
+                if pairs > 0 {
+                    stats.competing_pairs = pairs;
+                    stats.mean_c = c_sum / pairs as f64;
+                    stats.mean_abs_cos_competing = pen.abs_cos_sum / pairs as f64;
                 }
                 Some(pen)
             }
