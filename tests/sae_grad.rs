@@ -3,6 +3,7 @@
 //! orthogonality, ReLU-L1.
 
 use coact::rng::SplitMix64;
+use coact::sae::cofire::guided_penalty;
 use coact::sae::{Ortho, Sae, SaeConfig, SaeKind, Trainer, TrainerConfig};
 
 const D: usize = 6;
@@ -183,8 +184,10 @@ fn guided_orthogonality_gradient() {
 /// SIMD body plus tail; F 240, k 8, 96 tokens, many latents firing once or
 /// twice, rows off unit norm) against a straightforward f64 reference: dense
 /// co-firing counts, every pair with c_ij >= tau, `sum c |cos| / sum c` and
-/// its gradient pair by pair. The ortho gradient is the difference of the
-/// guided and the plain trainer's gradients at the same weights.
+/// its gradient pair by pair. Both kernels: the trainer's at this size
+/// (latent by latent; the ortho gradient is the difference of the guided and
+/// the plain trainer's gradients at the same weights) and the token-by-token
+/// one large dictionaries use (`cofire::guided_penalty`).
 #[test]
 fn guided_term_matches_a_dense_reference() {
     let (d, f, k, n) = (40usize, 240usize, 8usize, 96usize);
@@ -232,7 +235,12 @@ fn guided_term_matches_a_dense_reference() {
     }
     let w = &guided.sae().w_dec;
     let row = |i: usize| &w[i * d..(i + 1) * d];
-    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum::<f64>();
+    let dot = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| *x as f64 * *y as f64)
+            .sum::<f64>()
+    };
     let mut pairs = Vec::new();
     for i in 0..f {
         for j in i + 1..f {
@@ -256,20 +264,45 @@ fn guided_term_matches_a_dense_reference() {
         value += wgt * cos.abs();
         let s = lambda as f64 * wgt * cos.signum();
         for e in 0..d {
-            grad[i * d + e] += s * (row(j)[e] as f64 / (ni * nj) - cos * row(i)[e] as f64 / (ni * ni));
-            grad[j * d + e] += s * (row(i)[e] as f64 / (ni * nj) - cos * row(j)[e] as f64 / (nj * nj));
+            grad[i * d + e] +=
+                s * (row(j)[e] as f64 / (ni * nj) - cos * row(i)[e] as f64 / (ni * ni));
+            grad[j * d + e] +=
+                s * (row(i)[e] as f64 / (ni * nj) - cos * row(j)[e] as f64 / (nj * nj));
         }
     }
     assert!(pairs.len() > 500, "{} pairs", pairs.len());
     assert_eq!(sg.competing_pairs, pairs.len());
     assert!((sg.mean_c - c_sum / pairs.len() as f64).abs() <= 1e-6 * sg.mean_c);
-    assert!((sg.ortho - value).abs() <= 1e-5 * value, "{} vs {value}", sg.ortho);
+    assert!(
+        (sg.ortho - value).abs() <= 1e-5 * value,
+        "{} vs {value}",
+        sg.ortho
+    );
     let gmax = grad.iter().fold(0.0f64, |m, v| m.max(v.abs()));
     for (e, &want) in grad.iter().enumerate() {
         let got = (gg.w_dec[e] - gp.w_dec[e]) as f64;
         assert!(
             (got - want).abs() <= 1e-5 * gmax + 1e-4 * want.abs(),
             "w_dec[{e}]: {got} vs reference {want} (max {gmax})"
+        );
+    }
+    let tok = guided_penalty(w, d, &codes.indptr, &codes.indices, tau, true).unwrap();
+    assert_eq!(tok.pairs, pairs.len());
+    assert!(
+        (tok.value - value).abs() <= 1e-5 * value,
+        "{} vs {value}",
+        tok.value
+    );
+    assert!(
+        (tok.mean_abs_cos * pairs.len() as f64 - sg.mean_abs_cos_competing * pairs.len() as f64)
+            .abs()
+            <= 1e-5 * tok.mean_abs_cos * pairs.len() as f64
+    );
+    for (e, &want) in grad.iter().enumerate() {
+        let got = lambda as f64 * tok.grad[e] as f64;
+        assert!(
+            (got - want).abs() <= 1e-5 * gmax + 1e-4 * want.abs(),
+            "token kernel w_dec[{e}]: {got} vs reference {want} (max {gmax})"
         );
     }
 }

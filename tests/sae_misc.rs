@@ -3,8 +3,8 @@
 
 use coact::rng::SplitMix64;
 use coact::sae::cofire::{
-    batch_pairs, batch_partners, batch_token_pairs, competition, token_pairs_len, CoFireAccumulator,
-    PARTNER_BLOCK,
+    batch_pairs, batch_partners, batch_token_pairs, competition, token_pairs_len,
+    CoFireAccumulator, PARTNER_BLOCK,
 };
 use coact::sae::{
     fold_scaling, geometric_median, load_saelens, norm_scaling_factor, save_saelens, Ortho, Sae,
@@ -148,7 +148,11 @@ fn partner_lists_hold_every_competing_pair_in_both_rows() {
         assert_eq!(got.n, want.n);
         assert_eq!(got.pairs, want.pairs.len());
         let c_sum: f64 = want.pairs.iter().map(|p| p.c as f64).sum();
-        assert!((got.c_sum - c_sum).abs() <= 1e-9 * c_sum, "{} vs {c_sum}", got.c_sum);
+        assert!(
+            (got.c_sum - c_sum).abs() <= 1e-9 * c_sum,
+            "{} vs {c_sum}",
+            got.c_sum
+        );
         // Every (row, partner, c), as a sorted list, against both orientations.
         let mut listed = Vec::new();
         let mut seen = vec![false; f];
@@ -207,6 +211,39 @@ fn partner_lists_hold_every_competing_pair_in_both_rows() {
         placed.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         assert_eq!(placed, expect, "tau {tau}");
     }
+}
+
+#[test]
+fn token_by_token_penalty_is_the_same_whatever_the_thread_count() {
+    use coact::sae::cofire::guided_penalty;
+    let (d, f, n, k) = (37usize, 500usize, 200usize, 9usize);
+    let mut r = SplitMix64::new(31);
+    let w = gauss(f, d, 32, 1.0);
+    let mut indptr = vec![0];
+    let mut idx = Vec::new();
+    for _ in 0..n {
+        let mut l: Vec<u32> = Vec::new();
+        while l.len() < k {
+            let u = r.next_f64();
+            let j = (u * u * f as f64) as u32;
+            if !l.contains(&j) {
+                l.push(j);
+            }
+        }
+        idx.extend(l);
+        indptr.push(idx.len());
+    }
+    let go = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| guided_penalty(&w, d, &indptr, &idx, 0.1, true).unwrap())
+    };
+    let one = go(1);
+    assert!(one.pairs > 1000 && one.value > 0.0);
+    assert_eq!(one, go(2));
+    assert_eq!(one, go(3));
 }
 
 fn topk_cfg(d: usize, f: usize, k: usize) -> SaeConfig {

@@ -171,8 +171,12 @@ fn cofire_speed() {
             v.split(',').map(|s| s.trim().parse().unwrap()).collect()
         })
     };
-    let fs = Some(list("SAE_SPEED_F")).filter(|v| !v.is_empty()).unwrap_or(vec![4096, 16384]);
-    let ks = Some(list("SAE_SPEED_K")).filter(|v| !v.is_empty()).unwrap_or(vec![32, 64]);
+    let fs = Some(list("SAE_SPEED_F"))
+        .filter(|v| !v.is_empty())
+        .unwrap_or(vec![4096, 16384]);
+    let ks = Some(list("SAE_SPEED_K"))
+        .filter(|v| !v.is_empty())
+        .unwrap_or(vec![32, 64]);
     for &f in &fs {
         for &k in &ks {
             let sae = Sae::init(
@@ -198,7 +202,7 @@ fn cofire_speed() {
             let mut pairs = 0;
             let t_tok = time(&mut || pairs = batch_token_pairs(f, ind, idx, 0.1).pairs);
             let t_full = time(&mut || {
-                std::hint::black_box(guided_penalty(&sae.w_dec, D, ind, idx, 0.1).unwrap());
+                std::hint::black_box(guided_penalty(&sae.w_dec, D, ind, idx, 0.1, false).unwrap());
             });
             let t_part = time(&mut || {
                 std::hint::black_box(batch_partners(f, ind, idx, 0.1));

@@ -9,9 +9,12 @@
 //! latent x latent matrix.
 //!
 //! Input format: a CSR of active latents, `indptr` (tokens + 1 offsets) and
-//! `indices` (latent ids, each at most once per token). The guided
-//! orthogonality loss of the trainer and the compete stage use the same
-//! kernel ([`batch_pairs`]); [`CoFireAccumulator`] streams it over batches.
+//! `indices` (latent ids, each at most once per token). The compete stage uses
+//! [`batch_pairs`] (pairs i < j) and [`CoFireAccumulator`] streams it over
+//! batches; the trainer's guided orthogonality term uses the same counts laid
+//! out for its gradient: [`batch_token_pairs`] (each pair on its first
+//! co-firing token) or [`batch_partners`] (symmetric partner lists). All
+//! three give the same pairs and `c_ij`.
 
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -503,18 +506,33 @@ pub fn batch_token_pairs(d_sae: usize, indptr: &[usize], indices: &[u32], tau: f
     }
 }
 
-/// The guided orthogonality term of SPEC.md for decoder rows `w_dec`
-/// ([d_sae, d_in]) on a batch's active lists: `sum c_ij |cos(d_i, d_j)| /
-/// sum c_ij` over the pairs with `c_ij >= tau`, the number of those pairs and
-/// their mean |cos|. The trainer's kernel (it also computes the gradient,
-/// dropped here); for diagnostics and benchmarks.
+/// The guided orthogonality term of SPEC.md on one batch (see
+/// [`guided_penalty`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GuidedPenalty {
+    /// `sum c_ij |cos(d_i, d_j)| / sum c_ij` over the pairs with `c_ij >= tau`.
+    pub value: f64,
+    /// Number of those pairs.
+    pub pairs: usize,
+    /// Their mean |cos|.
+    pub mean_abs_cos: f64,
+    /// When asked: the gradient of `value` with respect to `w_dec`
+    /// ([d_sae, d_in]); empty otherwise.
+    pub grad: Vec<f32>,
+}
+
+/// The guided orthogonality term for decoder rows `w_dec` ([d_sae, d_in]) on
+/// a batch's active lists, computed token by token as the trainer does for
+/// large dictionaries (the trainer's kernel; for diagnostics, benchmarks and
+/// tests).
 pub fn guided_penalty(
     w_dec: &[f32],
     d_in: usize,
     indptr: &[usize],
     indices: &[u32],
     tau: f32,
-) -> Result<(f64, usize, f64)> {
+    with_grad: bool,
+) -> Result<GuidedPenalty> {
     if d_in == 0 || w_dec.len() % d_in != 0 {
         bail!("w_dec must be [d_sae, d_in]");
     }
@@ -522,8 +540,21 @@ pub fn guided_penalty(
     check_lists(f, indptr, indices)?;
     let tp = batch_token_pairs(f, indptr, indices, tau);
     let pen = super::ortho::token_penalty(w_dec, d_in, f, indptr, indices, &tp, 1.0);
-    let mean_cos = pen.abs_cos_sum / tp.pairs.max(1) as f64;
-    Ok((pen.value, tp.pairs, mean_cos))
+    let mut grad = Vec::new();
+    if with_grad {
+        grad = vec![0.0f32; f * d_in];
+        for (j, g) in grad.chunks_mut(d_in).enumerate() {
+            if let Some(r) = pen.grad.row(j) {
+                g.copy_from_slice(r);
+            }
+        }
+    }
+    Ok(GuidedPenalty {
+        value: pen.value,
+        pairs: tp.pairs,
+        mean_abs_cos: pen.abs_cos_sum / tp.pairs.max(1) as f64,
+        grad,
+    })
 }
 
 /// Streams co-firing counts over many batches: per-latent counts `n_i`, the

@@ -1,21 +1,30 @@
 //! Weighted decoder-cosine penalties over a sparse set of pairs, with their
-//! gradient: `P = sum_p w_p |cos(d_i, d_j)|` for pairs p = (i, j).
+//! gradient: `P = sum_p w_p |cos(d_i, d_j)|` for pairs p = (i, j), and the
+//! gradient of `scale * P` through the true cosine (for unit rows
+//! `d/dd_i |cos_ij| = sign(cos_ij) (d_j - cos_ij d_i)`).
 //!
-//! Both orthogonality variants reduce to this: the guided term uses the
-//! competing pairs of the batch with `w_p = c_ij / sum c`, the uniform term a
-//! random sample of pairs with `w_p = 1 / pairs`. The pairs come as symmetric
-//! partner lists ([`PartnerBlock`]: each pair is listed in both of its rows),
-//! so each row's gradient
-//! `g_i = sum_j a_ij d_j - (sum_j a_ij cos_ij |d_j| / |d_i|) d_i` is one
-//! gather-accumulate over its own partners, with no scatter: partners are
-//! taken 8 at a time, their 8 dot products with d_i computed together and the
-//! same 8 rows, still in L1, accumulated into g_i. Each cosine is computed
-//! from both of its rows, bit for bit the same way (the dot product's FMA
-//! order does not depend on which row leads).
+//! The guided term (`w_p = c_ij / sum c`, over the batch's competing pairs)
+//! goes token by token ([`token_penalty`]): each pair is placed on the first
+//! token where both latents fire ([`TokenPairs`]), so a token's k decoder rows
+//! are read from memory once and reused from cache for all the pairs it owns
+//! (about k^2 / 2 of them); each cosine is computed once, and each active
+//! entry (t, i) gets one partial gradient row `sum_j a_ij d_j - s_i d_i` over
+//! the pairs owned by t. A latent's gradient is the sum of its partial rows
+//! in token order. Reading decoder rows per pair instead (millions of pairs
+//! at d_sae 16384) is bound by memory bandwidth and is ~10x slower.
 //!
-//! Every sum has a fixed order (per row over its partner list; the penalty
-//! per block, then over blocks in order), so the result does not depend on
-//! thread scheduling or on the number of threads.
+//! The uniform term (`w_p = 1 / pairs`, random pairs) and the guided term's
+//! fallback for very large batches go latent by latent ([`partner_penalty`]):
+//! symmetric partner lists ([`PartnerBlock`], each pair in both of its rows),
+//! each row's gradient one gather-accumulate over its partners, no scatter.
+//!
+//! Both use the same kernels: up to 8 rows at once, their dot products with
+//! one row (each with its own accumulator, the same lane layout whatever the
+//! group, so `dot(x, y)` and `dot(y, x)` agree bit for bit) and their
+//! weighted sum into one row. Every sum has a fixed order (per row over its
+//! pairs in list order; the penalty per task of a fixed size, then over
+//! tasks in order), so the result does not depend on thread scheduling or on
+//! the number of threads.
 
 use rayon::prelude::*;
 
@@ -162,7 +171,10 @@ pub(crate) fn partner_penalty(
     }
     // Every partner is a row of its own (the lists are symmetric).
     for b in blocks {
-        assert!(b.partners.iter().all(|&j| (j as usize) < f && slot[j as usize] != u32::MAX));
+        assert!(b
+            .partners
+            .iter()
+            .all(|&j| (j as usize) < f && slot[j as usize] != u32::MAX));
     }
     let inv: Vec<f32> = (0..f)
         .into_par_iter()
@@ -398,8 +410,11 @@ fn token_grad<'a>(
     let mut dots = [0.0f32; GROUP];
     for p in 0..k {
         sc.qs.clear();
-        sc.qs
-            .extend((p + 1..k).filter(|&q| cb[p * k + q] != 0.0).map(|q| q as u32));
+        sc.qs.extend(
+            (p + 1..k)
+                .filter(|&q| cb[p * k + q] != 0.0)
+                .map(|q| q as u32),
+        );
         let rp = row(p);
         let inv_p = sc.inv[p];
         for grp in sc.qs.chunks(GROUP) {
@@ -658,7 +673,10 @@ mod kernels {
                 k += 1;
             }
             while k + 16 <= n {
-                _mm512_stream_ps(pd.wrapping_add(k), _mm512_maskz_loadu_ps(!0, ps.wrapping_add(k)));
+                _mm512_stream_ps(
+                    pd.wrapping_add(k),
+                    _mm512_maskz_loadu_ps(!0, ps.wrapping_add(k)),
+                );
                 k += 16;
             }
             while k < n {

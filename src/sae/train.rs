@@ -634,13 +634,13 @@ impl Trainer {
             }
             Ortho::Guided { lambda: lam, tau } => {
                 lambda = lam;
-                // Token by token (decoder rows in cache) unless its buffers
-                // (a k_t x k_t block per token, a row per active entry) would
-                // pass 1 GiB; then latent by latent.
-                let (pairs, c_sum, pen) = if (token_pairs_len(&main.indptr)
-                    + main.indices.len() * d)
-                    * 4
-                    <= 1 << 30
+                // Token by token (each token's decoder rows read once) when
+                // the decoder does not fit in cache, unless its buffers (a
+                // k_t x k_t block per token, a row per active entry) would
+                // pass 1 GiB; otherwise latent by latent (partner rows read
+                // per pair, from cache). The choice depends on shapes only.
+                let (pairs, c_sum, pen) = if f * d * 4 > 16 << 20
+                    && (token_pairs_len(&main.indptr) + main.indices.len() * d) * 4 <= 1 << 30
                 {
                     let tp = batch_token_pairs(f, &main.indptr, &main.indices, tau);
                     let pen = token_penalty(w_dec, d, f, &main.indptr, &main.indices, &tp, lam);
