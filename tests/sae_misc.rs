@@ -169,13 +169,13 @@ fn partner_lists_hold_every_competing_pair_in_both_rows() {
                 }
             }
         }
-        listed.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        listed.sort_by_key(|a| (a.0, a.1));
         let mut expect = Vec::new();
         for p in &want.pairs {
             expect.push((p.i, p.j, p.c));
             expect.push((p.j, p.i, p.c));
         }
-        expect.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        expect.sort_by_key(|a| (a.0, a.1));
         assert_eq!(listed, expect, "tau {tau}");
         assert!(!expect.is_empty());
 
@@ -208,7 +208,7 @@ fn partner_lists_hold_every_competing_pair_in_both_rows() {
                 }
             }
         }
-        placed.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        placed.sort_by_key(|a| (a.0, a.1));
         assert_eq!(placed, expect, "tau {tau}");
     }
 }

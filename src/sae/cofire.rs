@@ -533,7 +533,7 @@ pub fn guided_penalty(
     tau: f32,
     with_grad: bool,
 ) -> Result<GuidedPenalty> {
-    if d_in == 0 || w_dec.len() % d_in != 0 {
+    if d_in == 0 || !w_dec.len().is_multiple_of(d_in) {
         bail!("w_dec must be [d_sae, d_in]");
     }
     let f = w_dec.len() / d_in;
