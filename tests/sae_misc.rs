@@ -2,7 +2,10 @@
 //! and scale folding.
 
 use coact::rng::SplitMix64;
-use coact::sae::cofire::{batch_pairs, competition, CoFireAccumulator};
+use coact::sae::cofire::{
+    batch_pairs, batch_partners, batch_token_pairs, competition, token_pairs_len,
+    CoFireAccumulator, PARTNER_BLOCK,
+};
 use coact::sae::{
     fold_scaling, geometric_median, load_saelens, norm_scaling_factor, save_saelens, Ortho, Sae,
     SaeConfig, SaeKind, SaelensMeta, Trainer, TrainerConfig,
@@ -117,6 +120,130 @@ fn cofire_matches_dense_count_on_random_lists() {
     let got: Vec<(u32, u32, u64)> = b.pairs.iter().map(|p| (p.i, p.j, p.count)).collect();
     assert_eq!(got, want);
     assert!(!want.is_empty());
+}
+
+#[test]
+fn partner_lists_hold_every_competing_pair_in_both_rows() {
+    // Latents fire 1 to ~20 times, as in a wide SAE's batch.
+    let (f, n, k) = (300usize, 200usize, 7usize);
+    let mut r = SplitMix64::new(12);
+    let mut indptr = vec![0];
+    let mut idx = Vec::new();
+    for _ in 0..n {
+        let mut l: Vec<u32> = Vec::new();
+        while l.len() < k {
+            // Skewed: low ids fire far more often.
+            let u = r.next_f64();
+            let j = (u * u * f as f64) as u32;
+            if !l.contains(&j) {
+                l.push(j);
+            }
+        }
+        idx.extend(l);
+        indptr.push(idx.len());
+    }
+    for tau in [0.0f32, 0.1, 0.5] {
+        let want = batch_pairs(f, &indptr, &idx, tau, true);
+        let got = batch_partners(f, &indptr, &idx, tau);
+        assert_eq!(got.n, want.n);
+        assert_eq!(got.pairs, want.pairs.len());
+        let c_sum: f64 = want.pairs.iter().map(|p| p.c as f64).sum();
+        assert!(
+            (got.c_sum - c_sum).abs() <= 1e-9 * c_sum,
+            "{} vs {c_sum}",
+            got.c_sum
+        );
+        // Every (row, partner, c), as a sorted list, against both orientations.
+        let mut listed = Vec::new();
+        let mut seen = vec![false; f];
+        for b in &got.blocks {
+            assert!(b.rows.len() <= PARTNER_BLOCK);
+            assert_eq!(b.offsets.len(), b.rows.len() + 1);
+            for (q, &i) in b.rows.iter().enumerate() {
+                assert!(!seen[i as usize], "row {i} listed twice");
+                seen[i as usize] = true;
+                let (lo, hi) = (b.offsets[q], b.offsets[q + 1]);
+                assert!(hi > lo, "row {i} listed without partners");
+                for p in lo..hi {
+                    listed.push((i, b.partners[p], b.c[p]));
+                }
+            }
+        }
+        listed.sort_by_key(|a| (a.0, a.1));
+        let mut expect = Vec::new();
+        for p in &want.pairs {
+            expect.push((p.i, p.j, p.c));
+            expect.push((p.j, p.i, p.c));
+        }
+        expect.sort_by_key(|a| (a.0, a.1));
+        assert_eq!(listed, expect, "tau {tau}");
+        assert!(!expect.is_empty());
+
+        // The same pairs by first co-firing token.
+        let tp = batch_token_pairs(f, &indptr, &idx, tau);
+        assert_eq!(tp.n, want.n);
+        assert_eq!(tp.pairs, want.pairs.len());
+        assert!((tp.c_sum - c_sum).abs() <= 1e-9 * c_sum);
+        assert_eq!(tp.c.len(), token_pairs_len(&indptr));
+        let mut first = std::collections::HashMap::new();
+        for t in 0..n {
+            let l = &idx[indptr[t]..indptr[t + 1]];
+            for &a in l {
+                for &b in l {
+                    first.entry((a, b)).or_insert(t);
+                }
+            }
+        }
+        let mut placed = Vec::new();
+        for t in 0..n {
+            let l = &idx[indptr[t]..indptr[t + 1]];
+            let k = l.len();
+            for p in 0..k {
+                for q in 0..k {
+                    let c = tp.c[tp.base[t] + p * k + q];
+                    if c != 0.0 {
+                        assert_eq!(first[&(l[p], l[q])], t, "pair placed after its first token");
+                        placed.push((l[p], l[q], c));
+                    }
+                }
+            }
+        }
+        placed.sort_by_key(|a| (a.0, a.1));
+        assert_eq!(placed, expect, "tau {tau}");
+    }
+}
+
+#[test]
+fn token_by_token_penalty_is_the_same_whatever_the_thread_count() {
+    use coact::sae::cofire::guided_penalty;
+    let (d, f, n, k) = (37usize, 500usize, 200usize, 9usize);
+    let mut r = SplitMix64::new(31);
+    let w = gauss(f, d, 32, 1.0);
+    let mut indptr = vec![0];
+    let mut idx = Vec::new();
+    for _ in 0..n {
+        let mut l: Vec<u32> = Vec::new();
+        while l.len() < k {
+            let u = r.next_f64();
+            let j = (u * u * f as f64) as u32;
+            if !l.contains(&j) {
+                l.push(j);
+            }
+        }
+        idx.extend(l);
+        indptr.push(idx.len());
+    }
+    let go = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| guided_penalty(&w, d, &indptr, &idx, 0.1, true).unwrap())
+    };
+    let one = go(1);
+    assert!(one.pairs > 1000 && one.value > 0.0);
+    assert_eq!(one, go(2));
+    assert_eq!(one, go(3));
 }
 
 fn topk_cfg(d: usize, f: usize, k: usize) -> SaeConfig {

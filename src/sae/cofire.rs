@@ -9,9 +9,12 @@
 //! latent x latent matrix.
 //!
 //! Input format: a CSR of active latents, `indptr` (tokens + 1 offsets) and
-//! `indices` (latent ids, each at most once per token). The guided
-//! orthogonality loss of the trainer and the compete stage use the same
-//! kernel ([`batch_pairs`]); [`CoFireAccumulator`] streams it over batches.
+//! `indices` (latent ids, each at most once per token). The compete stage uses
+//! [`batch_pairs`] (pairs i < j) and [`CoFireAccumulator`] streams it over
+//! batches; the trainer's guided orthogonality term uses the same counts laid
+//! out for its gradient: [`batch_token_pairs`] (each pair on its first
+//! co-firing token) or [`batch_partners`] (symmetric partner lists). All
+//! three give the same pairs and `c_ij`.
 
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -59,21 +62,17 @@ pub fn check_lists(d_sae: usize, indptr: &[usize], indices: &[u32]) -> Result<()
     Ok(())
 }
 
-/// Co-firing pairs of one batch. `tau`: keep only pairs with `c_ij >= tau`
-/// (0 keeps every co-firing pair). `sorted`: sort pairs by (i, j); the
-/// unsorted order is still deterministic (it does not depend on threads).
-///
-/// The caller guarantees each token's list has no repeated latent and every id
-/// is below `d_sae` (see [`check_lists`]).
-pub fn batch_pairs(
-    d_sae: usize,
-    indptr: &[usize],
-    indices: &[u32],
-    tau: f32,
-    sorted: bool,
-) -> BatchCoFire {
+/// For each latent, the tokens on which it is active (ascending): a counting
+/// sort of the active lists.
+struct Transposed {
+    n: Vec<u32>,
+    /// `d_sae + 1` offsets into `tokens_of`.
+    start: Vec<usize>,
+    tokens_of: Vec<u32>,
+}
+
+fn transpose(d_sae: usize, indptr: &[usize], indices: &[u32]) -> Transposed {
     let n_tok = indptr.len().saturating_sub(1);
-    // Transpose: for each latent, the tokens on which it is active (counting sort).
     let mut n = vec![0u32; d_sae];
     for &j in indices {
         n[j as usize] += 1;
@@ -90,7 +89,31 @@ pub fn batch_pairs(
             fill[j as usize] += 1;
         }
     }
-    drop(fill);
+    Transposed {
+        n,
+        start,
+        tokens_of,
+    }
+}
+
+/// Co-firing pairs of one batch. `tau`: keep only pairs with `c_ij >= tau`
+/// (0 keeps every co-firing pair). `sorted`: sort pairs by (i, j); the
+/// unsorted order is still deterministic (it does not depend on threads).
+///
+/// The caller guarantees each token's list has no repeated latent and every id
+/// is below `d_sae` (see [`check_lists`]).
+pub fn batch_pairs(
+    d_sae: usize,
+    indptr: &[usize],
+    indices: &[u32],
+    tau: f32,
+    sorted: bool,
+) -> BatchCoFire {
+    let Transposed {
+        n,
+        start,
+        tokens_of,
+    } = transpose(d_sae, indptr, indices);
 
     // For each latent i, count partners j > i over i's tokens in a scratch
     // array, then emit and reset only the touched entries.
@@ -148,6 +171,390 @@ pub fn batch_pairs(
         pairs.extend(p);
     }
     BatchCoFire { n, pairs }
+}
+
+/// Latents per block of [`batch_partners`] (fixed: the order of every sum
+/// built on the blocks follows it, not the number of threads).
+pub const PARTNER_BLOCK: usize = 32;
+
+/// A block of latents with their competing partners, as a small CSR.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PartnerBlock {
+    /// Latents with at least one partner, in processing order.
+    pub rows: Vec<u32>,
+    /// `rows.len() + 1` offsets into `partners` and `c`.
+    pub offsets: Vec<usize>,
+    /// Partner latent ids (both `j > i` and `j < i`), in a fixed order.
+    pub partners: Vec<u32>,
+    /// `c_ij` for each partner (the same value in row i and in row j).
+    pub c: Vec<f32>,
+}
+
+/// The competing pairs of one batch as symmetric partner lists: every pair
+/// (i, j) with `c_ij >= tau` appears in row i and in row j.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchPartners {
+    /// `n[i]`: tokens on which latent i is active.
+    pub n: Vec<u32>,
+    /// Blocks of [`PARTNER_BLOCK`] latents (before dropping those without
+    /// partners). Latents are ordered by the first token on which they fire
+    /// (then by their place in that token's list), so that a block's rows
+    /// share many partners.
+    pub blocks: Vec<PartnerBlock>,
+    /// Number of pairs `i < j` with `c_ij >= tau`.
+    pub pairs: usize,
+    /// Sum of `c_ij` over those pairs (summed per block, then over blocks in
+    /// order).
+    pub c_sum: f64,
+}
+
+/// Competing pairs of one batch as symmetric partner lists (the same pairs
+/// and `c_ij` as [`batch_pairs`]; see [`BatchPartners`]). The work is
+/// `sum over tokens of (active count)^2`, counted with one scratch row of
+/// counters per thread; the result does not depend on the number of threads.
+///
+/// The caller guarantees each token's list has no repeated latent and every id
+/// is below `d_sae` (see [`check_lists`]).
+pub fn batch_partners(d_sae: usize, indptr: &[usize], indices: &[u32], tau: f32) -> BatchPartners {
+    let n_tok = indptr.len().saturating_sub(1);
+    let Transposed {
+        n,
+        start,
+        tokens_of,
+    } = transpose(d_sae, indptr, indices);
+    // Processing order: by first token, then by place in that token's list.
+    let mut order = Vec::with_capacity(d_sae);
+    for t in 0..n_tok {
+        for &j in &indices[indptr[t]..indptr[t + 1]] {
+            if tokens_of[start[j as usize]] as usize == t {
+                order.push(j);
+            }
+        }
+    }
+    let n_ref = &n;
+    let parts: Vec<(PartnerBlock, f64, usize)> = order
+        .par_chunks(PARTNER_BLOCK)
+        .map_init(
+            || (vec![0u32; d_sae], Vec::<u32>::new()),
+            |(cnt, touched), rows| {
+                let mut b = PartnerBlock {
+                    offsets: vec![0],
+                    ..Default::default()
+                };
+                let mut c_sum = 0.0f64;
+                let mut pairs = 0usize;
+                for &i in rows {
+                    let iu = i as usize;
+                    let ni = n_ref[iu];
+                    let toks = &tokens_of[start[iu]..start[iu + 1]];
+                    let need: usize = toks
+                        .iter()
+                        .map(|&t| indptr[t as usize + 1] - indptr[t as usize])
+                        .sum();
+                    if touched.len() < need {
+                        touched.resize(need, 0);
+                    }
+                    // Count every latent sharing a token with i (i included),
+                    // recording each on first touch, without branches.
+                    let mut len = 0usize;
+                    for &t in toks {
+                        let t = t as usize;
+                        for &j in &indices[indptr[t]..indptr[t + 1]] {
+                            // SAFETY: ids are below d_sae (caller's contract)
+                            // and len < need <= touched.len().
+                            unsafe {
+                                let c = cnt.get_unchecked_mut(j as usize);
+                                *touched.get_unchecked_mut(len) = j;
+                                len += (*c == 0) as usize;
+                                *c += 1;
+                            }
+                        }
+                    }
+                    let before = b.partners.len();
+                    for &j in &touched[..len] {
+                        let count = cnt[j as usize];
+                        cnt[j as usize] = 0;
+                        if j == i {
+                            continue;
+                        }
+                        let c = competition(count as u64, ni as u64, n_ref[j as usize] as u64);
+                        if c >= tau {
+                            b.partners.push(j);
+                            b.c.push(c);
+                            if j > i {
+                                c_sum += c as f64;
+                                pairs += 1;
+                            }
+                        }
+                    }
+                    if b.partners.len() > before {
+                        b.rows.push(i);
+                        b.offsets.push(b.partners.len());
+                    }
+                }
+                (b, c_sum, pairs)
+            },
+        )
+        .collect();
+    let mut blocks = Vec::with_capacity(parts.len());
+    let mut c_sum = 0.0f64;
+    let mut pairs = 0usize;
+    for (b, s, p) in parts {
+        c_sum += s;
+        pairs += p;
+        blocks.push(b);
+    }
+    BatchPartners {
+        n,
+        blocks,
+        pairs,
+        c_sum,
+    }
+}
+
+/// The competing pairs of one batch, each placed on the first token on which
+/// both of its latents fire: per token t with active list `L_t` (length
+/// `k_t`), a `k_t x k_t` block of `c` where `c[base[t] + p * k_t + q]` is
+/// `c_ij` for `(i, j) = (L_t[p], L_t[q])` when t is the first token where i
+/// and j are both active and `c_ij >= tau`, and 0 otherwise. Each pair thus
+/// appears exactly twice, at (p, q) and (q, p) of one block. Processing the
+/// pairs token by token keeps the k_t decoder rows of a token in cache.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenPairs {
+    /// `n[i]`: tokens on which latent i is active.
+    pub n: Vec<u32>,
+    /// `tokens + 1` offsets of the blocks in `c`.
+    pub base: Vec<usize>,
+    pub c: Vec<f32>,
+    /// Number of pairs `i < j` with `c_ij >= tau`.
+    pub pairs: usize,
+    /// Sum of their `c_ij`, per block of [`PARTNER_BLOCK`] latents in
+    /// ascending order, then over blocks.
+    pub c_sum: f64,
+}
+
+impl Drop for TokenPairs {
+    fn drop(&mut self) {
+        super::ortho::give_buffer(std::mem::take(&mut self.c));
+    }
+}
+
+/// `sum over tokens of k_t^2`: the size of [`TokenPairs::c`].
+pub fn token_pairs_len(indptr: &[usize]) -> usize {
+    indptr.windows(2).map(|w| (w[1] - w[0]).pow(2)).sum()
+}
+
+struct SyncPtr<T>(*mut T);
+unsafe impl<T> Send for SyncPtr<T> {}
+unsafe impl<T> Sync for SyncPtr<T> {}
+
+/// The competing pairs of one batch by first co-firing token (see
+/// [`TokenPairs`]; the same pairs and `c_ij` as [`batch_pairs`]). Counted per
+/// latent with one scratch row of counters per thread; the result does not
+/// depend on the number of threads.
+///
+/// The caller guarantees each token's list has no repeated latent and every id
+/// is below `d_sae` (see [`check_lists`]).
+pub fn batch_token_pairs(d_sae: usize, indptr: &[usize], indices: &[u32], tau: f32) -> TokenPairs {
+    let n_tok = indptr.len().saturating_sub(1);
+    let Transposed { n, start, .. } = transpose(d_sae, indptr, indices);
+    // Entries (positions in `indices`) of each latent, ascending, and the
+    // token of each entry.
+    let mut fill = start.clone();
+    let mut entries_of = vec![0u32; indices.len()];
+    let mut tok = vec![0u32; indices.len()];
+    for t in 0..n_tok {
+        for e in indptr[t]..indptr[t + 1] {
+            let j = indices[e] as usize;
+            entries_of[fill[j]] = e as u32;
+            fill[j] += 1;
+            tok[e] = t as u32;
+        }
+    }
+    drop(fill);
+    let mut base = vec![0usize; n_tok + 1];
+    for t in 0..n_tok {
+        let k = indptr[t + 1] - indptr[t];
+        base[t + 1] = base[t] + k * k;
+    }
+    // thr[m]: the smallest count with competition(count, m, m) >= tau
+    // (count <= m always; m + 1 when none).
+    let max_n = n.iter().copied().max().unwrap_or(0) as usize;
+    let thr: Vec<u32> = (0..=max_n)
+        .map(|m| {
+            let (mut lo, mut hi) = (1u64, m as u64 + 1);
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                if competition(mid, m as u64, m as u64) >= tau {
+                    hi = mid;
+                } else {
+                    lo = mid + 1;
+                }
+            }
+            lo as u32
+        })
+        .collect();
+    // Every value is written below (each row of each block by its latent).
+    // c1[m] = competition(1, m, m): most pairs co-fire once.
+    let c1: Vec<f32> = (0..=max_n as u64).map(|m| competition(1, m, m)).collect();
+    let mut c = super::ortho::take_buffer(base[n_tok]);
+    let cp = SyncPtr(c.as_mut_ptr());
+    let (n_ref, cp, c1) = (&n, &cp, &c1);
+    let parts: Vec<(f64, usize)> = (0..d_sae.div_ceil(PARTNER_BLOCK))
+        .into_par_iter()
+        .map_init(
+            || (vec![0u32; d_sae], Vec::<u32>::new(), Vec::<u32>::new()),
+            |(cnt, touched, touched_e), blk| {
+                let mut c_sum = 0.0f64;
+                let mut pairs = 0usize;
+                let lo = blk * PARTNER_BLOCK;
+                for i in lo..(lo + PARTNER_BLOCK).min(d_sae) {
+                    let ni = n_ref[i];
+                    if ni == 0 {
+                        continue;
+                    }
+                    let ents = &entries_of[start[i]..start[i + 1]];
+                    let need: usize = ents
+                        .iter()
+                        .map(|&e| {
+                            let t = tok[e as usize] as usize;
+                            indptr[t + 1] - indptr[t]
+                        })
+                        .sum();
+                    if touched.len() < need {
+                        touched.resize(need, 0);
+                        touched_e.resize(need, 0);
+                    }
+                    // Count every latent sharing a token with i (i included),
+                    // recording each with its entry on the first shared token,
+                    // without branches.
+                    let mut len = 0usize;
+                    for &ei in ents {
+                        let t = tok[ei as usize] as usize;
+                        for p in indptr[t]..indptr[t + 1] {
+                            // SAFETY: ids are below d_sae (caller's contract)
+                            // and len < need <= touched.len().
+                            unsafe {
+                                let j = *indices.get_unchecked(p);
+                                let cj = cnt.get_unchecked_mut(j as usize);
+                                *touched.get_unchecked_mut(len) = j;
+                                *touched_e.get_unchecked_mut(len) = p as u32;
+                                len += (*cj == 0) as usize;
+                                *cj += 1;
+                            }
+                        }
+                    }
+                    // Clear i's rows of its blocks, then fill them. Touched
+                    // latents come in the order of their first shared token.
+                    for &ei in ents {
+                        let t = tok[ei as usize] as usize;
+                        let k = indptr[t + 1] - indptr[t];
+                        let row = base[t] + (ei as usize - indptr[t]) * k;
+                        // SAFETY: row..row + k is i's row of block t, inside
+                        // c; no other latent writes it.
+                        unsafe { std::ptr::write_bytes(cp.0.add(row), 0, k) };
+                    }
+                    let mut s = 0usize;
+                    for q in 0..len {
+                        let j = touched[q] as usize;
+                        let count = cnt[j];
+                        cnt[j] = 0;
+                        if j == i {
+                            continue;
+                        }
+                        let m = ni.min(n_ref[j]);
+                        if count < thr[m as usize] {
+                            continue;
+                        }
+                        let cij = if count == 1 {
+                            c1[m as usize]
+                        } else {
+                            competition(count as u64, ni as u64, n_ref[j] as u64)
+                        };
+                        let p = touched_e[q] as usize;
+                        let t = tok[p] as usize;
+                        while tok[ents[s] as usize] as usize != t {
+                            s += 1;
+                        }
+                        let k = indptr[t + 1] - indptr[t];
+                        let at = base[t] + (ents[s] as usize - indptr[t]) * k + (p - indptr[t]);
+                        // SAFETY: inside c, in i's row of block t, which no
+                        // other latent writes.
+                        unsafe { *cp.0.add(at) = cij };
+                        if j > i {
+                            c_sum += cij as f64;
+                            pairs += 1;
+                        }
+                    }
+                }
+                (c_sum, pairs)
+            },
+        )
+        .collect();
+    let mut c_sum = 0.0f64;
+    let mut pairs = 0usize;
+    for (s, p) in parts {
+        c_sum += s;
+        pairs += p;
+    }
+    TokenPairs {
+        n,
+        base,
+        c,
+        pairs,
+        c_sum,
+    }
+}
+
+/// The guided orthogonality term of SPEC.md on one batch (see
+/// [`guided_penalty`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GuidedPenalty {
+    /// `sum c_ij |cos(d_i, d_j)| / sum c_ij` over the pairs with `c_ij >= tau`.
+    pub value: f64,
+    /// Number of those pairs.
+    pub pairs: usize,
+    /// Their mean |cos|.
+    pub mean_abs_cos: f64,
+    /// When asked: the gradient of `value` with respect to `w_dec`
+    /// ([d_sae, d_in]); empty otherwise.
+    pub grad: Vec<f32>,
+}
+
+/// The guided orthogonality term for decoder rows `w_dec` ([d_sae, d_in]) on
+/// a batch's active lists, computed token by token as the trainer does for
+/// large dictionaries (the trainer's kernel; for diagnostics, benchmarks and
+/// tests).
+pub fn guided_penalty(
+    w_dec: &[f32],
+    d_in: usize,
+    indptr: &[usize],
+    indices: &[u32],
+    tau: f32,
+    with_grad: bool,
+) -> Result<GuidedPenalty> {
+    if d_in == 0 || !w_dec.len().is_multiple_of(d_in) {
+        bail!("w_dec must be [d_sae, d_in]");
+    }
+    let f = w_dec.len() / d_in;
+    check_lists(f, indptr, indices)?;
+    let tp = batch_token_pairs(f, indptr, indices, tau);
+    let pen = super::ortho::token_penalty(w_dec, d_in, f, indptr, indices, &tp, 1.0);
+    let mut grad = Vec::new();
+    if with_grad {
+        grad = vec![0.0f32; f * d_in];
+        for (j, g) in grad.chunks_mut(d_in).enumerate() {
+            if let Some(r) = pen.grad.row(j) {
+                g.copy_from_slice(r);
+            }
+        }
+    }
+    Ok(GuidedPenalty {
+        value: pen.value,
+        pairs: tp.pairs,
+        mean_abs_cos: pen.abs_cos_sum / tp.pairs.max(1) as f64,
+        grad,
+    })
 }
 
 /// Streams co-firing counts over many batches: per-latent counts `n_i`, the

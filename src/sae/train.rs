@@ -33,12 +33,12 @@ use rayon::prelude::*;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
-use super::cofire::batch_pairs;
+use super::cofire::{batch_partners, batch_token_pairs, token_pairs_len};
 use super::model::{
     axpy, dot, encode_centered, geometric_median, EncoderWeights, Sae, SaeConfig, SaeKind,
     ScratchPool, Select, SparseCodes,
 };
-use super::ortho::{weighted_abs_cos, PairPenalty};
+use super::ortho::{pairs_to_blocks, partner_penalty, token_penalty, PairPenalty};
 use crate::linalg::{self, Compute};
 use crate::rng::SplitMix64;
 
@@ -643,25 +643,38 @@ impl Trainer {
                         ps.push((i.min(j), i.max(j)));
                     }
                 }
-                let w = vec![1.0 / ps.len().max(1) as f32; ps.len()];
-                Some(weighted_abs_cos(w_dec, d, f, &ps, &w, lam))
+                let blocks = pairs_to_blocks(f, &ps);
+                Some(partner_penalty(
+                    w_dec,
+                    d,
+                    f,
+                    &blocks,
+                    ps.len().max(1) as f64,
+                    lam,
+                ))
             }
             Ortho::Guided { lambda: lam, tau } => {
                 lambda = lam;
-                let cof = batch_pairs(f, &main.indptr, &main.indices, tau, false);
-                let ps: Vec<(u32, u32)> = cof.pairs.iter().map(|p| (p.i, p.j)).collect();
-                let c_sum: f64 = cof.pairs.iter().map(|p| p.c as f64).sum();
-                let w: Vec<f32> = cof
-                    .pairs
-                    .iter()
-                    .map(|p| (p.c as f64 / c_sum) as f32)
-                    .collect();
-                let pen = weighted_abs_cos(w_dec, d, f, &ps, &w, lam);
-                if !ps.is_empty() {
-                    stats.competing_pairs = ps.len();
-                    stats.mean_c = c_sum / ps.len() as f64;
-                    stats.mean_abs_cos_competing =
-                        pen.cos.iter().map(|c| c.abs() as f64).sum::<f64>() / ps.len() as f64;
+                // Token by token (each token's decoder rows read once) when
+                // the decoder does not fit in cache, unless its buffers (a
+                // k_t x k_t block per token, a row per active entry) would
+                // pass 1 GiB; otherwise latent by latent (partner rows read
+                // per pair, from cache). The choice depends on shapes only.
+                let (pairs, c_sum, pen) = if f * d * 4 > 16 << 20
+                    && (token_pairs_len(&main.indptr) + main.indices.len() * d) * 4 <= 1 << 30
+                {
+                    let tp = batch_token_pairs(f, &main.indptr, &main.indices, tau);
+                    let pen = token_penalty(w_dec, d, f, &main.indptr, &main.indices, &tp, lam);
+                    (tp.pairs, tp.c_sum, pen)
+                } else {
+                    let bp = batch_partners(f, &main.indptr, &main.indices, tau);
+                    let pen = partner_penalty(w_dec, d, f, &bp.blocks, bp.c_sum, lam);
+                    (bp.pairs, bp.c_sum, pen)
+                };
+                if pairs > 0 {
+                    stats.competing_pairs = pairs;
+                    stats.mean_c = c_sum / pairs as f64;
+                    stats.mean_abs_cos_competing = pen.abs_cos_sum / pairs as f64;
                 }
                 Some(pen)
             }
