@@ -226,3 +226,83 @@ fn bf16_training_ends_near_f32() {
         "L0 f32 {l0_f} bf16 {l0_b}"
     );
 }
+
+/// Mean |cos(d_i, d_j)| over latent pairs that co-fire with c_ij >= tau on
+/// held-out tokens, and their number.
+fn cofiring_cos(sae: &Sae, x: &[f32], tau: f32) -> (f64, usize) {
+    let n = x.len() / D;
+    let codes = sae.encode(x, n).unwrap();
+    let b = batch_pairs(sae.cfg.d_sae, &codes.indptr, &codes.indices, tau, true);
+    let mut s = 0.0;
+    for p in &b.pairs {
+        let (i, j) = (p.i as usize, p.j as usize);
+        let c: f32 = sae.w_dec[i * D..(i + 1) * D]
+            .iter()
+            .zip(&sae.w_dec[j * D..(j + 1) * D])
+            .map(|(a, b)| a * b)
+            .sum();
+        s += c.abs() as f64;
+    }
+    (s / b.pairs.len().max(1) as f64, b.pairs.len())
+}
+
+#[test]
+fn guided_orthogonality_separates_cofiring_latents() {
+    // 32 independent directions plus 8 pairs of correlated directions
+    // (cos 0.6 within a pair) that always fire together.
+    let mut rng = SplitMix64::new(43);
+    let mut dirs = random_dirs(32, &mut rng);
+    let mut events: Vec<Vec<usize>> = (0..32).map(|i| vec![i]).collect();
+    for p in 0..8 {
+        let a = random_dirs(1, &mut rng).pop().unwrap();
+        let v = random_dirs(1, &mut rng).pop().unwrap();
+        let mut b: Vec<f32> = a.iter().zip(&v).map(|(x, y)| 0.6 * x + 0.8 * y).collect();
+        unit(&mut b);
+        dirs.push(a);
+        dirs.push(b);
+        events.push(vec![32 + 2 * p, 33 + 2 * p]);
+    }
+    let make = |seed| World {
+        dirs: dirs.clone(),
+        events: events.clone(),
+        per_token: 3,
+        rng: SplitMix64::new(seed),
+    };
+    let scale = norm_scaling_factor(&make(1).batch(4096), D).unwrap();
+    let held_out: Vec<f32> = make(99).batch(8192).iter().map(|v| v * scale).collect();
+    let (f, k, steps, tau) = (96, 6, 3000, 0.1);
+    let plain = train(&mut make(5), f, k, steps, Ortho::None, scale);
+    let guided = train(
+        &mut make(5),
+        f,
+        k,
+        steps,
+        Ortho::Guided { lambda: 0.1, tau },
+        scale,
+    );
+    let (cos_p, np) = cofiring_cos(&plain, &held_out, tau);
+    let (cos_g, ng) = cofiring_cos(&guided, &held_out, tau);
+    let (rec_p, min_p) = recovery(&plain, &dirs);
+    let (rec_g, min_g) = recovery(&guided, &dirs);
+    let mse = |s: &Sae| {
+        let r = s.reconstruct(&held_out).unwrap();
+        r.iter()
+            .zip(&held_out)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>()
+            / (held_out.len() / D) as f64
+    };
+    println!(
+        "lambda 0:   co-firing pairs {np}, mean |cos| {cos_p:.4}, recovery mean {rec_p:.4} (min {min_p:.4}), mse {:.5}",
+        mse(&plain)
+    );
+    println!(
+        "guided 0.1: co-firing pairs {ng}, mean |cos| {cos_g:.4}, recovery mean {rec_g:.4} (min {min_g:.4}), mse {:.5}",
+        mse(&guided)
+    );
+    assert!(cos_g < cos_p, "guided {cos_g} vs plain {cos_p}");
+    assert!(
+        rec_g >= 0.9 && rec_g >= rec_p - 0.03,
+        "recovery guided {rec_g} vs plain {rec_p}"
+    );
+}
