@@ -472,11 +472,14 @@ fn extract_writes_the_models_resid_post_for_every_token() {
     let key = s.artifacts("extract").remove(0);
     let dir = s.dir.join("data/extract").join(&key);
     let rows = read_shard(&dir.join("eval-00000.parquet"));
-    let model = coact::lm::Gemma::load(
-        &coact::lm::ModelSource::Safetensors(s.dir.join("model")),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
+    let model = stage_model(&s.dir.join("model"));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        manifest["summary"]["compute"],
+        serde_json::json!(model.compute()),
+        "the manifest records the products' arithmetic"
+    );
     let first: Vec<u32> = rows.iter().take(8).map(|r| r.2 as u32).collect();
     assert!(rows.iter().take(8).all(|r| r.0 == rows[0].0));
     let ids = candle_core::Tensor::from_vec(first, (1, 8), &candle_core::Device::Cpu).unwrap();
@@ -790,4 +793,19 @@ fn a_batch_larger_than_the_train_split_is_an_error() {
         err.contains("train.batch_size = 100000") && err.contains("larger than"),
         "{err}"
     );
+}
+
+/// The fixture model as the stages load it: `extract.compute` is `auto` in
+/// the fixtures, so bf16 where this CPU has bf16 hardware, else f32.
+pub fn stage_model(dir: &std::path::Path) -> coact::lm::Gemma {
+    let (compute, _) = coact::linalg::resolve(None, "extract.compute").unwrap();
+    coact::lm::Gemma::load_with(
+        &coact::lm::ModelSource::Safetensors(dir.to_path_buf()),
+        &candle_core::Device::Cpu,
+        &coact::lm::LoadOptions {
+            compute,
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }

@@ -99,6 +99,7 @@ fn modes() -> Vec<Compute> {
     m
 }
 
+#[allow(clippy::too_many_arguments)] // a test helper: every knob of one run
 fn train_with(
     world: &mut World,
     f: usize,

@@ -62,7 +62,7 @@ impl Gemma {
             model.cfg.activation = a;
         }
         if opts.compute == Compute::Bf16 {
-            model.to_bf16()?;
+            model.hold_in_bf16()?;
         }
         Ok(model)
     }
@@ -71,7 +71,7 @@ impl Gemma {
 impl Gemma {
     /// Holds every block's dense weights in bf16 (the unembedding follows at
     /// the first full forward).
-    fn to_bf16(&mut self) -> Result<()> {
+    fn hold_in_bf16(&mut self) -> Result<()> {
         for b in &mut self.blocks {
             for mp in [&mut b.qkv, &mut b.gate_up] {
                 match mp {

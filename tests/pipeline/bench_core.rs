@@ -41,11 +41,7 @@ fn eval_split(s: &Study) -> EvalSplit {
 }
 
 fn model(s: &Study) -> coact::lm::Gemma {
-    coact::lm::Gemma::load(
-        &coact::lm::ModelSource::Safetensors(s.dir.join("model")),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap()
+    crate::stage_model(&s.dir.join("model"))
 }
 
 #[test]
