@@ -80,20 +80,11 @@ fn bf16_forward_stays_close_to_f32() {
     assert_eq!(bf16m.compute(), Compute::Bf16);
     let seqs = sotu_tokens();
     let ids = tensor(&seqs);
-    let a = f32m
-        .resid_post(&ids, LAYER)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let b = bf16m
-        .resid_post(&ids, LAYER)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let resid = |m: &Gemma| -> Vec<f32> {
+        let r = m.resid_post(&ids, LAYER).unwrap();
+        r.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    };
+    let (a, b) = (resid(&f32m), resid(&bf16m));
     let d = f32m.config().d_model;
     let errs: Vec<f64> = a
         .chunks_exact(d)

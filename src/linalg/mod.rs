@@ -220,6 +220,22 @@ fn check_operand(name: &str, len: usize, t: Trans, rows: usize, cols: usize, ld:
     }
 }
 
+/// Checks every operand's extent (panicking with the operand's name) and
+/// says whether there is anything to compute.
+fn checked(
+    ta: Trans,
+    tb: Trans,
+    (m, n, k): (usize, usize, usize),
+    (a, lda): (usize, usize),
+    (b, ldb): (usize, usize),
+    (c, ldc): (usize, usize),
+) -> bool {
+    check_operand("A", a, ta, m, k, lda);
+    check_operand("B", b, tb, k, n, ldb);
+    check_operand("C", c, Trans::N, m, n, ldc);
+    m > 0 && n > 0
+}
+
 fn check_status(what: &str, s: dnnl::Status) {
     assert!(
         s == dnnl::SUCCESS,
@@ -244,10 +260,14 @@ pub fn sgemm(
     c: &mut [f32],
     ldc: usize,
 ) {
-    check_operand("A", a.len(), ta, m, k, lda);
-    check_operand("B", b.len(), tb, k, n, ldb);
-    check_operand("C", c.len(), Trans::N, m, n, ldc);
-    if m == 0 || n == 0 {
+    if !checked(
+        ta,
+        tb,
+        (m, n, k),
+        (a.len(), lda),
+        (b.len(), ldb),
+        (c.len(), ldc),
+    ) {
         return;
     }
     // SAFETY: the operands were checked to cover the extents oneDNN reads
@@ -291,10 +311,14 @@ pub fn gemm_bf16(
     c: &mut [f32],
     ldc: usize,
 ) {
-    check_operand("A", a.len(), ta, m, k, lda);
-    check_operand("B", b.len(), tb, k, n, ldb);
-    check_operand("C", c.len(), Trans::N, m, n, ldc);
-    if m == 0 || n == 0 {
+    if !checked(
+        ta,
+        tb,
+        (m, n, k),
+        (a.len(), lda),
+        (b.len(), ldb),
+        (c.len(), ldc),
+    ) {
         return;
     }
     // SAFETY: as in sgemm.
