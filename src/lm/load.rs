@@ -17,11 +17,13 @@ use crate::linalg::Compute;
 /// How GGUF weights are held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightFormat {
-    /// Dequantize every matrix to f32 at load and run candle's f32 gemm.
+    /// Dequantize every matrix at load (to f32, or bf16 with
+    /// `LoadOptions::compute`) and run the products on [`crate::linalg`].
     /// The default, chosen by measurement (tests/lm_speed.rs, gemma-3-270m,
-    /// 8 x 128-token batches, this 2-core machine, same run): to layer 8,
-    /// f32 332 tokens/s vs QMatMul 19 tokens/s; candle's quantized CPU matmul
-    /// is built for one-token decoding. Costs ~1.1 GB instead of ~0.3 GB.
+    /// 8 x 128-token batches, 2 cores, same run): to layer 8, dense f32 (then
+    /// on candle's gemm) 332 tokens/s vs QMatMul 19 tokens/s; candle's
+    /// quantized CPU matmul is built for one-token decoding. Costs ~1.1 GB
+    /// instead of ~0.3 GB.
     #[default]
     Dense,
     /// Keep GGUF matrices quantized and use candle's `QMatMul` (the embedding
