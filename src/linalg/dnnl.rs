@@ -9,6 +9,24 @@ use std::os::raw::{c_char, c_int};
 pub(super) type Status = c_int;
 pub(super) const SUCCESS: Status = 0;
 
+/// The shape both GEMM entry points share: row-major
+/// `C = alpha op(A) op(B) + beta C` with operands of element type `T`.
+pub(super) type Gemm<T> = unsafe extern "C" fn(
+    c_char,
+    c_char,
+    i64,
+    i64,
+    i64,
+    f32,
+    *const T,
+    i64,
+    *const T,
+    i64,
+    f32,
+    *mut f32,
+    i64,
+) -> Status;
+
 #[link(name = "dnnl")]
 extern "C" {
     /// Row-major `C = alpha op(A) op(B) + beta C`.

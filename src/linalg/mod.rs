@@ -220,29 +220,6 @@ fn check_operand(name: &str, len: usize, t: Trans, rows: usize, cols: usize, ld:
     }
 }
 
-/// Checks every operand's extent (panicking with the operand's name) and
-/// says whether there is anything to compute.
-fn checked(
-    ta: Trans,
-    tb: Trans,
-    (m, n, k): (usize, usize, usize),
-    (a, lda): (usize, usize),
-    (b, ldb): (usize, usize),
-    (c, ldc): (usize, usize),
-) -> bool {
-    check_operand("A", a, ta, m, k, lda);
-    check_operand("B", b, tb, k, n, ldb);
-    check_operand("C", c, Trans::N, m, n, ldc);
-    m > 0 && n > 0
-}
-
-fn check_status(what: &str, s: dnnl::Status) {
-    assert!(
-        s == dnnl::SUCCESS,
-        "oneDNN {what} failed with status {s} (see dnnl_status_t)"
-    );
-}
-
 /// Single-threaded row-major `c[m, n] = alpha op(a)[m, k] op(b)[k, n] + beta c`.
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm(
@@ -260,37 +237,18 @@ pub fn sgemm(
     c: &mut [f32],
     ldc: usize,
 ) {
-    if !checked(
-        ta,
-        tb,
-        (m, n, k),
-        (a.len(), lda),
-        (b.len(), ldb),
-        (c.len(), ldc),
-    ) {
-        return;
-    }
-    // SAFETY: the operands were checked to cover the extents oneDNN reads
-    // and writes; the call is single-threaded on this thread.
-    let s = unsafe {
-        dnnl::omp_set_num_threads(1);
-        dnnl::dnnl_sgemm(
-            ta.flag(),
-            tb.flag(),
-            m as i64,
-            n as i64,
-            k as i64,
-            alpha,
-            a.as_ptr(),
-            lda as i64,
-            b.as_ptr(),
-            ldb as i64,
-            beta,
-            c.as_mut_ptr(),
-            ldc as i64,
-        )
-    };
-    check_status("sgemm", s);
+    let (dims, scales) = ((m, n, k), (alpha, beta));
+    let f = dnnl::dnnl_sgemm;
+    call(
+        "sgemm",
+        f,
+        (ta, tb),
+        dims,
+        scales,
+        (a, lda),
+        (b, ldb),
+        (c, ldc),
+    );
 }
 
 /// Single-threaded row-major product of bf16 operands (raw bits) with f32
@@ -311,20 +269,44 @@ pub fn gemm_bf16(
     c: &mut [f32],
     ldc: usize,
 ) {
-    if !checked(
-        ta,
-        tb,
-        (m, n, k),
-        (a.len(), lda),
-        (b.len(), ldb),
-        (c.len(), ldc),
-    ) {
+    let (dims, scales) = ((m, n, k), (alpha, beta));
+    let f = dnnl::dnnl_gemm_bf16bf16f32;
+    call(
+        "gemm_bf16bf16f32",
+        f,
+        (ta, tb),
+        dims,
+        scales,
+        (a, lda),
+        (b, ldb),
+        (c, ldc),
+    );
+}
+
+/// Checks every operand's extent (panicking with the operand's name), then
+/// makes the single-threaded oneDNN call `f` when there is anything to compute.
+#[allow(clippy::too_many_arguments)]
+fn call<T>(
+    what: &str,
+    f: dnnl::Gemm<T>,
+    (ta, tb): (Trans, Trans),
+    (m, n, k): (usize, usize, usize),
+    (alpha, beta): (f32, f32),
+    (a, lda): (&[T], usize),
+    (b, ldb): (&[T], usize),
+    (c, ldc): (&mut [f32], usize),
+) {
+    check_operand("A", a.len(), ta, m, k, lda);
+    check_operand("B", b.len(), tb, k, n, ldb);
+    check_operand("C", c.len(), Trans::N, m, n, ldc);
+    if m == 0 || n == 0 {
         return;
     }
-    // SAFETY: as in sgemm.
+    // SAFETY: the operands were checked to cover the extents oneDNN reads
+    // and writes; the call is single-threaded on this thread.
     let s = unsafe {
         dnnl::omp_set_num_threads(1);
-        dnnl::dnnl_gemm_bf16bf16f32(
+        f(
             ta.flag(),
             tb.flag(),
             m as i64,
@@ -340,7 +322,10 @@ pub fn gemm_bf16(
             ldc as i64,
         )
     };
-    check_status("gemm_bf16bf16f32", s);
+    assert!(
+        s == dnnl::SUCCESS,
+        "oneDNN {what} failed with status {s} (see dnnl_status_t)"
+    );
 }
 
 /// The right operand of [`matmul`]: `[k, n]` as stored (`Trans::N`) or
