@@ -27,9 +27,10 @@
 //! mean max decoder cosine. The counting engine is src/competition.rs; its
 //! docs state the memory bound (12 bytes per firing, never F x F).
 
-use crate::config::Config;
-use crate::runner::{StageInput, StageOutput};
-use crate::store::TableEntry;
+use crate::config::{CompeteConfig, Config};
+use crate::pipeline::stage::{Registry, Stage, Unit};
+use crate::pipeline::stage::{StageInput, StageOutput};
+use crate::pipeline::store::TableEntry;
 use anyhow::{anyhow, bail, Context, Result};
 use arrow::array::{
     ArrayRef, AsArray, Float32Array, Float64Array, Int64Array, RecordBatch, StringArray,
@@ -44,7 +45,6 @@ use coact::sae::{load_saelens, SaeKind};
 use coact::text::TextTokenizer;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -55,110 +55,6 @@ use std::time::Instant;
 const ENCODE_BATCH: usize = 4096;
 /// The |cos| above which a pair counts as aligned in compete_summary.
 const COS_SHARE: f64 = 0.3;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CompeteConfig {
-    /// Competition thresholds: a pair (i, j) competes at tau when
-    /// `c_ij >= tau` and `C_ij >= min_cofirings`. Each in [0, 1], at least
-    /// one, no repeats; compete_pairs keeps the pairs of the smallest.
-    #[serde(default = "default_taus")]
-    pub taus: Vec<f64>,
-    /// Fewest co-firings for a pair to compete (>= 1): pairs seen once or
-    /// twice would otherwise flood the tables through rare latents.
-    #[serde(default = "default_min_cofirings")]
-    pub min_cofirings: u64,
-    /// Seed of the random pairs (the baseline of compete_summary) and of the
-    /// random dashboard latents; the same for every variant.
-    #[serde(default)]
-    pub random_seed: u64,
-    /// Top competing pairs per variant (by c_ij, ties by co-firings) whose
-    /// contexts go into compete_examples.
-    #[serde(default = "default_example_pairs")]
-    pub example_pairs: usize,
-    /// Contexts per example pair (tokens where both fire, the highest
-    /// min(act_i, act_j) first).
-    #[serde(default = "default_examples_per_pair")]
-    pub examples_per_pair: usize,
-    /// Tokens on each side of the firing token in a context (<= 64).
-    #[serde(default = "default_context_window")]
-    pub context_window: usize,
-    /// Latents per reason ('competing': the most competitors at the smallest
-    /// tau; 'random': alive latents drawn with random_seed) in
-    /// compete_top_contexts.
-    #[serde(default = "default_dashboard_latents")]
-    pub dashboard_latents: usize,
-    /// Top-activating contexts per dashboard latent.
-    #[serde(default = "default_top_contexts")]
-    pub top_contexts: usize,
-}
-
-fn default_taus() -> Vec<f64> {
-    vec![0.05, 0.1, 0.2, 0.5]
-}
-fn default_min_cofirings() -> u64 {
-    3
-}
-fn default_example_pairs() -> usize {
-    20
-}
-fn default_examples_per_pair() -> usize {
-    3
-}
-fn default_context_window() -> usize {
-    8
-}
-fn default_dashboard_latents() -> usize {
-    8
-}
-fn default_top_contexts() -> usize {
-    5
-}
-
-impl Default for CompeteConfig {
-    fn default() -> Self {
-        Self {
-            taus: default_taus(),
-            min_cofirings: default_min_cofirings(),
-            random_seed: 0,
-            example_pairs: default_example_pairs(),
-            examples_per_pair: default_examples_per_pair(),
-            context_window: default_context_window(),
-            dashboard_latents: default_dashboard_latents(),
-            top_contexts: default_top_contexts(),
-        }
-    }
-}
-
-impl CompeteConfig {
-    pub fn validate(&self) -> Result<()> {
-        if self.taus.is_empty() {
-            bail!("compete.taus: empty; expected at least one threshold in [0, 1], e.g. [0.05, 0.1, 0.2, 0.5]");
-        }
-        for (k, &t) in self.taus.iter().enumerate() {
-            if !(t.is_finite() && (0.0..=1.0).contains(&t)) {
-                bail!("compete.taus[{k}] = {t}: expected a threshold in [0, 1]");
-            }
-            if self.taus[..k].contains(&t) {
-                bail!("compete.taus[{k}] = {t}: listed twice");
-            }
-        }
-        if self.min_cofirings == 0 {
-            bail!("compete.min_cofirings = 0: expected an integer >= 1");
-        }
-        if self.context_window > 64 {
-            bail!(
-                "compete.context_window = {}: expected at most 64 tokens on each side",
-                self.context_window
-            );
-        }
-        Ok(())
-    }
-
-    fn tau_min(&self) -> f64 {
-        self.taus.iter().copied().fold(f64::INFINITY, f64::min)
-    }
-}
 
 /// The part of the config a compete artifact's key hashes.
 pub fn key_config(cfg: &Config) -> Value {
@@ -212,6 +108,39 @@ impl Contexts {
             .replace("\r\n", "↵")
             .replace(['\n', '\r'], "↵")
             .replace('\t', " "))
+    }
+}
+
+/// Counts co-firings and competition statistics per variant.
+pub struct Compete;
+
+impl Stage for Compete {
+    fn name(&self) -> &'static str {
+        "compete"
+    }
+    fn about(&self) -> &'static str {
+        "co-firing counts, c_ij, competing pairs and their decoder cosines"
+    }
+    fn deps(&self) -> &'static [&'static str] {
+        &["tokenize", "extract", "train"]
+    }
+    fn units(&self, cfg: &Config, _: &Registry) -> Result<Vec<Unit>> {
+        Ok(cfg
+            .variants()
+            .into_iter()
+            .map(|v| Unit {
+                config: key_config(cfg),
+                uses: Some(vec![
+                    "tokenize".into(),
+                    "extract".into(),
+                    format!("train/{}", v.name),
+                ]),
+                unit: Some(v.name),
+            })
+            .collect())
+    }
+    fn run(&self, input: &StageInput) -> Result<StageOutput> {
+        run(input)
     }
 }
 
@@ -316,7 +245,7 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
     let mut tables = BTreeMap::new();
     let mut put = |name: &str, batch: RecordBatch| -> Result<()> {
         let file = format!("{name}.parquet");
-        let rows = crate::parquet_io::write_all(&out.join(&file), &[batch])?;
+        let rows = crate::artifacts::parquet_io::write_all(&out.join(&file), &[batch])?;
         tables.insert(
             name.to_string(),
             TableEntry {

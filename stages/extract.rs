@@ -6,9 +6,11 @@
 //! continues from its finished shards and ends with identical files.
 
 use crate::config::{Config, ExtractDtype, ModelSourceKind};
-use crate::progress::Progress;
-use crate::runner::{StageInput, StageOutput};
-use crate::store::{Store, TableEntry};
+use crate::pipeline::fingerprint::Fingerprints;
+use crate::pipeline::progress::Progress;
+use crate::pipeline::stage::{Registry, Stage, Unit};
+use crate::pipeline::stage::{StageInput, StageOutput};
+use crate::pipeline::store::{Store, TableEntry};
 use anyhow::{anyhow, bail, Context, Result};
 use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, FixedSizeListArray, Float16Array, Float32Array,
@@ -21,7 +23,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -80,7 +82,7 @@ pub fn read_sequences(store: &Store, tokenize_key: &str) -> Result<BTreeMap<Stri
         .artifact_dir("tokenize", tokenize_key)
         .join("sequences.parquet");
     let mut out: BTreeMap<String, Sequences> = BTreeMap::new();
-    for batch in crate::parquet_io::read_all(&path)? {
+    for batch in crate::artifacts::parquet_io::read_all(&path)? {
         let ids = batch
             .column_by_name("seq_id")
             .context("sequences: no seq_id")?
@@ -163,6 +165,49 @@ impl ShardStats {
             *a += b;
         }
     }
+}
+
+/// Runs the model over every sequence and stores resid_post at the layer.
+pub struct Extract;
+
+impl Stage for Extract {
+    fn name(&self) -> &'static str {
+        "extract"
+    }
+    fn about(&self) -> &'static str {
+        "run the model and store resid_post at the studied layer"
+    }
+    fn deps(&self) -> &'static [&'static str] {
+        &["tokenize"]
+    }
+    fn resumable(&self) -> bool {
+        true
+    }
+    fn units(&self, cfg: &Config, _: &Registry) -> Result<Vec<Unit>> {
+        Ok(Unit::single(key_config(cfg)?))
+    }
+    fn run(&self, input: &StageInput) -> Result<StageOutput> {
+        run(input)
+    }
+}
+
+/// The part of the config an extract artifact's key hashes, with a content
+/// digest of a local weights file.
+fn key_config(cfg: &Config) -> Result<Value> {
+    let mut fp = Fingerprints::open(&cfg.data_dir());
+    let m = &cfg.model;
+    let weights = match &m.path {
+        Some(p) => json!({ "path": p, "fingerprint": fp.path(&cfg.resolve(p), None) }),
+        None => json!({ "hf_id": m.hf_id, "revision": m.revision }),
+    };
+    // The resolved compute, not `auto`: bf16 and f32 make other bytes.
+    let mut extract = serde_json::to_value(&cfg.extract)?;
+    extract["compute"] = json!(cfg.extract.compute.resolve("extract.compute")?);
+    Ok(json!({
+        "model": { "name": m.name, "source": m.source, "weights": weights },
+        "layer": m.layer,
+        "extract": extract,
+    }))
 }
 
 pub fn run(input: &StageInput) -> Result<StageOutput> {
@@ -416,7 +461,7 @@ pub fn read_activations(
     let mut special = Vec::new();
     let mut d = 0usize;
     for f in files.iter().filter(|f| f.starts_with(&format!("{split}-"))) {
-        for batch in crate::parquet_io::read_all(&dir.join(f))? {
+        for batch in crate::artifacts::parquet_io::read_all(&dir.join(f))? {
             let col = batch
                 .column_by_name("activation")
                 .context("no activation column")?

@@ -34,8 +34,9 @@
 //! test_precision, test_recall, bias, weight FixedSizeList<f32>[d_model]).
 
 use crate::config::Config;
-use crate::runner::{StageInput, StageOutput};
-use crate::store::TableEntry;
+use crate::pipeline::stage::{Registry, Stage, Unit};
+use crate::pipeline::stage::{StageInput, StageOutput};
+use crate::pipeline::store::TableEntry;
 use anyhow::{anyhow, bail, Context, Result};
 use arrow::array::{
     BooleanArray, FixedSizeListArray, Float32Array, Float64Array, Int32Array, RecordBatch,
@@ -61,7 +62,7 @@ pub fn key_config(cfg: &Config) -> Value {
     let a = &cfg.bench.absorption;
     json!({
         "words": a.words,
-        "words_fingerprint": crate::fingerprint::fingerprint(cfg, &cfg.resolve(&a.words), None),
+        "words_fingerprint": crate::pipeline::fingerprint::fingerprint(cfg, &cfg.resolve(&a.words), None),
         "max_words": a.max_words,
         "test_fraction": a.test_fraction,
         "icl_examples": a.icl_examples,
@@ -172,6 +173,30 @@ fn candidate_words(tok: &TextTokenizer, text: &str) -> Result<Candidates> {
         }
     }
     Ok((out, lines, n_alpha))
+}
+
+/// Builds the absorption benchmark's first-letter prompts and probes.
+pub struct Letters;
+
+impl Stage for Letters {
+    fn name(&self) -> &'static str {
+        "letters"
+    }
+    fn about(&self) -> &'static str {
+        "first-letter prompts and ground-truth letter probes (absorption's input)"
+    }
+    fn deps(&self) -> &'static [&'static str] {
+        &["extract"]
+    }
+    fn on_demand(&self) -> bool {
+        true
+    }
+    fn units(&self, cfg: &Config, _: &Registry) -> Result<Vec<Unit>> {
+        Ok(Unit::single(key_config(cfg)))
+    }
+    fn run(&self, input: &StageInput) -> Result<StageOutput> {
+        run(input)
+    }
 }
 
 pub fn run(input: &StageInput) -> Result<StageOutput> {
@@ -490,7 +515,7 @@ fn write_words(
         ],
     )?;
     debug_assert_eq!(batch.num_rows(), n);
-    crate::parquet_io::write_all(&input.out_dir.join(WORDS_FILE), &[batch])
+    crate::artifacts::parquet_io::write_all(&input.out_dir.join(WORDS_FILE), &[batch])
         .context("writing the letters words table")
 }
 
@@ -539,7 +564,7 @@ fn write_probes(input: &StageInput, probes: &[GroundTruthProbe], d: usize) -> Re
             )?),
         ],
     )?;
-    crate::parquet_io::write_all(&input.out_dir.join(PROBES_FILE), &[batch])
+    crate::artifacts::parquet_io::write_all(&input.out_dir.join(PROBES_FILE), &[batch])
         .context("writing the letters probes table")?;
     Ok(())
 }

@@ -3,15 +3,18 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use coact_pipeline::config::Config;
-use coact_pipeline::progress::Progress;
-use coact_pipeline::query::{self, Format};
+use coact_pipeline::pipeline::progress::Progress;
+use coact_pipeline::pipeline::query::{self, Format};
+use coact_pipeline::pipeline::{clean, runner, status, verify};
+use coact_pipeline::registry::REGISTRY;
 use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
     name = "coact",
     version,
-    about = "Sparse autoencoders with sparsity-guided orthogonality: a cached, queryable study pipeline"
+    about = "Sparse autoencoders with sparsity-guided orthogonality: a cached, queryable study pipeline",
+    after_help = stage_help()
 )]
 struct Cli {
     /// The study configuration.
@@ -28,7 +31,8 @@ struct Cli {
 enum Command {
     /// Run stages (all when none named) and any missing prerequisites; fresh artifacts are cache hits.
     Run {
-        /// tokenize, extract, train, compete, bench, report
+        /// Stage names (see `coact --help`); none: every stage.
+        #[arg(help = run_stages_help())]
         stages: Vec<String>,
         /// Rerun the named stages even when fresh.
         #[arg(long)]
@@ -38,7 +42,7 @@ enum Command {
         #[arg(long)]
         verify: bool,
     },
-    /// Each stage: fresh, stale (and why), missing, damaged (which file) or not yet implemented.
+    /// Each stage's artifacts: fresh, stale (and why), missing or damaged (which file).
     Status,
     /// Check the content of the config's artifacts (one stage's when named)
     /// against the digests recorded when they were published.
@@ -64,6 +68,26 @@ enum Command {
     },
 }
 
+/// The stages and benchmarks, from the registry.
+fn stage_help() -> String {
+    let mut s = String::from("Stages, in dependency order:\n");
+    for st in REGISTRY.stages {
+        s += &format!("  {:<15}{}\n", st.name(), st.about());
+    }
+    s += "\nBenchmarks (the bench stage; choose with bench.benchmarks):\n";
+    for b in REGISTRY.benchmarks {
+        s += &format!("  {:<15}{}\n", b.name(), b.about());
+    }
+    s
+}
+
+fn run_stages_help() -> String {
+    format!(
+        "Stages to run: {}; none: every stage",
+        REGISTRY.stage_names().join(", ")
+    )
+}
+
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = real_main(cli) {
@@ -74,15 +98,18 @@ fn main() {
 
 fn real_main(cli: Cli) -> Result<()> {
     let cfg = Config::load(&cli.config)?;
+    REGISTRY
+        .validate(&cfg)
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", cli.config.display()))?;
     let progress = Progress { quiet: cli.quiet };
     match cli.command {
         Command::Run {
             stages,
             force,
             verify,
-        } => coact_pipeline::runner::run(&cfg, &stages, force, verify, &progress),
+        } => runner::run(&cfg, &REGISTRY, &stages, force, verify, &progress),
         Command::Verify { stage } => {
-            let (report, damaged) = coact_pipeline::verify::verify(&cfg, stage.as_deref())?;
+            let (report, damaged) = verify::verify(&cfg, &REGISTRY, stage.as_deref())?;
             print!("{report}");
             if damaged > 0 {
                 anyhow::bail!(
@@ -93,7 +120,7 @@ fn real_main(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Status => {
-            print!("{}", coact_pipeline::status::report(&cfg)?);
+            print!("{}", status::report(&cfg, &REGISTRY)?);
             Ok(())
         }
         Command::Query {
@@ -101,7 +128,7 @@ fn real_main(cli: Cli) -> Result<()> {
             format,
             tables,
         } => {
-            let sources = query::fresh_tables(&cfg)?;
+            let sources = query::fresh_tables(&cfg, &REGISTRY)?;
             if tables {
                 print!("{}", query::describe(&sources)?);
                 return Ok(());
@@ -114,7 +141,7 @@ fn real_main(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Clean { all } => {
-            let removed = coact_pipeline::clean::clean(&cfg, all)?;
+            let removed = clean::clean(&cfg, &REGISTRY, all)?;
             if removed.is_empty() {
                 progress.note("nothing to remove");
             }

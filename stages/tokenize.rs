@@ -4,19 +4,21 @@
 //! context_size tokens; documents (never sequences) are split into train and
 //! eval by a seeded shuffle, up to the configured token budgets.
 
+use crate::artifacts::corpus::{read_corpus, Corpus, LabelType, LabelValue};
 use crate::config::Config;
-use crate::corpus::{read_corpus, Corpus, LabelType, LabelValue};
-use crate::runner::{StageInput, StageOutput};
-use crate::store::TableEntry;
+use crate::pipeline::fingerprint::Fingerprints;
+use crate::pipeline::stage::{Registry, Stage, Unit};
+use crate::pipeline::stage::{StageInput, StageOutput};
+use crate::pipeline::store::TableEntry;
 use anyhow::{anyhow, Result};
 use arrow::array::{
     ArrayRef, Float64Builder, Int32Builder, Int64Builder, ListBuilder, RecordBatch, StringBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema};
 use coact::text::{allocate_splits, encode_all, pack_document, Split, TextTokenizer};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Where the tokenizer.json comes from: a local path or the model's hub repo.
@@ -45,6 +47,52 @@ pub fn load_tokenizer(cfg: &Config) -> Result<TextTokenizer> {
                 cfg.model.tokenizer
             )
         }
+    })
+}
+
+/// Splits the corpus into train and eval documents and packs each into
+/// BOS-first sequences.
+pub struct Tokenize;
+
+impl Stage for Tokenize {
+    fn name(&self) -> &'static str {
+        "tokenize"
+    }
+    fn about(&self) -> &'static str {
+        "split the corpus by document and pack BOS-first sequences"
+    }
+    fn units(&self, cfg: &Config, _: &Registry) -> Result<Vec<Unit>> {
+        Ok(Unit::single(key_config(cfg)))
+    }
+    fn run(&self, input: &StageInput) -> Result<StageOutput> {
+        run(input)
+    }
+}
+
+/// The part of the config a tokenize artifact's key hashes, with content
+/// digests of the corpus and the tokenizer file.
+fn key_config(cfg: &Config) -> Value {
+    let mut fp = Fingerprints::open(&cfg.data_dir());
+    let corpus_path = cfg.resolve(&cfg.corpus.path);
+    let format = cfg.corpus_format().ok();
+    let tokenizer = if cfg.model.tokenizer == "hf" {
+        json!({ "hf_id": cfg.model.hf_id, "revision": cfg.model.revision })
+    } else {
+        let p = cfg.resolve(Path::new(&cfg.model.tokenizer));
+        json!({ "path": cfg.model.tokenizer, "fingerprint": fp.path(&p, format) })
+    };
+    json!({
+        "corpus": {
+            "path": cfg.corpus.path,
+            "format": format,
+            "text_column": cfg.corpus.text_column,
+            "id_column": cfg.corpus.id_column,
+            "label_columns": cfg.corpus.label_columns,
+            "fingerprint": fp.path(&corpus_path, format),
+        },
+        "tokenizer": tokenizer,
+        "bos_token": cfg.model.bos_token,
+        "tokenize": cfg.tokenize,
     })
 }
 
@@ -123,8 +171,10 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
     let documents = documents_table(&corpus, &tokens, &alloc)?;
 
     let out = input.out_dir;
-    let doc_rows = crate::parquet_io::write_all(&out.join("documents.parquet"), &[documents])?;
-    let seq_rows = crate::parquet_io::write_all(&out.join("sequences.parquet"), &[sequences])?;
+    let doc_rows =
+        crate::artifacts::parquet_io::write_all(&out.join("documents.parquet"), &[documents])?;
+    let seq_rows =
+        crate::artifacts::parquet_io::write_all(&out.join("sequences.parquet"), &[sequences])?;
     let tables = BTreeMap::from([
         (
             "documents".to_string(),

@@ -5,11 +5,12 @@
 //! shards (one per epoch). Checkpoints every `checkpoint_every` steps let a
 //! killed run resume and end with the same weights.
 
+use crate::config::variants::{Kind, OrthoKind, Variant};
 use crate::config::Config;
 use crate::extract::read_activations;
-use crate::runner::{StageInput, StageOutput};
-use crate::store::TableEntry;
-use crate::variants::{Kind, OrthoKind, Variant};
+use crate::pipeline::stage::{Registry, Stage, Unit};
+use crate::pipeline::stage::{StageInput, StageOutput};
+use crate::pipeline::store::TableEntry;
 use anyhow::{anyhow, bail, Context, Result};
 use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
@@ -101,6 +102,48 @@ pub fn load_train_tokens(input: &StageInput) -> Result<(Vec<f32>, usize, serde_j
         }
     }
     Ok((x, d, m.summary))
+}
+
+/// Trains one SAE per variant on the train split's activations.
+pub struct Train;
+
+impl Stage for Train {
+    fn name(&self) -> &'static str {
+        "train"
+    }
+    fn about(&self) -> &'static str {
+        "train one SAE per variant (SAELens layout, training curves)"
+    }
+    fn deps(&self) -> &'static [&'static str] {
+        &["extract"]
+    }
+    fn resumable(&self) -> bool {
+        true
+    }
+    fn units(&self, cfg: &Config, _: &Registry) -> Result<Vec<Unit>> {
+        let shared = json!({
+            "batch_size": cfg.train.batch_size,
+            "epochs": cfg.train.epochs,
+            "lr": cfg.train.lr,
+            "warmup_steps": cfg.train.warmup_steps,
+            "decay_frac": cfg.train.decay_frac,
+            "dead_after_tokens": cfg.train.dead_after_tokens,
+            "uniform_pairs": cfg.train.uniform_pairs,
+            "compute": cfg.train.compute.resolve("train.compute")?,
+        });
+        Ok(cfg
+            .variants()
+            .into_iter()
+            .map(|v| Unit {
+                config: json!({ "variant": v.name, "sae": v.settings, "schedule": shared }),
+                unit: Some(v.name),
+                uses: None,
+            })
+            .collect())
+    }
+    fn run(&self, input: &StageInput) -> Result<StageOutput> {
+        run(input)
+    }
 }
 
 pub fn run(input: &StageInput) -> Result<StageOutput> {
@@ -352,5 +395,5 @@ fn write_log(path: &Path, variant: &str, log: &[LogRow]) -> Result<u64> {
         columns.into_iter().map(|(_, a)| a).collect(),
     )?;
     debug_assert!(batch.schema().field(0).data_type() == &DataType::Utf8);
-    crate::parquet_io::write_all(path, &[batch])
+    crate::artifacts::parquet_io::write_all(path, &[batch])
 }

@@ -63,9 +63,11 @@
 //! SAEBench groups them, per-latent `eval_result_details`), so SAEBench's
 //! plotting code can read it.
 
+use crate::config::bench::core::{CeSelection, CoreConfig};
 use crate::config::Config;
-use crate::runner::{StageInput, StageOutput};
-use crate::store::TableEntry;
+use crate::pipeline::benchmark::Benchmark;
+use crate::pipeline::stage::{StageInput, StageOutput};
+use crate::pipeline::store::TableEntry;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use arrow::array::{AsArray, Float64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema};
@@ -76,109 +78,11 @@ use coact::rng::SplitMix64;
 use coact::sae::Sae;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-
-/// How the CE / KL sequences are chosen from the eval split.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum CeSelection {
-    /// The first `ce_sequences` eval sequences (in seq_id order).
-    #[default]
-    First,
-    /// `ce_sequences` eval sequences drawn without replacement with `seed`.
-    Seeded,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CoreConfig {
-    /// Whole eval sequences run through the model for the CE and KL scores
-    /// (each costs one full forward per variant, ~1 s for 128 tokens on the
-    /// default study's CPU, plus two shared by all variants). Capped at the
-    /// eval split's sequence count.
-    #[serde(default = "default_ce_sequences")]
-    pub ce_sequences: usize,
-    /// `first` (the first ce_sequences eval sequences) or `seeded` (a sample
-    /// drawn with `seed`).
-    #[serde(default)]
-    pub ce_selection: CeSelection,
-    /// Seed of the `seeded` selection.
-    #[serde(default)]
-    pub seed: u64,
-    /// Sequences per forward pass of the CE / KL runs (memory: two
-    /// `[forward_batch_size * context, vocab]` f32 matrices).
-    #[serde(default = "default_forward_batch_size")]
-    pub forward_batch_size: usize,
-    /// SAEBench's `batch_size_prompts`: consecutive eval sequences per batch
-    /// for the batch-dependent figures (`mse`, `explained_variance_legacy`,
-    /// `relative_reconstruction_bias`). SAEBench's default is 16.
-    #[serde(default = "default_batch_size_prompts")]
-    pub batch_size_prompts: usize,
-    /// Keep the original residual at BOS in the SAE splice (SAEBench's
-    /// `exclude_special_tokens_from_reconstruction`, on in its documented
-    /// runs); false splices the reconstruction at every position.
-    #[serde(default = "default_true")]
-    pub exclude_special_tokens_from_reconstruction: bool,
-    /// MiB of the original forward's log-probabilities (the KL rows of the
-    /// CE sequences, 128 MiB per 128-token sequence with a 262k vocabulary)
-    /// kept in memory from one core unit to the next within a run, so that
-    /// later variants skip the unspliced forward; 0 recomputes it per unit.
-    /// Changes the cost, never the results.
-    #[serde(default = "default_keep_original_mib")]
-    pub keep_original_mib: usize,
-}
-
-fn default_ce_sequences() -> usize {
-    8
-}
-fn default_forward_batch_size() -> usize {
-    1
-}
-fn default_batch_size_prompts() -> usize {
-    16
-}
-fn default_keep_original_mib() -> usize {
-    1536
-}
-fn default_true() -> bool {
-    true
-}
-
-impl Default for CoreConfig {
-    fn default() -> Self {
-        Self {
-            ce_sequences: default_ce_sequences(),
-            ce_selection: CeSelection::default(),
-            seed: 0,
-            forward_batch_size: default_forward_batch_size(),
-            batch_size_prompts: default_batch_size_prompts(),
-            exclude_special_tokens_from_reconstruction: true,
-            keep_original_mib: default_keep_original_mib(),
-        }
-    }
-}
-
-impl CoreConfig {
-    pub fn validate(&self) -> Result<()> {
-        if self.ce_sequences == 0 {
-            bail!("bench.core.ce_sequences = 0: expected at least 1 eval sequence for the CE and KL scores");
-        }
-        if self.forward_batch_size == 0 {
-            bail!(
-                "bench.core.forward_batch_size = 0: expected at least 1 sequence per forward pass"
-            );
-        }
-        if self.batch_size_prompts == 0 {
-            bail!("bench.core.batch_size_prompts = 0: expected at least 1 sequence per batch (SAEBench uses 16)");
-        }
-        Ok(())
-    }
-}
 
 /// The part of the config a core artifact's key hashes (all of
 /// `bench.core` but `keep_original_mib`, which changes only the cost).
@@ -495,7 +399,10 @@ pub fn zero_patch(r: &Tensor) -> Result<Tensor> {
 }
 
 /// The model, loaded once per process (per source).
-fn cached_model(cfg: &Config, progress: &crate::progress::Progress) -> Result<Arc<Gemma>> {
+fn cached_model(
+    cfg: &Config,
+    progress: &crate::pipeline::progress::Progress,
+) -> Result<Arc<Gemma>> {
     static MODEL: Mutex<Option<(String, Arc<Gemma>)>> = Mutex::new(None);
     let source = crate::extract::model_source(cfg);
     let id = source.to_string();
@@ -682,6 +589,26 @@ fn choose_sequences(c: &CoreConfig, available: usize) -> Vec<usize> {
         }
     }
 }
+/// The `core` benchmark.
+pub struct Core;
+
+impl Benchmark for Core {
+    fn name(&self) -> &'static str {
+        "core"
+    }
+    fn about(&self) -> &'static str {
+        "SAEBench core: MSE, explained variance, L0, CE and KL scores with the SAE spliced in"
+    }
+    fn uses(&self) -> &'static [&'static str] {
+        &["extract"]
+    }
+    fn key_config(&self, cfg: &Config) -> Value {
+        key_config(cfg)
+    }
+    fn run(&self, input: &StageInput, variant: &str) -> Result<StageOutput> {
+        run(input, variant)
+    }
+}
 
 pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {
     let started = Instant::now();
@@ -841,7 +768,8 @@ pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {
             )),
         ],
     )?;
-    let rows = crate::parquet_io::write_all(&input.out_dir.join("core.parquet"), &[batch])?;
+    let rows =
+        crate::artifacts::parquet_io::write_all(&input.out_dir.join("core.parquet"), &[batch])?;
 
     // SAEBench-shaped JSON.
     let cah = density.consistent_activation_heuristic();
@@ -908,7 +836,7 @@ pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {
             "forward_batch_size": c.forward_batch_size,
         },
         "eval_id": input.planned.key,
-        "datetime_epoch_millis": crate::store::now_unix() * 1000,
+        "datetime_epoch_millis": crate::pipeline::store::now_unix() * 1000,
         "eval_result_metrics": {
             "model_behavior_preservation": {
                 "kl_div_score": num(kl_div_score),

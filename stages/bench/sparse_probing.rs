@@ -29,8 +29,9 @@
 
 use crate::config::Config;
 use crate::datasets::{DatasetData, TaskData};
-use crate::runner::{StageInput, StageOutput};
-use crate::store::TableEntry;
+use crate::pipeline::benchmark::Benchmark;
+use crate::pipeline::stage::{StageInput, StageOutput};
+use crate::pipeline::store::TableEntry;
 use anyhow::{anyhow, bail, Context, Result};
 use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
@@ -38,88 +39,10 @@ use coact::metrics::probing as pm;
 use coact::probe::{fit_binary, Penalty, ProbeConfig};
 use coact::rng::SplitMix64;
 use coact::sae::Sae;
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SparseProbingConfig {
-    /// Numbers of latents (and of residual channels) the sparse probes use.
-    #[serde(default = "default_ks")]
-    pub ks: Vec<usize>,
-    /// Probe seeds 0..seeds: each balances classes and subsamples train anew.
-    #[serde(default = "default_seeds")]
-    pub seeds: usize,
-    /// Share of each balanced train side a seed keeps.
-    #[serde(default = "default_train_fraction")]
-    pub train_fraction: f64,
-    /// sklearn's inverse L2 strength C of every probe (SAEBench: 1).
-    #[serde(default = "default_c")]
-    pub c: f64,
-    /// Also fit a probe on all latents (SAEBench's optional
-    /// sae_test_accuracy; k null in the table). Off by default: it is the
-    /// slowest part of the benchmark (~1 s per probe on this CPU).
-    #[serde(default)]
-    pub all_latents: bool,
-}
-
-fn default_ks() -> Vec<usize> {
-    vec![1, 2, 5]
-}
-fn default_seeds() -> usize {
-    3
-}
-fn default_train_fraction() -> f64 {
-    0.8
-}
-fn default_c() -> f64 {
-    1.0
-}
-
-impl Default for SparseProbingConfig {
-    fn default() -> Self {
-        Self {
-            ks: default_ks(),
-            seeds: default_seeds(),
-            train_fraction: default_train_fraction(),
-            c: default_c(),
-            all_latents: false,
-        }
-    }
-}
-
-impl SparseProbingConfig {
-    pub fn validate(&self) -> Result<()> {
-        let key = "bench.sparse_probing";
-        if self.ks.is_empty() || self.ks.contains(&0) {
-            bail!(
-                "{key}.ks = {:?}: expected a non-empty list of positive numbers of latents",
-                self.ks
-            );
-        }
-        if self.seeds == 0 {
-            bail!("{key}.seeds = 0: expected at least 1 probe seed");
-        }
-        check_fraction(&format!("{key}.train_fraction"), self.train_fraction)?;
-        if !(self.c.is_finite() && self.c > 0.0) {
-            bail!(
-                "{key}.c = {}: expected a positive inverse regularisation strength",
-                self.c
-            );
-        }
-        Ok(())
-    }
-}
-
-pub(crate) fn check_fraction(key: &str, v: f64) -> Result<()> {
-    if !(v > 0.0 && v <= 1.0) {
-        bail!("{key} = {v}: expected a fraction in (0, 1]");
-    }
-    Ok(())
-}
 
 /// The part of the config a sparse_probing artifact's key hashes.
 pub fn key_config(cfg: &Config) -> Value {
@@ -449,7 +372,7 @@ impl Rows {
         cols.push(Arc::new(Float64Array::from(self.value)));
         let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?;
         let file = format!("{name}.parquet");
-        let rows = crate::parquet_io::write_all(&input.out_dir.join(&file), &[batch])?;
+        let rows = crate::artifacts::parquet_io::write_all(&input.out_dir.join(&file), &[batch])?;
         Ok((
             name.to_string(),
             TableEntry {
@@ -461,6 +384,26 @@ impl Rows {
 }
 
 // ---------------------------------------------------------------------------
+/// The `sparse_probing` benchmark.
+pub struct SparseProbing;
+
+impl Benchmark for SparseProbing {
+    fn name(&self) -> &'static str {
+        "sparse_probing"
+    }
+    fn about(&self) -> &'static str {
+        "k-sparse probes on the latents that best separate each task"
+    }
+    fn uses(&self) -> &'static [&'static str] {
+        &["datasets"]
+    }
+    fn key_config(&self, cfg: &Config) -> Value {
+        key_config(cfg)
+    }
+    fn run(&self, input: &StageInput, variant: &str) -> Result<StageOutput> {
+        run(input, variant)
+    }
+}
 
 pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {
     let sp = &input.cfg.bench.sparse_probing;

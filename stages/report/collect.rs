@@ -8,7 +8,7 @@ use super::{
     CompetitionSummary, Competitor, ContextRow, CurvePoint, LatentCard, PairExample, ReportConfig,
     ReportData, Timing, VariantInfo,
 };
-use crate::store::{Manifest, Store};
+use crate::pipeline::store::{Manifest, Store};
 use anyhow::{anyhow, bail, Context, Result};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::cast;
@@ -171,7 +171,7 @@ pub fn read_table(
     let dir = store.artifact_dir(stage, key);
     let mut out = Vec::new();
     for f in &entry.files {
-        out.extend(crate::parquet_io::read_all(&dir.join(f))?);
+        out.extend(crate::artifacts::parquet_io::read_all(&dir.join(f))?);
     }
     Ok(out)
 }

@@ -10,119 +10,17 @@ pub mod html;
 pub mod plots;
 
 use crate::config::Config;
-use crate::runner::{StageInput, StageOutput};
-use crate::store::TableEntry;
-use anyhow::{bail, Context, Result};
+pub use crate::config::ReportConfig;
+use crate::pipeline::stage::{Registry, Stage, Unit};
+use crate::pipeline::stage::{StageInput, StageOutput};
+use crate::pipeline::store::TableEntry;
+use anyhow::{Context, Result};
 use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReportConfig {
-    /// Latents per variant on the feature dashboards, taken in the order the
-    /// compete stage chose them (the most-competing first, then random ones).
-    #[serde(default = "default_dashboard_latents")]
-    pub dashboard_latents: usize,
-    /// Top-activating contexts shown per dashboard latent.
-    #[serde(default = "default_dashboard_contexts")]
-    pub dashboard_contexts: usize,
-    /// Strongest competitors (by c_ij) listed per dashboard latent.
-    #[serde(default = "default_dashboard_competitors")]
-    pub dashboard_competitors: usize,
-    /// Top competing pairs shown per variant, each with an example context
-    /// where both fire (from compete_examples).
-    #[serde(default = "default_dashboard_pairs")]
-    pub dashboard_pairs: usize,
-    /// Competition threshold of the decoder-cosine histograms and of the
-    /// competition table: pairs with c_ij >= this count as competing.
-    #[serde(default = "default_histogram_tau")]
-    pub histogram_tau: f64,
-    /// Bins of the decoder-cosine histograms, over the range the cosines
-    /// span (0.1st to 99.9th percentile, shared by every panel).
-    #[serde(default = "default_histogram_bins")]
-    pub histogram_bins: usize,
-    /// TrueType font for the plots' text (Debian: fonts-dejavu-core;
-    /// `make setup` installs it). Relative paths are from pipeline.yaml's folder.
-    #[serde(default = "default_font")]
-    pub font: PathBuf,
-}
-
-fn default_dashboard_latents() -> usize {
-    4
-}
-fn default_dashboard_contexts() -> usize {
-    5
-}
-fn default_dashboard_competitors() -> usize {
-    5
-}
-fn default_dashboard_pairs() -> usize {
-    3
-}
-fn default_histogram_tau() -> f64 {
-    0.1
-}
-fn default_histogram_bins() -> usize {
-    40
-}
-pub fn default_font() -> PathBuf {
-    PathBuf::from("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
-}
-
-impl Default for ReportConfig {
-    fn default() -> Self {
-        Self {
-            dashboard_latents: default_dashboard_latents(),
-            dashboard_contexts: default_dashboard_contexts(),
-            dashboard_competitors: default_dashboard_competitors(),
-            dashboard_pairs: default_dashboard_pairs(),
-            histogram_tau: default_histogram_tau(),
-            histogram_bins: default_histogram_bins(),
-            font: default_font(),
-        }
-    }
-}
-
-impl ReportConfig {
-    pub fn validate(&self) -> Result<()> {
-        for (key, v) in [
-            ("dashboard_latents", self.dashboard_latents),
-            ("dashboard_competitors", self.dashboard_competitors),
-            ("dashboard_pairs", self.dashboard_pairs),
-        ] {
-            if v > 50 {
-                bail!("report.{key} = {v}: expected at most 50 (0 to leave them out)");
-            }
-        }
-        if !(1..=50).contains(&self.dashboard_contexts) {
-            bail!(
-                "report.dashboard_contexts = {}: expected 1 to 50 contexts per latent",
-                self.dashboard_contexts
-            );
-        }
-        if !(self.histogram_tau.is_finite() && (0.0..=1.0).contains(&self.histogram_tau)) {
-            bail!(
-                "report.histogram_tau = {}: expected a competition threshold in [0, 1]",
-                self.histogram_tau
-            );
-        }
-        if !(2..=200).contains(&self.histogram_bins) {
-            bail!(
-                "report.histogram_bins = {}: expected 2 to 200 bins",
-                self.histogram_bins
-            );
-        }
-        if self.font.as_os_str().is_empty() {
-            bail!("report.font is empty: expected the path of a TrueType font file");
-        }
-        Ok(())
-    }
-}
 
 /// The part of the config the report's key hashes.
 pub fn key_config(cfg: &Config) -> Value {
@@ -806,6 +704,30 @@ pub fn render(data: &ReportData, cfg: &ReportConfig, out_dir: &Path) -> Result<R
     })
 }
 
+/// The comparison report (Markdown, HTML, plots, comparison table).
+pub struct Report;
+
+impl Stage for Report {
+    fn name(&self) -> &'static str {
+        "report"
+    }
+    fn about(&self) -> &'static str {
+        "the comparison report: report.md, report.html, plots"
+    }
+    fn deps(&self) -> &'static [&'static str] {
+        &["train", "compete", "bench"]
+    }
+    fn format_version(&self) -> u32 {
+        2
+    }
+    fn units(&self, cfg: &Config, _: &Registry) -> Result<Vec<Unit>> {
+        Ok(Unit::single(key_config(cfg)))
+    }
+    fn run(&self, input: &StageInput) -> Result<StageOutput> {
+        run(input)
+    }
+}
+
 pub fn run(input: &StageInput) -> Result<StageOutput> {
     let mut rcfg = input.cfg.report.clone();
     rcfg.font = input.cfg.resolve(&rcfg.font);
@@ -910,7 +832,7 @@ fn write_comparison(data: &ReportData, path: &Path) -> Result<u64> {
         columns.into_iter().map(|(_, a, _)| a).collect(),
     )?;
     debug_assert!(batch.schema().field(0).data_type() == &DataType::Utf8);
-    crate::parquet_io::write_all(path, &[batch])
+    crate::artifacts::parquet_io::write_all(path, &[batch])
 }
 
 #[cfg(test)]
@@ -1017,7 +939,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.parquet");
         assert_eq!(write_comparison(&data, &path).unwrap(), 2);
-        let b = &crate::parquet_io::read_all(&path).unwrap()[0];
+        let b = &crate::artifacts::parquet_io::read_all(&path).unwrap()[0];
         assert_eq!(
             collect::strs(b, "group").unwrap(),
             [Some("topk".to_string()), Some("topk".to_string())]

@@ -9,7 +9,10 @@ use coact_pipeline::config::{ComputeSetting, Config};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-const SNAPSHOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/pipeline/plan_keys.json");
+const SNAPSHOT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../tests/pipeline/plan_keys.json"
+);
 const STUDIES: &[&str] = &["pipeline.yaml", "pipeline.gemma2.yaml"];
 
 fn keys_of(study: &str) -> BTreeMap<String, String> {
@@ -30,7 +33,7 @@ fn keys_of(study: &str) -> BTreeMap<String, String> {
     let mut cfg = Config::load(&dir.join(study)).unwrap();
     cfg.extract.compute = ComputeSetting::F32;
     cfg.train.compute = ComputeSetting::F32;
-    coact_pipeline::plan::plan(&cfg)
+    coact_pipeline::pipeline::plan::plan(&cfg, &coact_pipeline::registry::REGISTRY)
         .unwrap()
         .into_iter()
         .map(|p| {
@@ -45,8 +48,10 @@ fn keys_of(study: &str) -> BTreeMap<String, String> {
 
 #[test]
 fn plan_keys_of_the_shipped_studies_match_the_snapshot() {
-    let now: BTreeMap<String, BTreeMap<String, String>> =
-        STUDIES.iter().map(|s| (s.to_string(), keys_of(s))).collect();
+    let now: BTreeMap<String, BTreeMap<String, String>> = STUDIES
+        .iter()
+        .map(|s| (s.to_string(), keys_of(s)))
+        .collect();
     if std::env::var_os("COACT_UPDATE_PLAN_KEYS").is_some() {
         let text = serde_json::to_string_pretty(&now).unwrap() + "\n";
         std::fs::write(SNAPSHOT, text).unwrap();

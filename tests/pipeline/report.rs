@@ -496,7 +496,7 @@ fn the_report_stage_runs_on_the_tiny_study() {
 
 /// Publishes an artifact with the given tables (name -> batch) in `store`.
 fn publish(
-    store: &coact_pipeline::store::Store,
+    store: &coact_pipeline::pipeline::store::Store,
     stage: &str,
     key: &str,
     unit: Option<&str>,
@@ -504,13 +504,14 @@ fn publish(
     inputs: &[(&str, &str)],
     tables: Vec<(&str, arrow::array::RecordBatch)>,
 ) {
-    use coact_pipeline::store::{Manifest, TableEntry};
+    use coact_pipeline::pipeline::store::{Manifest, TableEntry};
     let staging = store.begin(stage, key).unwrap();
     let mut entries = BTreeMap::new();
     for (name, batch) in tables {
         let file = format!("{name}.parquet");
         let rows =
-            coact_pipeline::parquet_io::write_all(&staging.path().join(&file), &[batch]).unwrap();
+            coact_pipeline::artifacts::parquet_io::write_all(&staging.path().join(&file), &[batch])
+                .unwrap();
         entries.insert(
             name.to_string(),
             TableEntry {
@@ -562,7 +563,7 @@ fn collect_reads_every_table_of_the_agreed_schemas() {
     };
     use std::sync::Arc;
     let tmp = tempfile::tempdir().unwrap();
-    let store = coact_pipeline::store::Store::new(tmp.path());
+    let store = coact_pipeline::pipeline::store::Store::new(tmp.path());
     let s = |v: Vec<Option<&str>>| -> ArrayRef { Arc::new(StringArray::from(v)) };
     let f64a = |v: Vec<Option<f64>>| -> ArrayRef { Arc::new(Float64Array::from(v)) };
     let f32a = |v: Vec<f32>| -> ArrayRef { Arc::new(Float32Array::from(v)) };

@@ -3,7 +3,7 @@
 //! (verify, run --verify) and rebuilt, raw inputs keyed by content.
 
 use crate::{csv_rows, Study};
-use coact_pipeline::lock::RunLock;
+use coact_pipeline::pipeline::lock::RunLock;
 use std::path::PathBuf;
 
 const SMALL_SHARDS: &str = "extract:\n  batch_size: 3\n  shard_tokens: 16\n";

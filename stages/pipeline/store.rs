@@ -290,7 +290,7 @@ fn list_files(dir: &Path) -> Result<Vec<FileEntry>> {
                     .strip_prefix(dir)?
                     .to_string_lossy()
                     .to_string();
-                let digest = crate::digest::sha256_file(&entry.path())
+                let digest = crate::pipeline::digest::sha256_file(&entry.path())
                     .with_context(|| format!("hashing {}", entry.path().display()))?;
                 out.push(FileEntry {
                     name: rel,

@@ -1,8 +1,27 @@
-//! pipeline.yaml: the study's schema, loading with errors that name the key
-//! path, and semantic validation.
+//! pipeline.yaml: the study's schema (one file per section), loading with
+//! errors that name the key path, and semantic validation. It depends on
+//! nothing of the pipeline: stages read it, it reads no stage.
+
+pub mod bench;
+pub mod compete;
+pub mod corpus;
+pub mod extract;
+pub mod model;
+pub mod report;
+pub mod tokenize;
+pub mod train;
+pub mod variants;
+
+pub use bench::BenchConfig;
+pub use compete::CompeteConfig;
+pub use corpus::{CorpusConfig, CorpusFormat};
+pub use extract::{ComputeSetting, ExtractConfig, ExtractDtype};
+pub use model::{ModelConfig, ModelSourceKind};
+pub use report::ReportConfig;
+pub use tokenize::TokenizeConfig;
+pub use train::TrainConfig;
 
 use anyhow::{anyhow, bail, Result};
-use coact::linalg::Compute;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -21,13 +40,13 @@ pub struct Config {
     pub extract: ExtractConfig,
     pub train: TrainConfig,
     #[serde(default)]
-    pub compete: crate::compete::CompeteConfig,
+    pub compete: CompeteConfig,
     /// The benchmarks, the first-letter prompts (letters stage) and the
     /// labelled datasets (datasets stage).
     #[serde(default)]
-    pub bench: crate::bench::BenchConfig,
+    pub bench: BenchConfig,
     #[serde(default)]
-    pub report: crate::report::ReportConfig,
+    pub report: ReportConfig,
     /// The config file itself and its folder (relative paths resolve there).
     #[serde(skip)]
     pub file: PathBuf,
@@ -37,217 +56,6 @@ pub struct Config {
 
 fn default_data_dir() -> PathBuf {
     PathBuf::from("data")
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ModelSourceKind {
-    /// A local GGUF file (`path`).
-    Gguf,
-    /// A local folder with config.json and *.safetensors (`path`).
-    Safetensors,
-    /// A Hugging Face model id (`hf_id`), fetched into the HF cache.
-    Hf,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelConfig {
-    /// Recorded in artifacts and SAELens cfg.json (e.g. gemma-3-270m).
-    pub name: String,
-    pub source: ModelSourceKind,
-    #[serde(default)]
-    pub path: Option<PathBuf>,
-    #[serde(default)]
-    pub hf_id: Option<String>,
-    #[serde(default)]
-    pub revision: Option<String>,
-    /// A tokenizer.json path, or `hf` for the tokenizer.json of `hf_id`.
-    pub tokenizer: String,
-    #[serde(default = "default_bos")]
-    pub bos_token: String,
-    /// The block whose resid_post is studied (0-based).
-    pub layer: usize,
-}
-
-fn default_bos() -> String {
-    "<bos>".into()
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CorpusFormat {
-    /// A folder of .txt files, one document each.
-    TxtDir,
-    Jsonl,
-    Parquet,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CorpusConfig {
-    pub path: PathBuf,
-    /// Inferred from the path when absent (folder, .jsonl, .parquet).
-    #[serde(default)]
-    pub format: Option<CorpusFormat>,
-    #[serde(default = "default_text_column")]
-    pub text_column: String,
-    /// Column naming each document; the row number when absent.
-    #[serde(default)]
-    pub id_column: Option<String>,
-    /// Columns carried into `tokenize_documents` (for probing tasks).
-    #[serde(default)]
-    pub label_columns: Vec<String>,
-}
-
-fn default_text_column() -> String {
-    "text".into()
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenizeConfig {
-    /// Tokens per sequence, BOS included.
-    pub context_size: usize,
-    /// Eval split size in tokens (rounded down to whole sequences).
-    pub eval_tokens: u64,
-    /// Train split size in tokens; absent or null: every remaining document.
-    #[serde(default)]
-    pub train_tokens: Option<u64>,
-    /// Seed of the document-level split.
-    #[serde(default)]
-    pub seed: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ExtractDtype {
-    F32,
-    F16,
-}
-
-/// `compute:` of extract and train: the arithmetic of the large products
-/// (see coact::linalg). `auto` is bf16 where the CPU has bf16 hardware
-/// (AVX512-BF16 or AMX), else f32.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ComputeSetting {
-    #[default]
-    Auto,
-    F32,
-    Bf16,
-}
-
-impl ComputeSetting {
-    /// What this setting means on this machine; `key` names it in errors
-    /// and in the note printed when `auto` falls back to f32.
-    pub fn resolve(self, key: &str) -> Result<Compute> {
-        let requested = match self {
-            ComputeSetting::Auto => None,
-            ComputeSetting::F32 => Some(Compute::F32),
-            ComputeSetting::Bf16 => Some(Compute::Bf16),
-        };
-        let (c, note) = coact::linalg::resolve(requested, key)?;
-        if let Some(n) = note {
-            static SAID: std::sync::Once = std::sync::Once::new();
-            SAID.call_once(|| eprintln!("note: {n}"));
-        }
-        Ok(c)
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExtractConfig {
-    /// Sequences per forward pass.
-    #[serde(default = "default_extract_batch")]
-    pub batch_size: usize,
-    /// Stored activation type.
-    #[serde(default = "default_extract_dtype")]
-    pub dtype: ExtractDtype,
-    /// Tokens (rows) per Parquet shard.
-    #[serde(default = "default_shard_tokens")]
-    pub shard_tokens: usize,
-    /// The forward's linear layers (and, for every stage that runs the
-    /// model, the unembedding): auto, f32 or bf16.
-    #[serde(default)]
-    pub compute: ComputeSetting,
-}
-
-fn default_extract_batch() -> usize {
-    8
-}
-fn default_extract_dtype() -> ExtractDtype {
-    ExtractDtype::F32
-}
-fn default_shard_tokens() -> usize {
-    65536
-}
-
-impl Default for ExtractConfig {
-    fn default() -> Self {
-        Self {
-            batch_size: default_extract_batch(),
-            dtype: default_extract_dtype(),
-            shard_tokens: default_shard_tokens(),
-            compute: ComputeSetting::Auto,
-        }
-    }
-}
-
-/// The train stage: the schedule shared by every variant, the base SAE and
-/// the variants (see stages/variants.rs).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrainConfig {
-    /// Tokens per step.
-    #[serde(default = "default_train_batch")]
-    pub batch_size: usize,
-    /// Passes over the train split.
-    #[serde(default = "default_epochs")]
-    pub epochs: usize,
-    /// None: 2e-4 / sqrt(d_sae / 2^14).
-    #[serde(default)]
-    pub lr: Option<f64>,
-    /// None: min(1000, steps / 10).
-    #[serde(default)]
-    pub warmup_steps: Option<usize>,
-    #[serde(default = "default_decay_frac")]
-    pub decay_frac: f64,
-    /// A latent that has not fired for this many tokens is dead (AuxK).
-    #[serde(default = "default_dead_after")]
-    pub dead_after_tokens: u64,
-    /// Pairs sampled per step by the uniform orthogonality term.
-    #[serde(default = "default_uniform_pairs")]
-    pub uniform_pairs: usize,
-    /// Steps between checkpoints (a killed run resumes from the last one).
-    #[serde(default = "default_checkpoint_every")]
-    pub checkpoint_every: usize,
-    /// The SAE encoder's product: auto, f32 or bf16 (bf16 chooses the active
-    /// latents, their values and every gradient stay f32).
-    #[serde(default)]
-    pub compute: ComputeSetting,
-    pub base: crate::variants::VariantSettings,
-    pub variants: Vec<crate::variants::VariantSpec>,
-}
-
-fn default_train_batch() -> usize {
-    4096
-}
-fn default_epochs() -> usize {
-    1
-}
-fn default_decay_frac() -> f64 {
-    0.2
-}
-fn default_dead_after() -> u64 {
-    10_000_000
-}
-fn default_uniform_pairs() -> usize {
-    8192
-}
-fn default_checkpoint_every() -> usize {
-    50
 }
 
 impl Config {
@@ -351,7 +159,7 @@ impl Config {
                 );
             }
         }
-        crate::variants::expand(&tr.base, &tr.variants)?;
+        variants::expand(&tr.base, &tr.variants)?;
         self.compete.validate()?;
         self.bench.validate()?;
         self.report.validate()?;
@@ -387,8 +195,8 @@ impl Config {
         self.resolve(&self.data_dir)
     }
 
-    pub fn variants(&self) -> Vec<crate::variants::Variant> {
-        crate::variants::expand(&self.train.base, &self.train.variants).expect("validated at load")
+    pub fn variants(&self) -> Vec<variants::Variant> {
+        variants::expand(&self.train.base, &self.train.variants).expect("validated at load")
     }
 
     pub fn corpus_format(&self) -> Result<CorpusFormat> {

@@ -1,13 +1,14 @@
 //! `coact status`: one line per stage, fresh / stale (and why) / missing /
-//! damaged (which file) / not yet implemented.
+//! damaged (which file).
 
 use crate::config::Config;
-use crate::plan::{status, State};
-use crate::store::Store;
+use crate::pipeline::plan::{status, State};
+use crate::pipeline::stage::Registry;
+use crate::pipeline::store::Store;
 use anyhow::Result;
 use std::fmt::Write;
 
-pub fn report(cfg: &Config) -> Result<String> {
+pub fn report(cfg: &Config, registry: &Registry) -> Result<String> {
     let store = Store::new(cfg.data_dir());
     let mut out = String::new();
     writeln!(
@@ -17,7 +18,7 @@ pub fn report(cfg: &Config) -> Result<String> {
         cfg.file.display(),
         store.root().display()
     )?;
-    if let Some(h) = crate::lock::current_holder(store.root()) {
+    if let Some(h) = crate::pipeline::lock::current_holder(store.root()) {
         writeln!(
             out,
             "in use by `{}` ({}): what it is building shows as missing until it publishes",
@@ -25,11 +26,11 @@ pub fn report(cfg: &Config) -> Result<String> {
             h.describe()
         )?;
     }
-    for (stage, planned, state) in status(cfg, &store)? {
-        let key = planned.as_ref().map(|p| p.key.as_str()).unwrap_or("-");
+    for (planned, state) in status(cfg, &store, registry)? {
+        let (stage, key) = (planned.stage, planned.key.as_str());
         let unit = planned
-            .as_ref()
-            .and_then(|p| p.unit.as_deref())
+            .unit
+            .as_deref()
             .map(|u| format!("  [{u}]"))
             .unwrap_or_default();
         match state {
@@ -62,9 +63,6 @@ pub fn report(cfg: &Config) -> Result<String> {
                 for d in damage {
                     writeln!(out, "{:<19}{d}", "")?;
                 }
-            }
-            State::NotImplemented(issue) => {
-                writeln!(out, "{stage:<9} not yet implemented ({issue})")?
             }
         }
     }

@@ -205,7 +205,7 @@ fn read_jsonl(path: &Path, cfg: &Config) -> Result<Vec<Document>> {
 
 fn read_parquet(path: &Path, cfg: &Config) -> Result<Vec<Document>> {
     let c = &cfg.corpus;
-    let batches = crate::parquet_io::read_all(path)?;
+    let batches = crate::artifacts::parquet_io::read_all(path)?;
     let file = path
         .file_name()
         .unwrap_or_default()

@@ -2,9 +2,10 @@
 //! artifacts, each registered as `<stage>_<table>`.
 
 use crate::config::Config;
-use crate::plan::status;
-use crate::plan::State;
-use crate::store::Store;
+use crate::pipeline::plan::status;
+use crate::pipeline::plan::State;
+use crate::pipeline::stage::Registry;
+use crate::pipeline::store::Store;
 use anyhow::{anyhow, Result};
 use arrow::array::RecordBatch;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
@@ -26,16 +27,16 @@ pub struct TableSource {
 }
 
 /// Tables of the fresh artifacts of every stage, by name.
-pub fn fresh_tables(cfg: &Config) -> Result<Vec<TableSource>> {
+pub fn fresh_tables(cfg: &Config, registry: &Registry) -> Result<Vec<TableSource>> {
     let store = Store::new(cfg.data_dir());
     let mut tables: BTreeMap<String, TableSource> = BTreeMap::new();
-    for (stage, planned, state) in status(cfg, &store)? {
-        let Some(p) = planned else { continue };
+    for (p, state) in status(cfg, &store, registry)? {
+        let stage = p.stage;
         if let State::Damaged(damage) = &state {
             eprintln!(
                 "warning: {stage} {} is damaged ({}): its tables are left out; `coact run {stage}` rebuilds it",
                 p.key,
-                crate::verify::summary(damage)
+                crate::pipeline::verify::summary(damage)
             );
         }
         if state != State::Fresh {

@@ -3,8 +3,9 @@
 //! digest recorded at publish time (`coact verify`, `coact run --verify`).
 
 use crate::config::Config;
-use crate::plan::{plan, stage_def, stage_names};
-use crate::store::{Manifest, Store};
+use crate::pipeline::plan::plan;
+use crate::pipeline::stage::Registry;
+use crate::pipeline::store::{Manifest, Store};
 use anyhow::{anyhow, Result};
 use std::fmt::Write;
 use std::path::Path;
@@ -106,7 +107,7 @@ pub fn check_content(dir: &Path, m: &Manifest) -> ContentCheck {
             continue;
         };
         out.bytes += f.bytes;
-        match crate::digest::sha256_file(&dir.join(&f.name)) {
+        match crate::pipeline::digest::sha256_file(&dir.join(&f.name)) {
             Ok(actual) if &actual == expected => {}
             Ok(actual) => out.damage.push(Damage {
                 file: f.name.clone(),
@@ -132,7 +133,7 @@ pub fn check_artifact(store: &Store, stage: &str, key: &str, content: bool) -> V
         Ok(m) if content => check_content(&dir, &m).damage,
         Ok(m) => check_sizes(&dir, &m),
         Err(e) => vec![Damage {
-            file: crate::store::MANIFEST.into(),
+            file: crate::pipeline::store::MANIFEST.into(),
             problem: Problem::Unreadable(format!("{e:#}")),
         }],
     }
@@ -140,16 +141,20 @@ pub fn check_artifact(store: &Store, stage: &str, key: &str, content: bool) -> V
 
 /// `coact verify [STAGE]`: the content of every artifact the config uses
 /// (of one stage when named). Returns the report and how many are damaged.
-pub fn verify(cfg: &Config, stage: Option<&str>) -> Result<(String, usize)> {
+pub fn verify(cfg: &Config, registry: &Registry, stage: Option<&str>) -> Result<(String, usize)> {
     if let Some(s) = stage {
-        stage_def(s)
-            .ok_or_else(|| anyhow!("unknown stage '{s}'; stages: {}", stage_names().join(", ")))?;
+        registry.stage(s).ok_or_else(|| {
+            anyhow!(
+                "unknown stage '{s}'; stages: {}",
+                registry.stage_names().join(", ")
+            )
+        })?;
     }
     let store = Store::new(cfg.data_dir());
     let started = std::time::Instant::now();
     let mut out = String::new();
     let (mut checked, mut damaged, mut bytes, mut old) = (0, 0, 0u64, 0);
-    for p in plan(cfg)?
+    for p in plan(cfg, registry)?
         .iter()
         .filter(|p| stage.is_none_or(|s| p.stage == s))
     {

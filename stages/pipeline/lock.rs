@@ -96,7 +96,7 @@ impl RunLock {
         }
         let me = Holder {
             pid: std::process::id(),
-            started_unix: crate::store::now_unix(),
+            started_unix: crate::pipeline::store::now_unix(),
             config: std::path::absolute(config)
                 .unwrap_or_else(|_| config.to_path_buf())
                 .display()

@@ -59,7 +59,7 @@ impl Fingerprints {
                 return e.digest.clone();
             }
         }
-        let Ok(digest) = crate::digest::sha256_file(&abs) else {
+        let Ok(digest) = crate::pipeline::digest::sha256_file(&abs) else {
             return "missing".into();
         };
         self.hashed += 1;

@@ -1,0 +1,95 @@
+//! A cache that lives as long as one `coact run`: what several units of a
+//! run load alike (the model, a variant's SAE, a dataset's activations) is
+//! loaded once and dropped when the run ends.
+
+use anyhow::Result;
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+type Entry = Arc<dyn Any + Send + Sync>;
+
+#[derive(Default)]
+pub struct RunCache {
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+impl RunCache {
+    /// The value cached under `key`, made by `make` on first use. Keys must
+    /// name what the value depends on (an artifact key, a setting); a key
+    /// reused with another type is a programming error, reported as such.
+    pub fn get_or_try_insert<T: Send + Sync + 'static>(
+        &self,
+        key: &str,
+        make: impl FnOnce() -> Result<T>,
+    ) -> Result<Arc<T>> {
+        if let Some(v) = self.lookup::<T>(key)? {
+            return Ok(v);
+        }
+        // Made outside the lock: making may itself use the cache.
+        let value = Arc::new(make()?);
+        let mut map = self.entries.lock().expect("cache lock");
+        let entry = map.entry(key.to_string()).or_insert_with(|| value.clone());
+        entry
+            .clone()
+            .downcast::<T>()
+            .map_err(|_| anyhow::anyhow!("run cache: {key} holds another type"))
+    }
+
+    fn lookup<T: Send + Sync + 'static>(&self, key: &str) -> Result<Option<Arc<T>>> {
+        let map = self.entries.lock().expect("cache lock");
+        match map.get(key) {
+            None => Ok(None),
+            Some(e) => e
+                .clone()
+                .downcast::<T>()
+                .map(Some)
+                .map_err(|_| anyhow::anyhow!("run cache: {key} holds another type")),
+        }
+    }
+
+    /// Drops every entry whose key starts with `prefix` (to bound memory
+    /// once the units that share it are done).
+    pub fn evict(&self, prefix: &str) {
+        self.entries
+            .lock()
+            .expect("cache lock")
+            .retain(|k, _| !k.starts_with(prefix));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn makes_once_and_evicts_by_prefix() {
+        let cache = RunCache::default();
+        let mut made = 0;
+        let a = cache
+            .get_or_try_insert("model/x", || {
+                made += 1;
+                Ok(7u32)
+            })
+            .unwrap();
+        let b = cache
+            .get_or_try_insert("model/x", || -> Result<u32> { panic!("made twice") })
+            .unwrap();
+        assert_eq!((*a, *b, made), (7, 7, 1));
+        assert!(cache
+            .get_or_try_insert::<String>("model/x", || Ok("s".into()))
+            .is_err());
+        cache.evict("model/");
+        let c = cache.get_or_try_insert("model/x", || Ok(8u32)).unwrap();
+        assert_eq!(*c, 8);
+    }
+
+    #[test]
+    fn a_failed_make_caches_nothing() {
+        let cache = RunCache::default();
+        assert!(cache
+            .get_or_try_insert::<u32>("k", || anyhow::bail!("no"))
+            .is_err());
+        assert_eq!(*cache.get_or_try_insert("k", || Ok(1u32)).unwrap(), 1);
+    }
+}
