@@ -52,6 +52,7 @@
 //! - p <= 0 (a word the probe detects through its bias alone) gives fraction
 //!   0 and no full absorption; SAEBench divides by p there.
 
+use super::mean_std;
 use crate::probe::{fit_binary, precision_recall_f1, Penalty, ProbeConfig};
 use crate::sae::{Sae, SparseCodes};
 use anyhow::{ensure, Result};
@@ -396,18 +397,6 @@ pub struct AbsorptionReport {
     pub std_full_absorption_rate: f64,
     pub std_num_split_features: f64,
     pub letters_used: usize,
-}
-
-fn mean_std(v: &[f64]) -> (f64, f64) {
-    if v.is_empty() {
-        return (f64::NAN, f64::NAN);
-    }
-    let m = v.iter().sum::<f64>() / v.len() as f64;
-    if v.len() < 2 {
-        return (m, f64::NAN);
-    }
-    let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64;
-    (m, var.sqrt())
 }
 
 /// Dense [n, d_sae] latents from sparse codes.
