@@ -757,3 +757,84 @@ pub fn precision_recall_f1(truth: &[bool], pred: &[bool]) -> (f64, f64, f64) {
 pub fn f1_score(truth: &[bool], pred: &[bool]) -> f64 {
     precision_recall_f1(truth, pred).2
 }
+
+/// A linear probe on raw (unrescaled) inputs, as [`fit_probe`] returns it:
+/// predicts true when `w . x + b > 0`, the dot product in f64.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Linear {
+    pub w: Vec<f32>,
+    pub b: f32,
+}
+
+impl Linear {
+    /// `w . x + b` per row of `x` (row-major `[rows, w.len()]`), in f64.
+    pub fn decisions(&self, x: &[f32]) -> Vec<f64> {
+        x.chunks_exact(self.w.len().max(1))
+            .map(|row| {
+                let z: f64 = row
+                    .iter()
+                    .zip(&self.w)
+                    .map(|(&a, &b)| a as f64 * b as f64)
+                    .sum();
+                z + self.b as f64
+            })
+            .collect()
+    }
+
+    /// `decision > 0` per row of `x`.
+    pub fn predict(&self, x: &[f32]) -> Vec<bool> {
+        self.decisions(x).into_iter().map(|z| z > 0.0).collect()
+    }
+
+    /// Fraction of rows of `x` predicted as `y` says (0 for no rows).
+    pub fn accuracy(&self, x: &[f32], y: &[bool]) -> f64 {
+        accuracy(&self.predict(x), y)
+    }
+}
+
+/// Fits a binary logistic regression on `x` (row-major `[y.len(), dim]`)
+/// with [`fit_binary`] (`penalty`, 1000 iterations, otherwise
+/// [`ProbeConfig::default`]), the probe the sparse-probing, SCR and TPP
+/// benchmarks use. With `rescale`, the inputs are first multiplied by one
+/// global factor that makes their mean squared entry 1 (the residual's
+/// entries are in the hundreds, which would make any fixed penalty
+/// meaningless; all-zero inputs are left as they are), and the weights are
+/// mapped back, so the returned probe applies to raw inputs.
+pub fn fit_probe(
+    x: &[f32],
+    dim: usize,
+    y: &[bool],
+    penalty: Penalty,
+    rescale: bool,
+) -> Result<Linear> {
+    let n = y.len();
+    let scale = if rescale { rms_rescale(x) } else { 1.0 };
+    let scaled: Vec<f32>;
+    let xs = if scale != 1.0 {
+        scaled = x.iter().map(|&v| v * scale).collect();
+        &scaled
+    } else {
+        x
+    };
+    let cfg = ProbeConfig {
+        penalty,
+        max_iter: 1000,
+        ..ProbeConfig::default()
+    };
+    let p = fit_binary(xs, n, dim, y, &cfg)?;
+    Ok(Linear {
+        w: p.w.iter().map(|&w| w * scale).collect(),
+        b: p.b,
+    })
+}
+
+/// `1 / sqrt(mean x^2)` over every entry of `x` (in f64), or 1 when that
+/// mean is 0 (or `x` is empty).
+fn rms_rescale(x: &[f32]) -> f32 {
+    let ms: f64 = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / x.len().max(1) as f64;
+    if ms > 0.0 {
+        (1.0 / ms.sqrt()) as f32
+    } else {
+        1.0
+    }
+}

@@ -428,3 +428,26 @@ fn effects_rankings_and_sampling_follow_saebench() {
     let (m, sd) = mean_std(&[1.0, 2.0, 3.0]);
     assert!((m - 2.0).abs() < 1e-12 && (sd - 1.0).abs() < 1e-12);
 }
+
+#[test]
+fn mean_std_is_the_sample_std_with_nan_below_two_values() {
+    // The probing benchmarks' mean_std is the one of coact::metrics.
+    let probing: fn(&[f64]) -> (f64, f64) = mean_std;
+    let shared: fn(&[f64]) -> (f64, f64) = coact::metrics::mean_std;
+    assert_eq!(probing(&[2.0, 5.0]), shared(&[2.0, 5.0]));
+
+    let (m, s) = coact::metrics::mean_std(&[]);
+    assert!(m.is_nan() && s.is_nan());
+    // One value: its mean, and no spread to estimate (statistics.stdev raises,
+    // numpy with ddof=1 and torch give NaN).
+    let (m, s) = coact::metrics::mean_std(&[4.5]);
+    assert_eq!(m, 4.5);
+    assert!(s.is_nan());
+    // ddof = 1: [2, 4, 4, 4, 5, 5, 7, 9] has population std 2 and sample std
+    // sqrt(32 / 7).
+    let (m, s) = coact::metrics::mean_std(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]);
+    assert_eq!(m, 5.0);
+    assert!((s - (32.0f64 / 7.0).sqrt()).abs() < 1e-12, "{s}");
+    // Two equal values: spread 0, not NaN.
+    assert_eq!(coact::metrics::mean_std(&[3.0, 3.0]), (3.0, 0.0));
+}

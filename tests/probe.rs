@@ -438,3 +438,60 @@ fn probe_speed() {
     let p = fit_multinomial(&x, n, d, &y, k, &ProbeConfig::default()).unwrap();
     println!("multinomial {n}x{d}x{k}: {:?} {:?}", t.elapsed(), p.info);
 }
+
+#[test]
+fn fit_probe_rescales_inputs_and_maps_the_weights_back_to_raw_inputs() {
+    use coact::probe::{fit_probe, Linear};
+    let (n, d) = (400, 6);
+    let (x, y) = noisy_binary(n, d, 21);
+    let pen = Penalty::L2(1e-3);
+
+    // Without rescaling it is fit_binary with 1000 iterations.
+    let plain = fit_probe(&x, d, &y, pen, false).unwrap();
+    let direct = fit_binary(
+        &x,
+        n,
+        d,
+        &y,
+        &ProbeConfig {
+            penalty: pen,
+            max_iter: 1000,
+            ..ProbeConfig::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(plain.w, direct.w);
+    assert_eq!(plain.b, direct.b);
+
+    // Inputs 1024 times larger (exact in f32) rescale to the same matrix, so
+    // the fit is the same and the raw-input weights are 1024 times smaller.
+    let big: Vec<f32> = x.iter().map(|v| v * 1024.0).collect();
+    let a = fit_probe(&x, d, &y, pen, true).unwrap();
+    let b = fit_probe(&big, d, &y, pen, true).unwrap();
+    assert_eq!(a.b, b.b);
+    for (wa, wb) in a.w.iter().zip(&b.w) {
+        assert_eq!(*wa, wb * 1024.0);
+    }
+    // ... and they decide the same on their own inputs, better than chance.
+    assert_eq!(a.predict(&x), b.predict(&big));
+    assert!(a.accuracy(&x, &y) > 0.8, "{}", a.accuracy(&x, &y));
+    // Without rescaling, the large inputs make the same penalty weaker: a
+    // different probe.
+    let unscaled = fit_probe(&big, d, &y, pen, false).unwrap();
+    assert_ne!(unscaled.w, b.w);
+
+    // decisions = w . x + b in f64; predict = decision > 0.
+    let p = Linear {
+        w: vec![1.0, -2.0],
+        b: 0.5,
+    };
+    let rows = [1.0f32, 1.0, 3.0, 1.0, 0.0, 0.25];
+    assert_eq!(p.decisions(&rows), vec![-0.5, 1.5, 0.0]);
+    assert_eq!(p.predict(&rows), vec![false, true, false]);
+    assert_eq!(p.accuracy(&rows, &[false, false, false]), 2.0 / 3.0);
+
+    // All-zero inputs are left unscaled (no division by zero).
+    let zeros = vec![0.0f32; n * d];
+    let z = fit_probe(&zeros, d, &y, pen, true).unwrap();
+    assert!(z.w.iter().all(|&w| w == 0.0) && z.b.is_finite());
+}

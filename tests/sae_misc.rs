@@ -592,3 +592,53 @@ fn geometric_median_resists_outliers() {
         "{m:?}"
     );
 }
+
+#[test]
+fn architecture_tags_name_the_kind_in_config_and_saelens_terms() {
+    use coact::sae::Architecture;
+    let topk = SaeKind::TopK { k: 3 };
+    let relu = SaeKind::ReluL1 { l1_coeff: 0.5 };
+    assert_eq!(topk.architecture(), Architecture::TopK);
+    assert_eq!(relu.architecture(), Architecture::ReluL1);
+    // The names pipeline.yaml and the report use, and serde's (cache keys).
+    for (a, name, saelens) in [
+        (Architecture::TopK, "topk", "topk"),
+        (Architecture::ReluL1, "relu_l1", "standard"),
+    ] {
+        assert_eq!(a.name(), name);
+        assert_eq!(a.to_string(), name);
+        assert_eq!(serde_json::to_string(&a).unwrap(), format!("\"{name}\""));
+        assert_eq!(
+            serde_json::from_str::<Architecture>(&format!("\"{name}\"")).unwrap(),
+            a
+        );
+        assert_eq!(Architecture::from_name(name), Some(a));
+        assert_eq!(a.saelens(), saelens);
+        assert_eq!(Architecture::from_saelens(saelens), Some(a));
+    }
+    assert!(serde_json::from_str::<Architecture>("\"TopK\"").is_err());
+    assert_eq!(Architecture::from_name("standard"), None);
+    assert_eq!(Architecture::from_saelens("jumprelu"), None);
+
+    // save_saelens writes the SAELens string, load_saelens reads it back.
+    for kind in [topk, relu] {
+        let sae = Sae::init(
+            SaeConfig {
+                d_in: 4,
+                d_sae: 8,
+                kind: kind.clone(),
+            },
+            1,
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        save_saelens(&sae, dir.path(), &SaelensMeta::default()).unwrap();
+        let cfg: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join(coact::sae::CFG_FILE)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(cfg["architecture"], kind.architecture().saelens());
+        let (back, _) = load_saelens(dir.path()).unwrap();
+        assert_eq!(back.cfg.kind, kind);
+    }
+}

@@ -52,6 +52,7 @@
 //! - p <= 0 (a word the probe detects through its bias alone) gives fraction
 //!   0 and no full absorption; SAEBench divides by p there.
 
+use super::mean_std;
 use crate::probe::{fit_binary, precision_recall_f1, Penalty, ProbeConfig};
 use crate::sae::{Sae, SparseCodes};
 use anyhow::{ensure, Result};
@@ -398,16 +399,134 @@ pub struct AbsorptionReport {
     pub letters_used: usize,
 }
 
-fn mean_std(v: &[f64]) -> (f64, f64) {
-    if v.is_empty() {
-        return (f64::NAN, f64::NAN);
+/// What every letter's evaluation reads (see [`evaluate`]).
+struct LetterInputs<'a> {
+    sae: &'a Sae,
+    x_test: &'a [f32],
+    y_train: &'a [u8],
+    y_test: &'a [u8],
+    probes: &'a [GroundTruthProbe],
+    settings: &'a Settings,
+    /// Dense train latents `[n_train, d_sae]`, raw and divided by `s`.
+    z_train: &'a [f32],
+    z_train_s: &'a [f32],
+    /// Dense test latents and the same as sparse codes.
+    z_test: &'a [f32],
+    codes_test: &'a SparseCodes,
+    /// Mean non-zero train latent activation.
+    s: f64,
+    k_max: usize,
+}
+
+/// One letter of [`evaluate`]: the latent ranking and k-sparse probes, the
+/// feature-split k, then absorption over the test words its ground-truth
+/// probe detects.
+fn evaluate_letter(inp: &LetterInputs<'_>, letter: u8) -> Result<LetterResult> {
+    let (sae, x_test, y_train, y_test, settings) =
+        (inp.sae, inp.x_test, inp.y_train, inp.y_test, inp.settings);
+    let (z_train, z_train_s, z_test, codes_test) =
+        (inp.z_train, inp.z_train_s, inp.z_test, inp.codes_test);
+    let (s, k_max) = (inp.s, inp.k_max);
+    let (d, f) = (sae.cfg.d_in, sae.cfg.d_sae);
+    let (n_tr, n_te) = (y_train.len(), y_test.len());
+    let gt = &inp.probes[letter as usize];
+    let y: Vec<bool> = y_train.iter().map(|&l| l == letter).collect();
+    let truth: Vec<bool> = y_test.iter().map(|&l| l == letter).collect();
+    let pos = y.iter().filter(|&&v| v).count();
+    let mut ranking = Vec::new();
+    let mut k_sparse_f1 = Vec::new();
+    if pos > 0 && pos < n_tr {
+        // Rank latents by an L1 probe on the latents divided by s.
+        // SAEBench: l1 * ||w||_1 on the pos-weighted BCE; balanced
+        // weights are that loss / c with c = 2 n_neg / n, so the
+        // strength becomes l1 / c.
+        let c = 2.0 * (n_tr - pos) as f64 / n_tr as f64;
+        let l1 = settings.k_sparse_l1 / c;
+        let cfg = ProbeConfig {
+            penalty: Penalty::L1(l1),
+            max_iter: settings.max_iter,
+            tol: RANKING_TOL,
+            fit_intercept: true,
+            balanced: true,
+        };
+        let p = fit_binary(z_train_s, n_tr, f, &y, &cfg)?;
+        let mut order: Vec<u32> = (0..f as u32).collect();
+        order.sort_by(|&a, &b| p.w[b as usize].total_cmp(&p.w[a as usize]).then(a.cmp(&b)));
+        order.truncate(k_max);
+        ranking = order;
+        for k in 1..=k_max {
+            let cols = &ranking[..k];
+            let xk = select_columns(z_train, f, cols, s);
+            // sklearn LogisticRegression(C=1, class_weight="balanced"):
+            // strength 1/n on raw latents = 1/(n s^2) on latents / s.
+            let cfg = ProbeConfig {
+                penalty: Penalty::L2(1.0 / (n_tr as f64 * s * s)),
+                max_iter: settings.max_iter,
+                tol: RANKING_TOL,
+                fit_intercept: true,
+                balanced: true,
+            };
+            let probe = fit_binary(&xk, n_tr, k, &y, &cfg)?;
+            let xt = select_columns(z_test, f, cols, s);
+            let (_, _, f1) = precision_recall_f1(&truth, &probe.predict(&xt));
+            k_sparse_f1.push(f1);
+        }
     }
-    let m = v.iter().sum::<f64>() / v.len() as f64;
-    if v.len() < 2 {
-        return (m, f64::NAN);
+    let k_star = feature_split_k(&k_sparse_f1, settings.f1_jump);
+    let main_latents: Vec<u32> = ranking[..k_star].to_vec();
+
+    // Absorption over the test words the ground-truth probe detects.
+    let un: f64 = gt.w.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+    let cos = decoder_cosines(&sae.w_dec, d, &gt.w);
+    let (mut num_words, mut num_full, mut frac_sum) = (0usize, 0usize, 0.0f64);
+    for t in 0..n_te {
+        let x = &x_test[t * d..(t + 1) * d];
+        if y_test[t] != letter || !gt.trained || gt.score(x) <= 0.0 {
+            continue;
+        }
+        let p = if un > 0.0 {
+            gt.w.iter()
+                .zip(x)
+                .map(|(&a, &b)| a as f64 * b as f64)
+                .sum::<f64>()
+                / un
+        } else {
+            0.0
+        };
+        let (idx, val) = codes_test.row(t);
+        let active: Vec<(u32, f32)> = idx.iter().copied().zip(val.iter().copied()).collect();
+        let r = word_absorption(p, &active, &cos, &main_latents, &settings.thresholds);
+        num_words += 1;
+        num_full += r.full as usize;
+        frac_sum += r.fraction;
     }
-    let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64;
-    (m, var.sqrt())
+    let above = gt.test_f1.partial_cmp(&settings.min_probe_f1) == Some(std::cmp::Ordering::Greater);
+    let left_out = if !above {
+        Some(LeftOut::LowProbeF1)
+    } else if num_words == 0 {
+        Some(LeftOut::NoDetectedWords)
+    } else {
+        None
+    };
+    let per = |v: f64| {
+        if num_words > 0 {
+            v / num_words as f64
+        } else {
+            0.0
+        }
+    };
+    Ok(LetterResult {
+        letter,
+        probe_f1: gt.test_f1,
+        ranking,
+        k_sparse_f1,
+        main_latents,
+        num_words,
+        num_full_absorption: num_full,
+        absorption_fraction: per(frac_sum),
+        full_absorption_rate: per(num_full as f64),
+        left_out,
+    })
 }
 
 /// Dense [n, d_sae] latents from sparse codes.
@@ -484,110 +603,23 @@ pub fn evaluate(
     let z_train_s: Vec<f32> = z_train.iter().map(|&v| (v as f64 / s) as f32).collect();
     let k_max = settings.max_k.min(f);
 
+    let ctx = LetterInputs {
+        sae,
+        x_test,
+        y_train,
+        y_test,
+        probes,
+        settings,
+        z_train: &z_train,
+        z_train_s: &z_train_s,
+        z_test: &z_test,
+        codes_test: &codes_test,
+        s,
+        k_max,
+    };
     let letters: Vec<LetterResult> = (0..26u8)
         .into_par_iter()
-        .map(|letter| -> Result<LetterResult> {
-            let gt = &probes[letter as usize];
-            let y: Vec<bool> = y_train.iter().map(|&l| l == letter).collect();
-            let truth: Vec<bool> = y_test.iter().map(|&l| l == letter).collect();
-            let pos = y.iter().filter(|&&v| v).count();
-            let mut ranking = Vec::new();
-            let mut k_sparse_f1 = Vec::new();
-            if pos > 0 && pos < n_tr {
-                // Rank latents by an L1 probe on the latents divided by s.
-                // SAEBench: l1 * ||w||_1 on the pos-weighted BCE; balanced
-                // weights are that loss / c with c = 2 n_neg / n, so the
-                // strength becomes l1 / c.
-                let c = 2.0 * (n_tr - pos) as f64 / n_tr as f64;
-                let l1 = settings.k_sparse_l1 / c;
-                let cfg = ProbeConfig {
-                    penalty: Penalty::L1(l1),
-                    max_iter: settings.max_iter,
-                    tol: RANKING_TOL,
-                    fit_intercept: true,
-                    balanced: true,
-                };
-                let p = fit_binary(&z_train_s, n_tr, f, &y, &cfg)?;
-                let mut order: Vec<u32> = (0..f as u32).collect();
-                order.sort_by(|&a, &b| p.w[b as usize].total_cmp(&p.w[a as usize]).then(a.cmp(&b)));
-                order.truncate(k_max);
-                ranking = order;
-                for k in 1..=k_max {
-                    let cols = &ranking[..k];
-                    let xk = select_columns(&z_train, f, cols, s);
-                    // sklearn LogisticRegression(C=1, class_weight="balanced"):
-                    // strength 1/n on raw latents = 1/(n s^2) on latents / s.
-                    let cfg = ProbeConfig {
-                        penalty: Penalty::L2(1.0 / (n_tr as f64 * s * s)),
-                        max_iter: settings.max_iter,
-                        tol: RANKING_TOL,
-                        fit_intercept: true,
-                        balanced: true,
-                    };
-                    let probe = fit_binary(&xk, n_tr, k, &y, &cfg)?;
-                    let xt = select_columns(&z_test, f, cols, s);
-                    let (_, _, f1) = precision_recall_f1(&truth, &probe.predict(&xt));
-                    k_sparse_f1.push(f1);
-                }
-            }
-            let k_star = feature_split_k(&k_sparse_f1, settings.f1_jump);
-            let main_latents: Vec<u32> = ranking[..k_star].to_vec();
-
-            // Absorption over the test words the ground-truth probe detects.
-            let un: f64 = gt.w.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
-            let cos = decoder_cosines(&sae.w_dec, d, &gt.w);
-            let (mut num_words, mut num_full, mut frac_sum) = (0usize, 0usize, 0.0f64);
-            for t in 0..n_te {
-                let x = &x_test[t * d..(t + 1) * d];
-                if y_test[t] != letter || !gt.trained || gt.score(x) <= 0.0 {
-                    continue;
-                }
-                let p = if un > 0.0 {
-                    gt.w.iter()
-                        .zip(x)
-                        .map(|(&a, &b)| a as f64 * b as f64)
-                        .sum::<f64>()
-                        / un
-                } else {
-                    0.0
-                };
-                let (idx, val) = codes_test.row(t);
-                let active: Vec<(u32, f32)> =
-                    idx.iter().copied().zip(val.iter().copied()).collect();
-                let r = word_absorption(p, &active, &cos, &main_latents, &settings.thresholds);
-                num_words += 1;
-                num_full += r.full as usize;
-                frac_sum += r.fraction;
-            }
-            let above =
-                gt.test_f1.partial_cmp(&settings.min_probe_f1) == Some(std::cmp::Ordering::Greater);
-            let left_out = if !above {
-                Some(LeftOut::LowProbeF1)
-            } else if num_words == 0 {
-                Some(LeftOut::NoDetectedWords)
-            } else {
-                None
-            };
-            let per = |v: f64| {
-                if num_words > 0 {
-                    v / num_words as f64
-                } else {
-                    0.0
-                }
-            };
-            Ok(LetterResult {
-                letter,
-                probe_f1: gt.test_f1,
-                ranking,
-                k_sparse_f1,
-                main_latents,
-                num_words,
-                num_full_absorption: num_full,
-                absorption_fraction: per(frac_sum),
-                full_absorption_rate: per(num_full as f64),
-                left_out,
-            })
-        })
+        .map(|letter| evaluate_letter(&ctx, letter))
         .collect::<Result<Vec<_>>>()?;
 
     let kept: Vec<&LetterResult> = letters.iter().filter(|l| l.left_out.is_none()).collect();

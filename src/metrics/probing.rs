@@ -22,6 +22,8 @@
 //! benchmarks ablate the pooled activations directly, which equals
 //! SAEBench's per-token route up to float rounding (the tests check it).
 
+/// The spread over seeds (sample std, NaN below two seeds).
+pub use super::mean_std;
 use crate::rng::SplitMix64;
 use crate::sae::{Sae, SparseCodes};
 use anyhow::{ensure, Result};
@@ -459,18 +461,4 @@ pub fn balanced_sample(
         .collect();
     out.sort_unstable();
     out
-}
-
-/// Mean and sample standard deviation (0 for fewer than two values).
-pub fn mean_std(values: &[f64]) -> (f64, f64) {
-    if values.is_empty() {
-        return (f64::NAN, f64::NAN);
-    }
-    let n = values.len() as f64;
-    let mean = values.iter().sum::<f64>() / n;
-    if values.len() < 2 {
-        return (mean, 0.0);
-    }
-    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    (mean, var.sqrt())
 }

@@ -5,7 +5,8 @@
 //!
 //! - [`SaeConfig`], [`SaeKind`], [`Sae`]: weights and inference
 //!   ([`Sae::encode`] -> [`SparseCodes`], [`Sae::encode_topk`], [`Sae::decode`],
-//!   [`Sae::reconstruct`]).
+//!   [`Sae::reconstruct`]); [`Architecture`]: the kind as a plain tag
+//!   (`topk` / `relu_l1`) shared by configuration, SAELens IO and reports.
 //! - [`norm_scaling_factor`] / [`fold_scaling`]: train on `s x` with
 //!   `E ||s x||^2 = 1`, then fold s so the saved SAE takes raw activations.
 //! - [`Trainer`], [`TrainerConfig`], [`Ortho`], [`StepStats`]: the
@@ -15,6 +16,7 @@
 //!   `c_ij = C_ij / min(n_i, n_j)`, per batch or streamed.
 //! - [`save_saelens`] / [`load_saelens`]: SAELens folders.
 
+mod checkpoint;
 pub mod cofire;
 mod model;
 mod ortho;
@@ -23,7 +25,8 @@ mod topk;
 mod train;
 
 pub use model::{
-    fold_scaling, geometric_median, norm_scaling_factor, Sae, SaeConfig, SaeKind, SparseCodes,
+    fold_scaling, geometric_median, norm_scaling_factor, Architecture, Sae, SaeConfig, SaeKind,
+    SparseCodes,
 };
 pub use saelens::{load_saelens, save_saelens, SaelensMeta, CFG_FILE, WEIGHTS_FILE};
 pub use train::{DenseGrads, Ortho, StepStats, Trainer, TrainerConfig};

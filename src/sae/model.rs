@@ -22,6 +22,68 @@ pub enum SaeKind {
     ReluL1 { l1_coeff: f32 },
 }
 
+impl SaeKind {
+    /// The tag of this kind, without its parameter.
+    pub fn architecture(&self) -> Architecture {
+        match self {
+            SaeKind::TopK { .. } => Architecture::TopK,
+            SaeKind::ReluL1 { .. } => Architecture::ReluL1,
+        }
+    }
+}
+
+/// The SAE kind as a plain tag, one name for configuration, engine, SAELens
+/// IO and reports. Serde names (and [`Architecture::name`]) are `topk` and
+/// `relu_l1`; [`Architecture::saelens`] gives SAELens's `architecture`
+/// string (`topk`, `standard`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Architecture {
+    /// [`SaeKind::TopK`].
+    #[serde(rename = "topk")]
+    TopK,
+    /// [`SaeKind::ReluL1`].
+    #[serde(rename = "relu_l1")]
+    ReluL1,
+}
+
+impl Architecture {
+    /// Every tag, in declaration order.
+    pub const ALL: [Architecture; 2] = [Architecture::TopK, Architecture::ReluL1];
+
+    /// The name used in configuration and reports: `topk` or `relu_l1`
+    /// (the serde name).
+    pub fn name(self) -> &'static str {
+        match self {
+            Architecture::TopK => "topk",
+            Architecture::ReluL1 => "relu_l1",
+        }
+    }
+
+    /// The tag named `name` (`topk` or `relu_l1`), if any.
+    pub fn from_name(name: &str) -> Option<Architecture> {
+        Architecture::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    /// SAELens's `architecture` field in cfg.json: `topk` or `standard`.
+    pub fn saelens(self) -> &'static str {
+        match self {
+            Architecture::TopK => "topk",
+            Architecture::ReluL1 => "standard",
+        }
+    }
+
+    /// The tag of SAELens's `architecture` string, if coact supports it.
+    pub fn from_saelens(arch: &str) -> Option<Architecture> {
+        Architecture::ALL.into_iter().find(|a| a.saelens() == arch)
+    }
+}
+
+impl std::fmt::Display for Architecture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Shape and kind of an SAE.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SaeConfig {

@@ -17,8 +17,8 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::model::{Sae, SaeConfig, SaeKind};
-use super::train::{f32_bytes, f32_from_bytes};
+use super::checkpoint::{f32_bytes, f32_from_bytes};
+use super::model::{Architecture, Sae, SaeConfig, SaeKind};
 
 pub const CFG_FILE: &str = "cfg.json";
 pub const WEIGHTS_FILE: &str = "sae_weights.safetensors";
@@ -67,13 +67,15 @@ pub fn save_saelens(sae: &Sae, dir: &Path, meta: &SaelensMeta) -> Result<()> {
         cfg[k.as_str()] = v.clone();
     }
     let obj = cfg.as_object_mut().unwrap();
+    obj.insert(
+        "architecture".into(),
+        json!(sae.cfg.kind.architecture().saelens()),
+    );
     match sae.cfg.kind {
         SaeKind::TopK { k } => {
-            obj.insert("architecture".into(), json!("topk"));
             obj.insert("k".into(), json!(k));
         }
         SaeKind::ReluL1 { l1_coeff } => {
-            obj.insert("architecture".into(), json!("standard"));
             obj.insert("l1_coefficient".into(), json!(l1_coeff));
         }
     }
@@ -133,16 +135,16 @@ pub fn load_saelens(dir: &Path) -> Result<(Sae, SaelensMeta)> {
     let arch = cfg
         .get("architecture")
         .and_then(Value::as_str)
-        .unwrap_or("standard");
-    let kind = match arch {
-        "topk" => SaeKind::TopK { k: get_u("k")? },
-        "standard" => SaeKind::ReluL1 {
+        .unwrap_or(Architecture::ReluL1.saelens());
+    let kind = match Architecture::from_saelens(arch) {
+        Some(Architecture::TopK) => SaeKind::TopK { k: get_u("k")? },
+        Some(Architecture::ReluL1) => SaeKind::ReluL1 {
             l1_coeff: cfg
                 .get("l1_coefficient")
                 .and_then(Value::as_f64)
                 .unwrap_or(0.0) as f32,
         },
-        other => bail!("architecture {other:?} is not supported (topk, standard)"),
+        None => bail!("architecture {arch:?} is not supported (topk, standard)"),
     };
     if let Some(false) = cfg.get("apply_b_dec_to_input").and_then(Value::as_bool) {
         bail!("apply_b_dec_to_input = false is not supported");

@@ -1,5 +1,5 @@
 //! The trainer: hand-written forward/backward, AuxK, orthogonality terms,
-//! Adam, learning-rate schedule and checkpoints.
+//! Adam and learning-rate schedule (checkpoints: `super::checkpoint`).
 //!
 //! One step on a batch x ([n, d_in], already scaled, see
 //! [`super::norm_scaling_factor`]):
@@ -22,15 +22,17 @@
 //!    fused pass per latent applies Adam (no weight decay) to its decoder row,
 //!    encoder column and bias and renormalises the decoder row; b_dec last.
 //!
+//! Each phase is one private method of [`Trainer`] (`encode`, `residuals`,
+//! `auxk_loss`, `ortho_penalty`, `pre_activation_grads`, then
+//! `latent_entries` and `latent_grads`, and `update_latents`), called in
+//! that order by `prepare` (everything before the parameters change) and
+//! [`Trainer::step`].
+//!
 //! Nothing depends on thread scheduling: every reduction has a fixed order,
 //! so a seed fixes the run on one machine whatever the number of threads.
 
-use std::collections::HashMap;
-use std::path::Path;
-
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
 use rayon::prelude::*;
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
 use super::cofire::{batch_partners, batch_token_pairs, token_pairs_len};
@@ -256,20 +258,20 @@ struct Prepared {
 
 /// Trains one SAE. See the module docs for the step.
 pub struct Trainer {
-    cfg: TrainerConfig,
-    sae: Sae,
-    step: u64,
-    rng: SplitMix64,
-    m_enc: Vec<f32>,
-    v_enc: Vec<f32>,
-    m_dec: Vec<f32>,
-    v_dec: Vec<f32>,
-    m_benc: Vec<f32>,
-    v_benc: Vec<f32>,
-    m_bdec: Vec<f32>,
-    v_bdec: Vec<f32>,
-    since_fired: Vec<u64>,
-    pool: ScratchPool,
+    pub(super) cfg: TrainerConfig,
+    pub(super) sae: Sae,
+    pub(super) step: u64,
+    pub(super) rng: SplitMix64,
+    pub(super) m_enc: Vec<f32>,
+    pub(super) v_enc: Vec<f32>,
+    pub(super) m_dec: Vec<f32>,
+    pub(super) v_dec: Vec<f32>,
+    pub(super) m_benc: Vec<f32>,
+    pub(super) v_benc: Vec<f32>,
+    pub(super) m_bdec: Vec<f32>,
+    pub(super) v_bdec: Vec<f32>,
+    pub(super) since_fired: Vec<u64>,
+    pub(super) pool: ScratchPool,
 }
 
 fn split_by<'a, T>(mut v: &'a mut [T], bounds: &[usize]) -> Vec<&'a mut [T]> {
@@ -290,6 +292,129 @@ fn adam(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], step_size: f32, 
         *v = BETA2 * *v + (1.0 - BETA2) * g * g;
         *p -= step_size * *m / (v.sqrt() * inv_sqrt_bc2 + EPS);
     }
+}
+
+/// Phase 1's output: the centred batch and the selected latents.
+struct Codes {
+    n: usize,
+    /// `x - b_dec`, `[n, d_in]`.
+    xc: Vec<f32>,
+    main: SparseCodes,
+    /// AuxK's latents among the dead ones (no entries without AuxK).
+    aux: SparseCodes,
+    use_aux: bool,
+}
+
+/// Per chunk of tokens (then in total) the sums behind the losses.
+struct TokSums {
+    /// `sum_t ||e_t||^2`.
+    se: f64,
+    /// `sum_t ||u_t||^2` (AuxK).
+    su: f64,
+    /// `sum_t sum_i z_ti`.
+    l1: f64,
+    /// `sum_t e_t` (AuxK only, else empty).
+    e_sum: Vec<f64>,
+}
+
+/// Phases 2-4's output: the output-gradient buffer (rows `0..n` the main
+/// loss's, `n..2n` AuxK's) and the losses.
+struct Residuals {
+    gbuf: Vec<f32>,
+    mse: f64,
+    l1: f64,
+    aux_loss: f64,
+}
+
+/// Phase 6a's output: d loss / d pre-activation per entry of the main and
+/// AuxK codes, and b_dec's gradient.
+struct PreGrads {
+    main: Vec<f32>,
+    aux: Vec<f32>,
+    b_dec: Vec<f32>,
+}
+
+/// Phase 6b's output: the entries of each latent, in token order.
+struct LatentLists {
+    /// Latent j's entries are `entries[entry_start[j]..entry_start[j + 1]]`.
+    entry_start: Vec<usize>,
+    entries: Vec<Entry>,
+    /// Whether each latent was active (main codes) in the batch.
+    fired: Vec<bool>,
+}
+
+/// Phase 6b, gradients per latent: regroups the main and AuxK entries by
+/// latent, in token order (a counting sort), so that each latent's
+/// gradients are summed in a fixed order.
+#[allow(clippy::needless_range_loop)]
+fn latent_entries(f: usize, codes: &Codes, pre: &PreGrads) -> LatentLists {
+    let (n, main, aux) = (codes.n, &codes.main, &codes.aux);
+    let mut cnt = vec![0usize; f];
+    for &j in main.indices.iter().chain(&aux.indices) {
+        cnt[j as usize] += 1;
+    }
+    let mut fired = vec![false; f];
+    for &j in &main.indices {
+        fired[j as usize] = true;
+    }
+    let mut entry_start = vec![0usize; f + 1];
+    for j in 0..f {
+        entry_start[j + 1] = entry_start[j] + cnt[j];
+    }
+    let mut fill = entry_start.clone();
+    let mut entries = vec![
+        Entry {
+            grow: 0,
+            tok: 0,
+            coef: 0.0,
+            gpre: 0.0
+        };
+        entry_start[f]
+    ];
+    for t in 0..n {
+        for p in main.indptr[t]..main.indptr[t + 1] {
+            let j = main.indices[p] as usize;
+            entries[fill[j]] = Entry {
+                grow: t as u32,
+                tok: t as u32,
+                coef: main.values[p],
+                gpre: pre.main[p],
+            };
+            fill[j] += 1;
+        }
+        for p in aux.indptr[t]..aux.indptr[t + 1] {
+            let j = aux.indices[p] as usize;
+            entries[fill[j]] = Entry {
+                grow: (n + t) as u32,
+                tok: t as u32,
+                coef: aux.values[p],
+                gpre: pre.aux[p],
+            };
+            fill[j] += 1;
+        }
+    }
+    LatentLists {
+        entry_start,
+        entries,
+        fired,
+    }
+}
+
+/// `pairs` latent pairs `(i, j)`, `i < j`, drawn uniformly with replacement
+/// among the pairs of distinct latents (none when f < 2).
+fn uniform_pairs(rng: &mut SplitMix64, f: usize, pairs: usize) -> Vec<(u32, u32)> {
+    let mut ps = Vec::with_capacity(pairs);
+    if f >= 2 {
+        for _ in 0..pairs {
+            let i = rng.below(f as u64) as u32;
+            let mut j = rng.below(f as u64 - 1) as u32;
+            if j >= i {
+                j += 1;
+            }
+            ps.push((i.min(j), i.max(j)));
+        }
+    }
+    ps
 }
 
 impl Trainer {
@@ -313,7 +438,8 @@ impl Trainer {
         Ok(Self::from_parts(cfg, sae))
     }
 
-    fn from_parts(cfg: TrainerConfig, sae: Sae) -> Trainer {
+    /// A trainer at step 0 around `sae` (zero Adam moments, no latent dead).
+    pub(super) fn from_parts(cfg: TrainerConfig, sae: Sae) -> Trainer {
         let (d, f) = (sae.cfg.d_in, sae.cfg.d_sae);
         Trainer {
             rng: SplitMix64::new(cfg.seed ^ 0x0A7E_5EED_0000_0001),
@@ -360,10 +486,53 @@ impl Trainer {
         &self.since_fired
     }
 
-    #[allow(clippy::needless_range_loop)]
+    /// The forward and backward of one step, without changing anything: the
+    /// phases below in order (see the module docs).
     fn prepare(&self, batch: &[f32]) -> Result<Prepared> {
-        let sae = &self.sae;
-        let (d, f) = (sae.cfg.d_in, sae.cfg.d_sae);
+        let n = self.check_batch(batch)?;
+        let f = self.sae.cfg.d_sae;
+        let (select, l1_coeff) = match self.sae.cfg.kind {
+            SaeKind::TopK { k } => (Select::TopKPositive(k), 0.0f32),
+            SaeKind::ReluL1 { l1_coeff } => (Select::Relu, l1_coeff),
+        };
+        let codes = self.encode(batch, n, select);
+        let res = self.residuals(batch, &codes, l1_coeff);
+        let pre = self.pre_activation_grads(&codes, &res.gbuf, l1_coeff);
+        let lists = latent_entries(f, &codes, &pre);
+
+        let mut rng = self.rng.clone();
+        let mut stats = StepStats {
+            step: self.step,
+            mse: res.mse,
+            aux: res.aux_loss,
+            l1: res.l1,
+            l0: codes.main.l0(),
+            lr: self.cfg.lr_at(self.step, f),
+            ..Default::default()
+        };
+        let (ortho, lambda) = self.ortho_penalty(&codes.main, &mut rng, &mut stats);
+        stats.ortho = ortho.as_ref().map_or(0.0, |p| p.value);
+        stats.loss = res.mse
+            + self.cfg.aux_coeff as f64 * res.aux_loss
+            + res.l1
+            + lambda as f64 * stats.ortho;
+        Ok(Prepared {
+            n,
+            xc: codes.xc,
+            gbuf: res.gbuf,
+            entry_start: lists.entry_start,
+            entries: lists.entries,
+            fired: lists.fired,
+            ortho,
+            grad_b_dec: pre.b_dec,
+            rng_after: rng,
+            stats,
+        })
+    }
+
+    /// Checks the batch's shape and values; returns its token count n.
+    fn check_batch(&self, batch: &[f32]) -> Result<usize> {
+        let d = self.sae.cfg.d_in;
         ensure!(
             !batch.is_empty() && batch.len().is_multiple_of(d),
             "batch must be [n, d_in] with n > 0 (got {} values, d_in = {d})",
@@ -374,11 +543,14 @@ impl Trainer {
         if batch.par_iter().any(|v| !v.is_finite()) {
             bail!("batch contains NaN or inf; step skipped, parameters unchanged");
         }
-        let (select, l1_coeff) = match sae.cfg.kind {
-            SaeKind::TopK { k } => (Select::TopKPositive(k), 0.0f32),
-            SaeKind::ReluL1 { l1_coeff } => (Select::Relu, l1_coeff),
-        };
-        let is_topk = matches!(sae.cfg.kind, SaeKind::TopK { .. });
+        Ok(n)
+    }
+
+    /// AuxK's candidates: the dead latents (TopK with AuxK on only) and the
+    /// k_aux to keep among them (0: no AuxK this step).
+    fn dead_latents(&self) -> (Vec<u32>, usize) {
+        let (d, f) = (self.sae.cfg.d_in, self.sae.cfg.d_sae);
+        let is_topk = matches!(self.sae.cfg.kind, SaeKind::TopK { .. });
         let aux_k = self.cfg.aux_k.unwrap_or(d / 2);
         let dead: Vec<u32> = if is_topk && self.cfg.aux_coeff > 0.0 && aux_k > 0 {
             (0..f as u32)
@@ -388,9 +560,16 @@ impl Trainer {
             Vec::new()
         };
         let k_aux = aux_k.min(dead.len());
-        let use_aux = k_aux > 0;
+        (dead, k_aux)
+    }
 
-        // 1. Encoder.
+    /// Phase 1, encode: `x - b_dec`, then the encoder product fused with the
+    /// selection of the active latents and, when latents are dead, of AuxK's.
+    fn encode(&self, batch: &[f32], n: usize, select: Select) -> Codes {
+        let sae = &self.sae;
+        let (d, f) = (sae.cfg.d_in, sae.cfg.d_sae);
+        let (dead, k_aux) = self.dead_latents();
+        let use_aux = k_aux > 0;
         let mut xc = batch.to_vec();
         xc.par_chunks_mut(d * TOK_CHUNK).for_each(|c| {
             for row in c.chunks_mut(d) {
@@ -416,15 +595,30 @@ impl Trainer {
                 None => EncoderWeights::F32,
             },
         );
-        let main = enc.main;
         let aux = enc.aux.unwrap_or_else(|| SparseCodes {
             d_sae: f,
             indptr: vec![0; n + 1],
             indices: Vec::new(),
             values: Vec::new(),
         });
+        Codes {
+            n,
+            xc,
+            main: enc.main,
+            aux,
+            use_aux,
+        }
+    }
 
-        // 2-4. Per token: residual, output gradients, loss sums.
+    /// Phases 2-4, residual and loss: per token the reconstruction error
+    /// `e = x_hat - x` (decoder as a gather over the active rows), the
+    /// output gradient `2 e / n`, the L1 sum and, with AuxK, the AuxK
+    /// residual `u = r_aux + e`; then the losses (see [`Trainer::auxk_loss`]).
+    fn residuals(&self, batch: &[f32], codes: &Codes, l1_coeff: f32) -> Residuals {
+        let sae = &self.sae;
+        let d = sae.cfg.d_in;
+        let (n, use_aux) = (codes.n, codes.use_aux);
+        let (main, aux) = (&codes.main, &codes.aux);
         let n_chunks = n.div_ceil(TOK_CHUNK);
         let mut gbuf = vec![0.0f32; if use_aux { 2 * n * d } else { n * d }];
         let (g_main, g_aux) = gbuf.split_at_mut(n * d);
@@ -433,12 +627,6 @@ impl Trainer {
         } else {
             (0..n_chunks).map(|_| <&mut [f32]>::default()).collect()
         };
-        struct TokSums {
-            se: f64,
-            su: f64,
-            l1: f64,
-            e_sum: Vec<f64>,
-        }
         let w_dec = &sae.w_dec;
         let inv_n = 1.0 / n as f32;
         let sums: Vec<TokSums> = g_main
@@ -484,35 +672,73 @@ impl Trainer {
             })
             .collect();
         drop(g_aux_chunks);
-        let mut se = 0.0;
-        let mut su = 0.0;
-        let mut l1_sum = 0.0;
-        let mut e_sum = vec![0.0f64; if use_aux { d } else { 0 }];
+        let mut total = TokSums {
+            se: 0.0,
+            su: 0.0,
+            l1: 0.0,
+            e_sum: vec![0.0f64; if use_aux { d } else { 0 }],
+        };
         for s in &sums {
-            se += s.se;
-            su += s.su;
-            l1_sum += s.l1;
-            e_sum.iter_mut().zip(&s.e_sum).for_each(|(a, b)| *a += b);
+            total.se += s.se;
+            total.su += s.su;
+            total.l1 += s.l1;
+            total
+                .e_sum
+                .iter_mut()
+                .zip(&s.e_sum)
+                .for_each(|(a, b)| *a += b);
         }
-        let mse = se / n as f64;
-        let l1 = l1_coeff as f64 * l1_sum / n as f64;
-        let mut aux_loss = 0.0f64;
-        if use_aux {
-            let mean_sq = e_sum.iter().map(|v| (v / n as f64).powi(2)).sum::<f64>();
-            let denom = mse - mean_sq;
-            let val = su / n as f64 / denom;
-            let h_scale = if denom > 0.0 && val.is_finite() {
-                aux_loss = val;
-                (self.cfg.aux_coeff as f64 * 2.0 / (n as f64 * denom)) as f32
-            } else {
-                0.0
-            };
-            gbuf[n * d..]
-                .par_chunks_mut(TOK_CHUNK * d)
-                .for_each(|c| c.iter_mut().for_each(|v| *v *= h_scale));
+        let mse = total.se / n as f64;
+        let l1 = l1_coeff as f64 * total.l1 / n as f64;
+        let aux_loss = if use_aux {
+            self.auxk_loss(&mut gbuf[n * d..], n, mse, &total)
+        } else {
+            0.0
+        };
+        Residuals {
+            gbuf,
+            mse,
+            l1,
+            aux_loss,
         }
+    }
 
-        // Gradient w.r.t. each active pre-activation, and b_dec's part per chunk.
+    /// Phase 3, AuxK: the normalised loss
+    /// `mean_t ||u_t||^2 / (mse - ||mean_t e_t||^2)`, returned, and the AuxK
+    /// half of the output-gradient buffer (`u` per token) scaled in place to
+    /// its gradient (all zeros when the denominator is not positive).
+    fn auxk_loss(&self, g_aux: &mut [f32], n: usize, mse: f64, total: &TokSums) -> f64 {
+        let d = self.sae.cfg.d_in;
+        let mut aux_loss = 0.0f64;
+        let mean_sq = total
+            .e_sum
+            .iter()
+            .map(|v| (v / n as f64).powi(2))
+            .sum::<f64>();
+        let denom = mse - mean_sq;
+        let val = total.su / n as f64 / denom;
+        let h_scale = if denom > 0.0 && val.is_finite() {
+            aux_loss = val;
+            (self.cfg.aux_coeff as f64 * 2.0 / (n as f64 * denom)) as f32
+        } else {
+            0.0
+        };
+        g_aux
+            .par_chunks_mut(TOK_CHUNK * d)
+            .for_each(|c| c.iter_mut().for_each(|v| *v *= h_scale));
+        aux_loss
+    }
+
+    /// Phase 6a, gradients per token: d loss / d pre-activation of each
+    /// active (and AuxK) entry, and b_dec's gradient (the decoder bias's
+    /// `+ g` and the encoder input's `- W_enc gpre`), summed per chunk of
+    /// tokens in a fixed order.
+    fn pre_activation_grads(&self, codes: &Codes, gbuf: &[f32], l1_coeff: f32) -> PreGrads {
+        let sae = &self.sae;
+        let d = sae.cfg.d_in;
+        let (n, use_aux) = (codes.n, codes.use_aux);
+        let (main, aux) = (&codes.main, &codes.aux);
+        let n_chunks = n.div_ceil(TOK_CHUNK);
         let mut gpre_main = vec![0.0f32; main.indices.len()];
         let mut gpre_aux = vec![0.0f32; aux.indices.len()];
         let bounds_m: Vec<usize> = (0..=n_chunks)
@@ -523,9 +749,8 @@ impl Trainer {
             .collect();
         let gm_parts = split_by(&mut gpre_main, &bounds_m);
         let ga_parts = split_by(&mut gpre_aux, &bounds_a);
-        let l1_grad = l1_coeff * inv_n;
-        let gbuf_ref = &gbuf;
-        let w_enc_t = &sae.w_enc_t;
+        let l1_grad = l1_coeff * (1.0 / n as f32);
+        let (w_dec, w_enc_t) = (&sae.w_dec, &sae.w_enc_t);
         let bdec_parts: Vec<Vec<f32>> = gm_parts
             .into_par_iter()
             .zip(ga_parts)
@@ -536,7 +761,7 @@ impl Trainer {
                 let t1 = (t0 + TOK_CHUNK).min(n);
                 let (mut pm, mut pa) = (0, 0);
                 for t in t0..t1 {
-                    let g = &gbuf_ref[t * d..(t + 1) * d];
+                    let g = &gbuf[t * d..(t + 1) * d];
                     // Decoder bias: + g; encoder input (x - b_dec): - W_enc gpre.
                     acc.iter_mut().zip(g).for_each(|(a, &v)| *a += v);
                     let (idx, _) = main.row(t);
@@ -548,7 +773,7 @@ impl Trainer {
                         axpy(&mut acc, -gp, &w_enc_t[j * d..(j + 1) * d]);
                     }
                     if use_aux {
-                        let h = &gbuf_ref[(n + t) * d..(n + t + 1) * d];
+                        let h = &gbuf[(n + t) * d..(n + t + 1) * d];
                         let (aidx, _) = aux.row(t);
                         for &j in aidx {
                             let j = j as usize;
@@ -562,99 +787,37 @@ impl Trainer {
                 acc
             })
             .collect();
-        let mut grad_b_dec = vec![0.0f32; d];
+        let mut b_dec = vec![0.0f32; d];
         for p in &bdec_parts {
-            grad_b_dec.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+            b_dec.iter_mut().zip(p).for_each(|(a, b)| *a += b);
         }
+        PreGrads {
+            main: gpre_main,
+            aux: gpre_aux,
+            b_dec,
+        }
+    }
 
-        // Per-latent entry lists in token order (counting sort).
-        let mut cnt = vec![0usize; f];
-        for &j in main.indices.iter().chain(&aux.indices) {
-            cnt[j as usize] += 1;
-        }
-        let fired: Vec<bool> = {
-            let mut fired = vec![false; f];
-            for &j in &main.indices {
-                fired[j as usize] = true;
-            }
-            fired
-        };
-        let mut entry_start = vec![0usize; f + 1];
-        for j in 0..f {
-            entry_start[j + 1] = entry_start[j] + cnt[j];
-        }
-        let mut fill = entry_start.clone();
-        let mut entries = vec![
-            Entry {
-                grow: 0,
-                tok: 0,
-                coef: 0.0,
-                gpre: 0.0
-            };
-            entry_start[f]
-        ];
-        for t in 0..n {
-            for p in main.indptr[t]..main.indptr[t + 1] {
-                let j = main.indices[p] as usize;
-                entries[fill[j]] = Entry {
-                    grow: t as u32,
-                    tok: t as u32,
-                    coef: main.values[p],
-                    gpre: gpre_main[p],
-                };
-                fill[j] += 1;
-            }
-            for p in aux.indptr[t]..aux.indptr[t + 1] {
-                let j = aux.indices[p] as usize;
-                entries[fill[j]] = Entry {
-                    grow: (n + t) as u32,
-                    tok: t as u32,
-                    coef: aux.values[p],
-                    gpre: gpre_aux[p],
-                };
-                fill[j] += 1;
-            }
-        }
-
-        // 5. Orthogonality.
-        let mut rng = self.rng.clone();
-        let mut stats = StepStats {
-            step: self.step,
-            mse,
-            aux: aux_loss,
-            l1,
-            l0: main.l0(),
-            lr: self.cfg.lr_at(self.step, f),
-            ..Default::default()
-        };
-        let mut lambda = 0.0f32;
-        let ortho = match self.cfg.ortho {
-            Ortho::None => None,
-            Ortho::Uniform { lambda: lam, pairs } => {
-                lambda = lam;
-                let mut ps = Vec::with_capacity(pairs);
-                if f >= 2 {
-                    for _ in 0..pairs {
-                        let i = rng.below(f as u64) as u32;
-                        let mut j = rng.below(f as u64 - 1) as u32;
-                        if j >= i {
-                            j += 1;
-                        }
-                        ps.push((i.min(j), i.max(j)));
-                    }
-                }
+    /// Phase 5, orthogonality: the penalty of [`Ortho`] and its decoder
+    /// gradient, with its weight lambda (0 without). Uniform draws its pairs
+    /// from `rng`; Guided fills the competing-pair figures of `stats`.
+    fn ortho_penalty(
+        &self,
+        main: &SparseCodes,
+        rng: &mut SplitMix64,
+        stats: &mut StepStats,
+    ) -> (Option<PairPenalty>, f32) {
+        let (d, f) = (self.sae.cfg.d_in, self.sae.cfg.d_sae);
+        let w_dec = &self.sae.w_dec;
+        match self.cfg.ortho {
+            Ortho::None => (None, 0.0),
+            Ortho::Uniform { lambda, pairs } => {
+                let ps = uniform_pairs(rng, f, pairs);
                 let blocks = pairs_to_blocks(f, &ps);
-                Some(partner_penalty(
-                    w_dec,
-                    d,
-                    f,
-                    &blocks,
-                    ps.len().max(1) as f64,
-                    lam,
-                ))
+                let pen = partner_penalty(w_dec, d, f, &blocks, ps.len().max(1) as f64, lambda);
+                (Some(pen), lambda)
             }
-            Ortho::Guided { lambda: lam, tau } => {
-                lambda = lam;
+            Ortho::Guided { lambda, tau } => {
                 // Token by token (each token's decoder rows read once) when
                 // the decoder does not fit in cache, unless its buffers (a
                 // k_t x k_t block per token, a row per active entry) would
@@ -664,11 +827,11 @@ impl Trainer {
                     && (token_pairs_len(&main.indptr) + main.indices.len() * d) * 4 <= 1 << 30
                 {
                     let tp = batch_token_pairs(f, &main.indptr, &main.indices, tau);
-                    let pen = token_penalty(w_dec, d, f, &main.indptr, &main.indices, &tp, lam);
+                    let pen = token_penalty(w_dec, d, f, &main.indptr, &main.indices, &tp, lambda);
                     (tp.pairs, tp.c_sum, pen)
                 } else {
                     let bp = batch_partners(f, &main.indptr, &main.indices, tau);
-                    let pen = partner_penalty(w_dec, d, f, &bp.blocks, bp.c_sum, lam);
+                    let pen = partner_penalty(w_dec, d, f, &bp.blocks, bp.c_sum, lambda);
                     (bp.pairs, bp.c_sum, pen)
                 };
                 if pairs > 0 {
@@ -676,23 +839,9 @@ impl Trainer {
                     stats.mean_c = c_sum / pairs as f64;
                     stats.mean_abs_cos_competing = pen.abs_cos_sum / pairs as f64;
                 }
-                Some(pen)
+                (Some(pen), lambda)
             }
-        };
-        stats.ortho = ortho.as_ref().map_or(0.0, |p| p.value);
-        stats.loss = mse + self.cfg.aux_coeff as f64 * aux_loss + l1 + lambda as f64 * stats.ortho;
-        Ok(Prepared {
-            n,
-            xc,
-            gbuf,
-            entry_start,
-            entries,
-            fired,
-            ortho,
-            grad_b_dec,
-            rng_after: rng,
-            stats,
-        })
+        }
     }
 
     /// Gradients of latent j's decoder row, encoder column and encoder bias.
@@ -746,14 +895,30 @@ impl Trainer {
                 p.stats
             );
         }
-        let (d, f) = (self.sae.cfg.d_in, self.sae.cfg.d_sae);
         let lr = p.stats.lr;
         let t = (self.step + 1) as i32;
         let bc1 = 1.0 - (BETA1 as f64).powi(t);
         let bc2 = 1.0 - (BETA2 as f64).powi(t);
         let step_size = (lr as f64 / bc1) as f32;
         let inv_sqrt_bc2 = (1.0 / bc2.sqrt()) as f32;
+        self.update_latents(&p, step_size, inv_sqrt_bc2);
+        adam(
+            &mut self.sae.b_dec,
+            &mut self.m_bdec,
+            &mut self.v_bdec,
+            &p.grad_b_dec,
+            step_size,
+            inv_sqrt_bc2,
+        );
+        Ok(self.advance(p))
+    }
 
+    /// Phase 7, update: one fused pass per chunk of latents computes each
+    /// latent's gradients, removes the decoder gradient's component along
+    /// its row, applies Adam to the decoder row, encoder column and bias,
+    /// and renormalises the decoder row.
+    fn update_latents(&mut self, p: &Prepared, step_size: f32, inv_sqrt_bc2: f32) {
+        let d = self.sae.cfg.d_in;
         // Fused per-latent pass. Temporarily move the tensors out of self so
         // that `self` can be borrowed immutably for the gradient gathers.
         let mut w_dec = std::mem::take(&mut self.sae.w_dec);
@@ -773,7 +938,7 @@ impl Trainer {
         );
         {
             let this = &*self;
-            let pr = &p;
+            let pr = p;
             let cd = LAT_CHUNK * d;
             (
                 w_dec.par_chunks_mut(cd),
@@ -839,21 +1004,17 @@ impl Trainer {
         self.sae.b_enc = b_enc;
         (self.m_dec, self.v_dec, self.m_enc, self.v_enc) = (m_dec, v_dec, m_enc, v_enc);
         (self.m_benc, self.v_benc) = (m_benc, v_benc);
-        adam(
-            &mut self.sae.b_dec,
-            &mut self.m_bdec,
-            &mut self.v_bdec,
-            &p.grad_b_dec,
-            step_size,
-            inv_sqrt_bc2,
-        );
+    }
 
-        // Dead-latent counters, RNG, step.
+    /// After the update: the dead-latent counters, RNG and step move on;
+    /// returns the step's figures with the dead fraction after it.
+    fn advance(&mut self, p: Prepared) -> StepStats {
+        let f = self.sae.cfg.d_sae;
         let n = p.n as u64;
         for (s, &fired) in self.since_fired.iter_mut().zip(&p.fired) {
             *s = if fired { 0 } else { s.saturating_add(n) };
         }
-        self.rng = p.rng_after.clone();
+        self.rng = p.rng_after;
         self.step += 1;
         let mut stats = p.stats;
         stats.dead_fraction = self
@@ -862,149 +1023,6 @@ impl Trainer {
             .filter(|&&s| s >= self.cfg.dead_after_tokens)
             .count() as f64
             / f as f64;
-        Ok(stats)
+        stats
     }
-
-    /// Writes params, Adam moments, step, dead-latent counters, RNG state and
-    /// both configs to one safetensors file (atomically, via a temp file).
-    pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
-        let meta = CheckpointMeta {
-            format: CHECKPOINT_FORMAT.into(),
-            step: self.step,
-            rng: self.rng.clone(),
-            trainer: self.cfg.clone(),
-            sae: self.sae.cfg.clone(),
-        };
-        let (d, f) = (self.sae.cfg.d_in, self.sae.cfg.d_sae);
-        let f32s: Vec<(&str, &Vec<f32>, Vec<usize>)> = vec![
-            ("w_enc_t", &self.sae.w_enc_t, vec![f, d]),
-            ("w_dec", &self.sae.w_dec, vec![f, d]),
-            ("b_enc", &self.sae.b_enc, vec![f]),
-            ("b_dec", &self.sae.b_dec, vec![d]),
-            ("m_enc", &self.m_enc, vec![f, d]),
-            ("v_enc", &self.v_enc, vec![f, d]),
-            ("m_dec", &self.m_dec, vec![f, d]),
-            ("v_dec", &self.v_dec, vec![f, d]),
-            ("m_benc", &self.m_benc, vec![f]),
-            ("v_benc", &self.v_benc, vec![f]),
-            ("m_bdec", &self.m_bdec, vec![d]),
-            ("v_bdec", &self.v_bdec, vec![d]),
-        ];
-        let bytes: Vec<(String, Vec<u8>, Vec<usize>, Dtype)> = f32s
-            .into_iter()
-            .map(|(k, v, s)| (k.to_string(), f32_bytes(v), s, Dtype::F32))
-            .chain(std::iter::once((
-                "since_fired".to_string(),
-                self.since_fired
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect(),
-                vec![f],
-                Dtype::U64,
-            )))
-            .collect();
-        let views: Vec<(String, TensorView<'_>)> = bytes
-            .iter()
-            .map(|(k, b, s, dt)| Ok((k.clone(), TensorView::new(*dt, s.clone(), b)?)))
-            .collect::<Result<_>>()?;
-        let mut info = HashMap::new();
-        info.insert("coact_trainer".to_string(), serde_json::to_string(&meta)?);
-        let tmp = path.with_extension("tmp");
-        safetensors::serialize_to_file(views, Some(info), &tmp)
-            .with_context(|| format!("writing checkpoint {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-        Ok(())
-    }
-
-    /// Restores a trainer saved by [`Trainer::save_checkpoint`]; continuing it
-    /// gives bit-identical results to a run that was never interrupted.
-    pub fn load_checkpoint(path: &Path) -> Result<Trainer> {
-        let buf = std::fs::read(path)
-            .with_context(|| format!("reading checkpoint {}", path.display()))?;
-        let st = SafeTensors::deserialize(&buf).context("parsing checkpoint")?;
-        let (_, md) = SafeTensors::read_metadata(&buf)?;
-        let meta_s = md
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get("coact_trainer"))
-            .context("checkpoint lacks coact_trainer metadata")?;
-        let meta: CheckpointMeta = serde_json::from_str(meta_s)?;
-        ensure!(
-            meta.format == CHECKPOINT_FORMAT,
-            "unknown checkpoint format {}",
-            meta.format
-        );
-        meta.trainer.validate()?;
-        meta.sae.validate()?;
-        let (d, f) = (meta.sae.d_in, meta.sae.d_sae);
-        let get = |name: &str, len: usize| -> Result<Vec<f32>> {
-            let t = st
-                .tensor(name)
-                .with_context(|| format!("checkpoint lacks {name}"))?;
-            ensure!(t.dtype() == Dtype::F32, "{name} is not f32");
-            let v = f32_from_bytes(t.data());
-            ensure!(
-                v.len() == len,
-                "{name} has {} values, expected {len}",
-                v.len()
-            );
-            Ok(v)
-        };
-        let sae = Sae {
-            w_enc_t: get("w_enc_t", d * f)?,
-            w_dec: get("w_dec", d * f)?,
-            b_enc: get("b_enc", f)?,
-            b_dec: get("b_dec", d)?,
-            cfg: meta.sae.clone(),
-        };
-        let mut tr = Trainer::from_parts(meta.trainer, sae);
-        tr.m_enc = get("m_enc", d * f)?;
-        tr.v_enc = get("v_enc", d * f)?;
-        tr.m_dec = get("m_dec", d * f)?;
-        tr.v_dec = get("v_dec", d * f)?;
-        tr.m_benc = get("m_benc", f)?;
-        tr.v_benc = get("v_benc", f)?;
-        tr.m_bdec = get("m_bdec", d)?;
-        tr.v_bdec = get("v_bdec", d)?;
-        let sf = st
-            .tensor("since_fired")
-            .context("checkpoint lacks since_fired")?;
-        ensure!(
-            sf.dtype() == Dtype::U64 && sf.data().len() == 8 * f,
-            "bad since_fired"
-        );
-        tr.since_fired = sf
-            .data()
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
-            .collect();
-        tr.step = meta.step;
-        tr.rng = meta.rng;
-        Ok(tr)
-    }
-}
-
-const CHECKPOINT_FORMAT: &str = "coact-sae-trainer-1";
-
-#[derive(Serialize, Deserialize)]
-struct CheckpointMeta {
-    format: String,
-    step: u64,
-    rng: SplitMix64,
-    trainer: TrainerConfig,
-    sae: SaeConfig,
-}
-
-pub(crate) fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(v.len() * 4);
-    for x in v {
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out
-}
-
-pub(crate) fn f32_from_bytes(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
 }

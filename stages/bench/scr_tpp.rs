@@ -51,15 +51,15 @@
 //! `tpp.json` shaped like SAEBench's outputs (means over seeds).
 
 use super::sparse_probing::{
-    dataset_keys, encode_dataset, fit_probe, load_variant_sae, memo, problem_rng, problems,
-    saebench_json, Encoded, Linear, Rows,
+    dataset_keys, encode_dataset, load_variant_sae, memo, problem_rng, problems, saebench_json,
+    Encoded, Rows,
 };
 use crate::config::Config;
 use crate::pipeline::benchmark::Benchmark;
 use crate::pipeline::stage::{StageInput, StageOutput};
 use anyhow::{bail, Result};
 use coact::metrics::probing as pm;
-use coact::probe::Penalty;
+use coact::probe::{fit_probe, Linear, Penalty};
 use coact::sae::Sae;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;

@@ -36,7 +36,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use coact::metrics::probing as pm;
-use coact::probe::{fit_binary, Penalty, ProbeConfig};
+use coact::probe::{fit_probe, Penalty};
 use coact::rng::SplitMix64;
 use coact::sae::Sae;
 use serde_json::{json, Value};
@@ -141,78 +141,6 @@ pub(crate) fn encode_dataset(
         pm::mean_pool_latents(sae, &data.tokens, &data.offsets)
     })?;
     Ok(Encoded { data, latents })
-}
-
-/// A linear probe on raw inputs: predicts true when w . x + b > 0.
-pub(crate) struct Linear {
-    pub w: Vec<f32>,
-    pub b: f32,
-}
-
-impl Linear {
-    /// w . x + b per row of `x`.
-    pub fn decisions(&self, x: &[f32]) -> Vec<f64> {
-        x.chunks_exact(self.w.len().max(1))
-            .map(|row| {
-                let z: f64 = row
-                    .iter()
-                    .zip(&self.w)
-                    .map(|(&a, &b)| a as f64 * b as f64)
-                    .sum();
-                z + self.b as f64
-            })
-            .collect()
-    }
-
-    pub fn predict(&self, x: &[f32]) -> Vec<bool> {
-        self.decisions(x).into_iter().map(|z| z > 0.0).collect()
-    }
-
-    pub fn accuracy(&self, x: &[f32], y: &[bool]) -> f64 {
-        pm::accuracy(&self.predict(x), y)
-    }
-}
-
-/// Fits a logistic regression on `x` ([y.len(), dim]) through coact's probe
-/// solver. With `rescale`, the inputs are first multiplied by one global
-/// factor that makes their mean squared entry 1 (the residual's entries are
-/// in the hundreds, which would make any fixed penalty meaningless), and
-/// the weights are mapped back, so the probe applies to raw inputs.
-pub(crate) fn fit_probe(
-    x: &[f32],
-    dim: usize,
-    y: &[bool],
-    penalty: Penalty,
-    rescale: bool,
-) -> Result<Linear> {
-    let n = y.len();
-    let scale = if rescale {
-        let ms: f64 = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / x.len().max(1) as f64;
-        if ms > 0.0 {
-            (1.0 / ms.sqrt()) as f32
-        } else {
-            1.0
-        }
-    } else {
-        1.0
-    };
-    let scaled: Vec<f32>;
-    let xs = if scale != 1.0 {
-        scaled = x.iter().map(|&v| v * scale).collect();
-        &scaled
-    } else {
-        x
-    };
-    let cfg = ProbeConfig {
-        penalty,
-        max_iter: 1000,
-        ..ProbeConfig::default()
-    };
-    let p = fit_binary(xs, n, dim, y, &cfg)?;
-    Ok(Linear {
-        w: p.w.iter().map(|&w| w * scale).collect(),
-        b: p.b,
-    })
 }
 
 /// One binary probing problem: the positive class's pieces and the other

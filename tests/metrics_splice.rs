@@ -1,0 +1,219 @@
+//! Splice losses on a tiny random Gemma: the rows they count, identity and
+//! zero splices, the SAE splice's keep mask, and consistency between the
+//! one-call and the shared-original paths.
+
+mod lm_support;
+
+use candle_core::{Device, Tensor};
+use coact::lm::{Gemma, ModelSource};
+use coact::metrics::core::mean;
+use coact::metrics::splice::{
+    counted_rows, keep_rows, log_probs, patched_losses, sae_patch, splice_losses, zero_patch,
+    CountedRows, Original, Patch,
+};
+use coact::sae::{Sae, SaeConfig, SaeKind};
+use lm_support::{argmax, Tiny};
+
+const LAYER: usize = 1;
+
+fn tiny_model(dir: &std::path::Path) -> Gemma {
+    Tiny::gemma3().write(dir, 21);
+    Gemma::load(&ModelSource::Safetensors(dir.into()), &Device::Cpu).unwrap()
+}
+
+/// A sequence the clean model itself predicts (greedy from `first`), so
+/// that the clean forward has a low CE that ablations can only worsen.
+fn greedy(model: &Gemma, first: u32, len: usize) -> Vec<u32> {
+    let mut seq = vec![first];
+    while seq.len() < len {
+        let ids = Tensor::from_vec(seq.clone(), (1, seq.len()), &Device::Cpu).unwrap();
+        let logits = model.logits(&ids, None).unwrap();
+        let last = logits.get(0).unwrap().get(seq.len() - 1).unwrap();
+        seq.push(argmax(&last));
+    }
+    seq
+}
+
+fn identity(r: &Tensor) -> anyhow::Result<Tensor> {
+    Ok(r.clone())
+}
+
+#[test]
+fn counted_rows_leave_out_special_positions_and_the_last_ce_position() {
+    let a: &[u32] = &[5, 6, 7, 8];
+    let b: &[u32] = &[9, 10, 11, 12];
+    let sa: &[bool] = &[true, false, false, false];
+    let sb: &[bool] = &[false, false, true, false];
+    let (ids, rows) = counted_rows(&[a, b], &[sa, sb]).unwrap();
+    assert_eq!(ids.dims(), &[2, 4]);
+    assert_eq!(ids.to_vec2::<u32>().unwrap(), vec![a.to_vec(), b.to_vec()]);
+    assert_eq!(
+        rows,
+        CountedRows {
+            // Row b * 4 + t predicts token t + 1; t = 3 has no target.
+            ce: vec![(1, 7), (2, 8), (4, 10), (5, 11)],
+            kl: vec![1, 2, 3, 4, 5, 7],
+        }
+    );
+    assert!(counted_rows(&[a, &b[..3]], &[sa, &sb[..3]]).is_err());
+    assert!(counted_rows(&[a, b], &[sa]).is_err());
+    assert!(counted_rows(&[], &[]).is_err());
+}
+
+#[test]
+fn keep_rows_keeps_the_listed_rows_in_order() {
+    let m: Vec<f32> = (0..12).map(|v| v as f32).collect(); // [4, 3]
+    assert_eq!(
+        keep_rows(m.clone(), &[1, 3], 3),
+        vec![3., 4., 5., 9., 10., 11.]
+    );
+    assert_eq!(keep_rows(m.clone(), &[0, 1, 2, 3], 3), m);
+    assert_eq!(keep_rows(m.clone(), &[2], 3), vec![6., 7., 8.]);
+    assert!(keep_rows(m, &[], 3).is_empty());
+}
+
+#[test]
+fn identity_splice_gives_the_clean_losses_and_zero_ablation_worsens_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let vocab = model.config().vocab;
+    let s1 = greedy(&model, 3, 9);
+    let s2 = greedy(&model, 40, 9);
+    let mut m1 = vec![false; 9];
+    m1[0] = true;
+    let m2 = vec![false; 9];
+    let seqs: Vec<&[u32]> = vec![&s1, &s2];
+    let special: Vec<&[bool]> = vec![&m1, &m2];
+
+    let l = splice_losses(&model, LAYER, &seqs, &special, &[&identity, &zero_patch]).unwrap();
+    // CE: 8 positions per sequence, less sequence 1's BOS; KL: 9 and 8.
+    assert_eq!(l.ce_orig.len(), 7 + 8);
+    assert_eq!((l.ce.len(), l.kl.len()), (2, 2));
+    assert_eq!(l.ce[0].len(), 15);
+    assert_eq!(l.kl[0].len(), 8 + 9);
+
+    // The identity splice changes nothing, bit for bit.
+    assert_eq!(l.ce[0], l.ce_orig);
+    assert_eq!(l.kl[0], vec![0.0; 17]);
+
+    // Greedy targets are the clean model's best guesses, below the uniform
+    // guess's log(vocab); zero ablation forgets the tokens, so CE rises and
+    // every counted position's KL is positive.
+    let (ce_orig, ce_zero) = (mean(&l.ce_orig), mean(&l.ce[1]));
+    assert!(ce_orig < (vocab as f64).ln(), "{ce_orig}");
+    assert!(ce_zero > ce_orig + 0.1, "{ce_zero} vs {ce_orig}");
+    assert!(l.kl[1].iter().all(|&k| k > 0.0), "{:?}", l.kl[1]);
+
+    // The clean CE is -log softmax(logits)[next token] at the counted rows.
+    let (ids, rows) = counted_rows(&seqs, &special).unwrap();
+    let lp = log_probs(&model, &ids, None).unwrap();
+    assert_eq!(lp.len(), 2 * 9 * vocab);
+    for (&(r, t), &ce) in rows.ce.iter().zip(&l.ce_orig) {
+        assert_eq!(ce, -(lp[r * vocab + t as usize] as f64));
+    }
+    // Every log-probability row sums to 1 in probability.
+    for row in lp.chunks(vocab) {
+        let p: f64 = row.iter().map(|&v| (v as f64).exp()).sum();
+        assert!((p - 1.0).abs() < 1e-4, "{p}");
+    }
+}
+
+#[test]
+fn the_sae_splice_replaces_only_the_rows_its_keep_mask_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let d = model.config().d_model;
+    let sae = Sae::init(
+        SaeConfig {
+            d_in: d,
+            d_sae: 2 * d,
+            kind: SaeKind::TopK { k: 4 },
+        },
+        5,
+    )
+    .unwrap();
+
+    // On a residual [2, 3, d]: kept rows unchanged, others reconstructed.
+    let r: Vec<f32> = (0..6 * d)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+        .collect();
+    let rt = Tensor::from_vec(r.clone(), (2, 3, d), &Device::Cpu).unwrap();
+    let keep = [true, false, false, true, true, false];
+    let out = sae_patch(&sae, &keep)(&rt).unwrap();
+    assert_eq!(out.dims(), &[2, 3, d]);
+    let out = out.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for (i, &k) in keep.iter().enumerate() {
+        let row = &r[i * d..(i + 1) * d];
+        let got = &out[i * d..(i + 1) * d];
+        if k {
+            assert_eq!(got, row, "row {i}");
+        } else {
+            // (Up to float error: the patch reconstructs its rows in one batch.)
+            let want = sae.reconstruct(row).unwrap();
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-5, "row {i}: {a} vs {b}");
+            }
+            let moved = got.iter().zip(row).map(|(a, b)| (a - b).abs()).sum::<f32>();
+            assert!(moved > 0.1, "row {i} should change ({moved})");
+        }
+    }
+    // One mask entry per residual row.
+    assert!(sae_patch(&sae, &keep[..5])(&rt).is_err());
+
+    // In a forward: keeping every position is the identity splice; keeping
+    // none changes the losses.
+    let s: Vec<u32> = greedy(&model, 7, 6);
+    let m = vec![false; 6];
+    let all = vec![true; 6];
+    let none = vec![false; 6];
+    let (keep_all, keep_none) = (sae_patch(&sae, &all), sae_patch(&sae, &none));
+    let l = splice_losses(&model, LAYER, &[&s], &[&m], &[&keep_all, &keep_none]).unwrap();
+    assert_eq!(l.ce[0], l.ce_orig);
+    assert_eq!(l.kl[0], vec![0.0; 6]);
+    assert_ne!(l.ce[1], l.ce_orig);
+    assert!(mean(&l.kl[1]) > 0.0);
+    // Keeping only the first position: KL there stays 0 (causal model, the
+    // residual before it untouched), later positions change.
+    let mut first = vec![false; 6];
+    first[0] = true;
+    let keep_first = sae_patch(&sae, &first);
+    let l1 = splice_losses(&model, LAYER, &[&s], &[&m], &[&keep_first]).unwrap();
+    assert_eq!(l1.kl[0][0], 0.0);
+    assert_eq!(l1.ce[0][0], l.ce_orig[0]);
+    assert!(l1.kl[0][1..].iter().all(|&k| k > 0.0), "{:?}", l1.kl[0]);
+}
+
+#[test]
+fn a_shared_original_gives_the_one_call_losses_and_must_match_its_sequences() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let s1 = greedy(&model, 11, 7);
+    let s2 = greedy(&model, 12, 7);
+    let m = vec![false; 7];
+    let (seqs, special): (Vec<&[u32]>, Vec<&[bool]>) = (vec![&s1, &s2], vec![&m, &m]);
+    let zero: Patch<'_> = &zero_patch;
+
+    let original = Original::compute(&model, &seqs, &special).unwrap();
+    let vocab = model.config().vocab;
+    assert_eq!(original.ce.len(), 12);
+    assert_eq!(original.log_probs.len(), 14 * vocab);
+    assert_eq!(original.bytes(), 14 * vocab * 4 + 12 * 8);
+    let (ce, kl) = patched_losses(&model, LAYER, &seqs, &special, &original, zero).unwrap();
+    let l = splice_losses(&model, LAYER, &seqs, &special, &[zero]).unwrap();
+    assert_eq!(l.ce_orig, original.ce);
+    assert_eq!((l.ce[0].clone(), l.kl[0].clone()), (ce, kl));
+
+    // An original of other sequences (other row counts) is refused.
+    let other = Original::compute(&model, &seqs[..1], &special[..1]).unwrap();
+    assert!(patched_losses(&model, LAYER, &seqs, &special, &other, zero).is_err());
+
+    // One sequence per pass gives the same losses as both at once, up to
+    // float error.
+    let one = splice_losses(&model, LAYER, &seqs[..1], &special[..1], &[zero]).unwrap();
+    for (a, b) in one.ce_orig.iter().zip(&l.ce_orig) {
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    }
+    for (a, b) in one.kl[0].iter().zip(&l.kl[0]) {
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    }
+}
