@@ -8,5 +8,5 @@ pub mod corpus;
 // pub mod letters;
 // pub mod model;
 pub mod parquet_io;
-// pub mod sae;
+pub mod sae;
 // pub mod tokens;
