@@ -31,7 +31,7 @@ use crate::config::{CompeteConfig, Config};
 use crate::pipeline::stage::{Registry, Stage, Unit};
 use crate::pipeline::stage::{StageInput, StageOutput};
 use crate::pipeline::store::TableEntry;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use arrow::array::{
     ArrayRef, AsArray, Float32Array, Float64Array, Int64Array, RecordBatch, StringArray,
 };
@@ -41,14 +41,13 @@ use coact::competition::{
     Pair,
 };
 use coact::rng::SplitMix64;
-use coact::sae::{load_saelens, SaeKind};
 use coact::text::TextTokenizer;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Tokens encoded per batch.
@@ -148,34 +147,17 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
     let cfg = input.cfg;
     let cc = &cfg.compete;
     let started = Instant::now();
-    let unit = input
-        .planned
-        .unit
-        .as_deref()
-        .context("compete runs per variant")?;
-    let train_key = input
-        .planned
-        .inputs
-        .get(&format!("train/{unit}"))
-        .with_context(|| format!("compete/{unit}: no train/{unit} input"))?;
-    let train_dir = input.store.artifact_dir("train", train_key);
-    let (sae, _) = load_saelens(&train_dir)
-        .map_err(|e| anyhow!("train/{unit} ({}): {e:#}", train_dir.display()))?;
+    let unit = input.unit()?;
+    let sae = input.variant_sae(unit)?.sae;
     let f = sae.cfg.d_sae;
 
     // Eval activations and where each row is.
-    let extract_key = &input.planned.inputs["extract"];
-    let em = input.store.manifest("extract", extract_key)?;
-    let edir = input.store.artifact_dir("extract", extract_key);
-    let files = &em
-        .tables
-        .get("activations")
-        .with_context(|| format!("extract/{extract_key} has no activations table"))?
-        .files;
+    let acts = input.activations()?;
+    let (extract_key, edir, files) = (&acts.key, &acts.dir, &acts.files);
     let spinner = input
         .progress
         .spinner(format!("compete {unit}: reading eval activations"));
-    let (x, special, d) = crate::extract::read_activations(&edir, files, "eval")?;
+    let (x, special, d) = acts.read("eval")?;
     let (meta, tokens_by_seq) = read_row_meta(&edir, files, "eval")?;
     spinner.finish_and_clear();
     if meta.len() != special.len() {
@@ -391,7 +373,7 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
     let t0 = Instant::now();
     let ctx = Contexts {
         tokens: tokens_by_seq,
-        tokenizer: shared_tokenizer(cfg)?,
+        tokenizer: input.tokenizer()?,
         window: cc.context_window,
     };
     let where_is = |t: u32| meta[rows[t as usize]];
@@ -433,7 +415,7 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
         tables,
         summary: json!({
             "variant": unit,
-            "kind": match sae.cfg.kind { SaeKind::TopK { .. } => "topk", SaeKind::ReluL1 { .. } => "relu_l1" },
+            "kind": sae.cfg.kind.architecture().name(),
             "d_sae": f,
             "eval_tokens": n,
             "l0": index.entries() as f64 / n as f64,
@@ -452,35 +434,6 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
             },
         }),
     })
-}
-
-/// The tokenizer, loaded once per process for all of the stage's units (a
-/// 262k-token tokenizer.json takes seconds to parse). Keyed by the file's
-/// path, size and modification time.
-fn shared_tokenizer(cfg: &Config) -> Result<Arc<TextTokenizer>> {
-    type Cached = Option<(String, Arc<TextTokenizer>)>;
-    static CACHE: Mutex<Cached> = Mutex::new(None);
-    let path = crate::tokenize::tokenizer_path(cfg)?;
-    let stamp = std::fs::metadata(&path)
-        .map(|m| {
-            format!(
-                "{}:{}:{:?}:{}",
-                path.display(),
-                m.len(),
-                m.modified().ok(),
-                cfg.model.bos_token
-            )
-        })
-        .unwrap_or_default();
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((key, tok)) = cache.as_ref() {
-        if *key == stamp && !stamp.is_empty() {
-            return Ok(tok.clone());
-        }
-    }
-    let tok = Arc::new(crate::tokenize::load_tokenizer(cfg)?);
-    *cache = Some((stamp, tok.clone()));
-    Ok(tok)
 }
 
 /// The random baseline's seed for a threshold: the config's seed mixed with

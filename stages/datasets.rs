@@ -429,7 +429,7 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
     let is_test = split_documents(&kept, &doc_classes, d.test_fraction, d.seed);
 
     // Tokenize and cut into pieces.
-    let tokenizer = crate::tokenize::load_tokenizer(cfg)?;
+    let tokenizer = crate::artifacts::tokens::load_tokenizer(cfg)?;
     let bos = tokenizer.bos_id();
     let texts: Vec<&str> = kept.iter().map(|&i| corpus.docs[i].text.as_str()).collect();
     let spinner =
@@ -491,7 +491,7 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
     }
 
     // The model, to the study layer.
-    let model = crate::extract::load_model(cfg, input.progress)?;
+    let model = crate::artifacts::model::load_model(cfg, input.progress)?;
     let layer = cfg.model.layer;
     let dm = model.config().d_model;
     if let Some(t) = pieces

@@ -5,110 +5,26 @@
 //! and each appears under its final name only when complete, so a killed run
 //! continues from its finished shards and ends with identical files.
 
-use crate::config::{Config, ExtractDtype, ModelSourceKind};
+use crate::artifacts::activations::{shard_file, write_shard, SPLITS};
+use crate::artifacts::model::{load_model, model_source};
+use crate::artifacts::tokens::read_sequences;
+use crate::config::{Config, ExtractDtype};
 use crate::pipeline::fingerprint::Fingerprints;
-use crate::pipeline::progress::Progress;
 use crate::pipeline::stage::{Registry, Stage, Unit};
 use crate::pipeline::stage::{StageInput, StageOutput};
-use crate::pipeline::store::{Store, TableEntry};
-use anyhow::{anyhow, bail, Context, Result};
+use crate::pipeline::store::TableEntry;
+use anyhow::{bail, Context, Result};
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, FixedSizeListArray, Float16Array, Float32Array,
-    Int32Array, Int64Array, RecordBatch, StringArray,
+    ArrayRef, BooleanArray, FixedSizeListArray, Float16Array, Float32Array, Int32Array, Int64Array,
+    RecordBatch, StringArray,
 };
-use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema};
+use arrow::datatypes::{DataType, Field, Schema};
 use candle_core::{Device, Tensor};
-use coact::lm::{hook_name, Gemma, LoadOptions, ModelSource};
-use parquet::arrow::ArrowWriter;
-use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
+use coact::lm::{hook_name, Gemma};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
-
-pub const SPLITS: [&str; 2] = ["train", "eval"];
-
-/// The model named by the config.
-pub fn model_source(cfg: &Config) -> ModelSource {
-    let m = &cfg.model;
-    match m.source {
-        ModelSourceKind::Gguf => {
-            ModelSource::Gguf(cfg.resolve(m.path.as_deref().expect("validated")))
-        }
-        ModelSourceKind::Safetensors => {
-            ModelSource::Safetensors(cfg.resolve(m.path.as_deref().expect("validated")))
-        }
-        ModelSourceKind::Hf => ModelSource::Hub {
-            repo: m.hf_id.clone().expect("validated"),
-            revision: m.revision.clone(),
-        },
-    }
-}
-
-/// The study's model on the CPU, checked to have the study layer; every
-/// stage that runs the model loads it through here.
-pub fn load_model(cfg: &Config, progress: &Progress) -> Result<Gemma> {
-    let source = model_source(cfg);
-    let spinner = progress.spinner(format!("loading {source}"));
-    let opts = LoadOptions {
-        compute: cfg.extract.compute.resolve("extract.compute")?,
-        ..Default::default()
-    };
-    let model = Gemma::load_with(&source, &Device::Cpu, &opts)
-        .map_err(|e| anyhow!("model ({source}): {e:#}"))?;
-    spinner.finish_and_clear();
-    let (layer, n_layers) = (cfg.model.layer, model.config().n_layers);
-    if layer >= n_layers {
-        bail!(
-            "model.layer = {layer}: {} has {n_layers} layers (0..={})",
-            cfg.model.name,
-            n_layers - 1
-        );
-    }
-    Ok(model)
-}
-
-/// Token sequences of one split, in seq_id order.
-pub struct Sequences {
-    pub seq_ids: Vec<i64>,
-    pub tokens: Vec<Vec<u32>>,
-}
-
-/// Reads `tokenize_sequences` of the given tokenize artifact, by split.
-pub fn read_sequences(store: &Store, tokenize_key: &str) -> Result<BTreeMap<String, Sequences>> {
-    let path = store
-        .artifact_dir("tokenize", tokenize_key)
-        .join("sequences.parquet");
-    let mut out: BTreeMap<String, Sequences> = BTreeMap::new();
-    for batch in crate::artifacts::parquet_io::read_all(&path)? {
-        let ids = batch
-            .column_by_name("seq_id")
-            .context("sequences: no seq_id")?
-            .as_primitive::<Int64Type>();
-        let splits = batch
-            .column_by_name("split")
-            .context("sequences: no split")?
-            .as_string::<i32>();
-        let lists = batch
-            .column_by_name("tokens")
-            .context("sequences: no tokens")?
-            .as_list::<i32>();
-        for r in 0..batch.num_rows() {
-            let toks = lists.value(r);
-            let toks = toks.as_primitive::<Int32Type>();
-            let s = out.entry(splits.value(r).to_string()).or_insert(Sequences {
-                seq_ids: vec![],
-                tokens: vec![],
-            });
-            s.seq_ids.push(ids.value(r));
-            s.tokens
-                .push(toks.values().iter().map(|&t| t as u32).collect());
-        }
-    }
-    Ok(out)
-}
 
 /// Running sums for the norm statistics of one shard (BOS excluded, because
 /// its residual is an outlier hundreds of times larger than other tokens').
@@ -214,7 +130,7 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
     let cfg = input.cfg;
     let ex = &cfg.extract;
     let layer = cfg.model.layer;
-    let tokenize_key = &input.planned.inputs["tokenize"];
+    let tokenize_key = input.input_key("tokenize")?;
     let tok_manifest = input.store.manifest("tokenize", tokenize_key)?;
     let context = tok_manifest.summary["context_size"].as_u64().unwrap_or(0) as usize;
 
@@ -252,7 +168,7 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
         let mut stats = ShardStats::default();
         for (shard, start) in (0..seqs.tokens.len()).step_by(seqs_per_shard).enumerate() {
             let end = (start + seqs_per_shard).min(seqs.tokens.len());
-            let name = format!("{split}-{shard:05}.parquet");
+            let name = shard_file(split, shard);
             let stats_name = format!("stats/{split}-{shard:05}.json");
             let final_path = input.out_dir.join(&name);
             let shard_stats: ShardStats = if final_path.is_file() {
@@ -429,66 +345,4 @@ fn extract_shard(
         ],
     )?;
     Ok((batch, stats))
-}
-
-/// Writes a shard under a temporary name and renames it: a shard file that
-/// exists is complete.
-fn write_shard(path: &Path, batch: &RecordBatch) -> Result<()> {
-    let tmp = path.with_extension("parquet.partial");
-    let props = WriterProperties::builder()
-        // Activations are noise to a general-purpose compressor or dictionary.
-        .set_compression(Compression::UNCOMPRESSED)
-        .set_dictionary_enabled(false)
-        .set_max_row_group_row_count(Some(8192))
-        .build();
-    let file =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
-    w.write(batch)?;
-    w.close()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))?;
-    Ok(())
-}
-
-/// Activations of one split as a dense row-major matrix, f32, with the
-/// token's is_special flag; for the stages that train and evaluate on them.
-pub fn read_activations(
-    dir: &Path,
-    files: &[String],
-    split: &str,
-) -> Result<(Vec<f32>, Vec<bool>, usize)> {
-    let mut data = Vec::new();
-    let mut special = Vec::new();
-    let mut d = 0usize;
-    for f in files.iter().filter(|f| f.starts_with(&format!("{split}-"))) {
-        for batch in crate::artifacts::parquet_io::read_all(&dir.join(f))? {
-            let col = batch
-                .column_by_name("activation")
-                .context("no activation column")?
-                .as_fixed_size_list();
-            d = col.value_length() as usize;
-            let values = col.values();
-            match values.data_type() {
-                DataType::Float32 => data.extend_from_slice(
-                    values
-                        .as_primitive::<arrow::datatypes::Float32Type>()
-                        .values(),
-                ),
-                DataType::Float16 => data.extend(
-                    values
-                        .as_primitive::<arrow::datatypes::Float16Type>()
-                        .values()
-                        .iter()
-                        .map(|v| v.to_f32()),
-                ),
-                t => bail!("{f}: activation values are {t}, expected float32 or float16"),
-            }
-            let sp = batch
-                .column_by_name("is_special")
-                .context("no is_special column")?
-                .as_boolean();
-            special.extend((0..sp.len()).map(|i| sp.value(i)));
-        }
-    }
-    Ok((data, special, d))
 }

@@ -33,27 +33,19 @@
 //! (`letters_probes`: letter, trained, train_words, test_words, test_f1,
 //! test_precision, test_recall, bias, weight FixedSizeList<f32>[d_model]).
 
+use crate::artifacts::letters::{write_probes, write_words, LetterPrompt, PROBES_FILE, WORDS_FILE};
 use crate::config::Config;
 use crate::pipeline::stage::{Registry, Stage, Unit};
 use crate::pipeline::stage::{StageInput, StageOutput};
 use crate::pipeline::store::TableEntry;
-use anyhow::{anyhow, bail, Context, Result};
-use arrow::array::{
-    BooleanArray, FixedSizeListArray, Float32Array, Float64Array, Int32Array, RecordBatch,
-    StringArray,
-};
-use arrow::datatypes::{DataType, Field, Schema};
+use anyhow::{anyhow, bail, Result};
 use candle_core::{Device, Tensor};
 use coact::lm::hook_name;
-use coact::metrics::absorption::{train_ground_truth, GroundTruthProbe, LETTERS};
+use coact::metrics::absorption::{train_ground_truth, LETTERS};
 use coact::rng::SplitMix64;
 use coact::text::TextTokenizer;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::sync::Arc;
-
-pub const WORDS_FILE: &str = "words.parquet";
-pub const PROBES_FILE: &str = "probes.parquet";
 
 /// The part of the config a letters artifact's key hashes: the prompt and
 /// probe settings and the word list's fingerprint (the model and tokenizer
@@ -74,19 +66,6 @@ pub fn key_config(cfg: &Config) -> Value {
         "probe_max_iter": a.probe_max_iter,
         "layer": cfg.model.layer,
     })
-}
-
-/// One measured word: its split, its packed sequence and its position there,
-/// and its effective prompt (the sequence's text up to and including it).
-struct Prompt {
-    word: String,
-    letter: u8,
-    test: bool,
-    token_id: u32,
-    sequence: usize,
-    position: usize,
-    examples: usize,
-    text: String,
 }
 
 /// The template's line for a word (the word gets its leading space).
@@ -213,7 +192,7 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
             words_path.display()
         )
     })?;
-    let tok = crate::tokenize::load_tokenizer(cfg)?;
+    let tok = input.tokenizer()?;
     let (mut words, lines, n_alpha) = candidate_words(&tok, &text)?;
     let n_single = words.len();
     if n_single < 2 {
@@ -237,7 +216,7 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
     // examples; packing gives every word at least `icl_examples` examples at
     // a fraction of the tokens).
     let bos = tok.bos_id();
-    let mut prompts: Vec<Prompt> = Vec::with_capacity(words.len());
+    let mut prompts: Vec<LetterPrompt> = Vec::with_capacity(words.len());
     let mut sequences: Vec<Vec<u32>> = Vec::new();
     let mut skipped: Vec<String> = Vec::new();
     for (test, range) in [(false, 0..n_train), (true, n_train..words.len())] {
@@ -262,7 +241,7 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
             let (tokens, found) = build_sequence(&tok, bos, &ac.template, &warmup, &measured)?;
             for (k, ((w, id), f)) in measured.iter().zip(found).enumerate() {
                 match f {
-                    Some((position, text)) => prompts.push(Prompt {
+                    Some((position, text)) => prompts.push(LetterPrompt {
                         word: w.to_string(),
                         letter: w.as_bytes()[0] - b'a',
                         test,
@@ -286,7 +265,7 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
     }
 
     // The forward: sequences of equal token length share a batch (no padding).
-    let model = crate::extract::load_model(cfg, input.progress)?;
+    let model = input.model()?;
     let mc = model.config().clone();
     if let Some(t) = sequences
         .iter()
@@ -358,8 +337,8 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
         ac.probe_max_iter,
     )?;
 
-    let words_rows = write_words(input, &prompts, &acts, d, &probes)?;
-    write_probes(input, &probes, d)?;
+    let words_rows = write_words(input.out_dir, &prompts, &acts, d, &probes)?;
+    write_probes(input.out_dir, &probes, d)?;
 
     let letter_counts: BTreeMap<String, Value> = (0..26u8)
         .map(|l| {
@@ -433,138 +412,4 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
             "letters": letter_counts,
         }),
     })
-}
-
-fn fixed_list(values: Vec<f32>, d: usize) -> Result<FixedSizeListArray> {
-    let item = Arc::new(Field::new("item", DataType::Float32, false));
-    Ok(FixedSizeListArray::try_new(
-        item,
-        d as i32,
-        Arc::new(Float32Array::from(values)),
-        None,
-    )?)
-}
-
-fn list_type(d: usize) -> DataType {
-    DataType::FixedSizeList(
-        Arc::new(Field::new("item", DataType::Float32, false)),
-        d as i32,
-    )
-}
-
-fn write_words(
-    input: &StageInput,
-    prompts: &[Prompt],
-    acts: &[f32],
-    d: usize,
-    probes: &[GroundTruthProbe],
-) -> Result<u64> {
-    let n = prompts.len();
-    let letter_s: Vec<String> = prompts
-        .iter()
-        .map(|p| (LETTERS[p.letter as usize] as char).to_string())
-        .collect();
-    let score: Vec<f32> = prompts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| probes[p.letter as usize].score(&acts[i * d..(i + 1) * d]) as f32)
-        .collect();
-    let schema = Schema::new(vec![
-        Field::new("word", DataType::Utf8, false),
-        Field::new("letter", DataType::Utf8, false),
-        Field::new("split", DataType::Utf8, false),
-        Field::new("token_id", DataType::Int32, false),
-        Field::new("sequence", DataType::Int32, false),
-        Field::new("position", DataType::Int32, false),
-        Field::new("examples", DataType::Int32, false),
-        Field::new("prompt", DataType::Utf8, false),
-        Field::new("probe_score", DataType::Float32, false),
-        Field::new("activation", list_type(d), false),
-    ]);
-    let batch = RecordBatch::try_new(
-        Arc::new(schema),
-        vec![
-            Arc::new(StringArray::from_iter_values(
-                prompts.iter().map(|p| p.word.as_str()),
-            )),
-            Arc::new(StringArray::from(letter_s)),
-            Arc::new(StringArray::from_iter_values(prompts.iter().map(|p| {
-                if p.test {
-                    "test"
-                } else {
-                    "train"
-                }
-            }))),
-            Arc::new(Int32Array::from_iter_values(
-                prompts.iter().map(|p| p.token_id as i32),
-            )),
-            Arc::new(Int32Array::from_iter_values(
-                prompts.iter().map(|p| p.sequence as i32),
-            )),
-            Arc::new(Int32Array::from_iter_values(
-                prompts.iter().map(|p| p.position as i32),
-            )),
-            Arc::new(Int32Array::from_iter_values(
-                prompts.iter().map(|p| p.examples as i32),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                prompts.iter().map(|p| p.text.as_str()),
-            )),
-            Arc::new(Float32Array::from(score)),
-            Arc::new(fixed_list(acts.to_vec(), d)?),
-        ],
-    )?;
-    debug_assert_eq!(batch.num_rows(), n);
-    crate::artifacts::parquet_io::write_all(&input.out_dir.join(WORDS_FILE), &[batch])
-        .context("writing the letters words table")
-}
-
-fn write_probes(input: &StageInput, probes: &[GroundTruthProbe], d: usize) -> Result<()> {
-    let schema = Schema::new(vec![
-        Field::new("letter", DataType::Utf8, false),
-        Field::new("trained", DataType::Boolean, false),
-        Field::new("train_words", DataType::Int32, false),
-        Field::new("test_words", DataType::Int32, false),
-        Field::new("test_f1", DataType::Float64, false),
-        Field::new("test_precision", DataType::Float64, false),
-        Field::new("test_recall", DataType::Float64, false),
-        Field::new("bias", DataType::Float32, false),
-        Field::new("weight", list_type(d), false),
-    ]);
-    let batch = RecordBatch::try_new(
-        Arc::new(schema),
-        vec![
-            Arc::new(StringArray::from_iter_values(
-                probes
-                    .iter()
-                    .map(|p| (LETTERS[p.letter as usize] as char).to_string()),
-            )),
-            Arc::new(BooleanArray::from(
-                probes.iter().map(|p| p.trained).collect::<Vec<_>>(),
-            )),
-            Arc::new(Int32Array::from_iter_values(
-                probes.iter().map(|p| p.train_words as i32),
-            )),
-            Arc::new(Int32Array::from_iter_values(
-                probes.iter().map(|p| p.test_words as i32),
-            )),
-            Arc::new(Float64Array::from_iter_values(
-                probes.iter().map(|p| p.test_f1),
-            )),
-            Arc::new(Float64Array::from_iter_values(
-                probes.iter().map(|p| p.test_precision),
-            )),
-            Arc::new(Float64Array::from_iter_values(
-                probes.iter().map(|p| p.test_recall),
-            )),
-            Arc::new(Float32Array::from_iter_values(probes.iter().map(|p| p.b))),
-            Arc::new(fixed_list(
-                probes.iter().flat_map(|p| p.w.iter().copied()).collect(),
-                d,
-            )?),
-        ],
-    )?;
-    crate::artifacts::parquet_io::write_all(&input.out_dir.join(PROBES_FILE), &[batch])
-        .context("writing the letters probes table")?;
-    Ok(())
 }

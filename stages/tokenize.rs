@@ -5,50 +5,22 @@
 //! eval by a seeded shuffle, up to the configured token budgets.
 
 use crate::artifacts::corpus::{read_corpus, Corpus, LabelType, LabelValue};
+use crate::artifacts::tokens::{DOCUMENTS_FILE, SEQUENCES_FILE};
 use crate::config::Config;
 use crate::pipeline::fingerprint::Fingerprints;
 use crate::pipeline::stage::{Registry, Stage, Unit};
 use crate::pipeline::stage::{StageInput, StageOutput};
 use crate::pipeline::store::TableEntry;
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use arrow::array::{
     ArrayRef, Float64Builder, Int32Builder, Int64Builder, ListBuilder, RecordBatch, StringBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema};
-use coact::text::{allocate_splits, encode_all, pack_document, Split, TextTokenizer};
+use coact::text::{allocate_splits, encode_all, pack_document, Split};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-
-/// Where the tokenizer.json comes from: a local path or the model's hub repo.
-pub fn tokenizer_path(cfg: &Config) -> Result<PathBuf> {
-    if cfg.model.tokenizer == "hf" {
-        let repo = cfg
-            .model
-            .hf_id
-            .as_deref()
-            .expect("validated: hf tokenizer needs hf_id");
-        coact::hub::fetch_file(repo, cfg.model.revision.as_deref(), "tokenizer.json")
-            .map_err(|e| anyhow!("model.tokenizer = hf: {e}"))
-    } else {
-        Ok(cfg.resolve(std::path::Path::new(&cfg.model.tokenizer)))
-    }
-}
-
-pub fn load_tokenizer(cfg: &Config) -> Result<TextTokenizer> {
-    let path = tokenizer_path(cfg)?;
-    TextTokenizer::from_file(&path, &cfg.model.bos_token).map_err(|e| {
-        if path.exists() {
-            anyhow!("model.tokenizer: {e}")
-        } else {
-            anyhow!(
-                "model.tokenizer = {}: {e} (run `make setup` for the default assets)",
-                cfg.model.tokenizer
-            )
-        }
-    })
-}
 
 /// Splits the corpus into train and eval documents and packs each into
 /// BOS-first sequences.
@@ -99,7 +71,7 @@ fn key_config(cfg: &Config) -> Value {
 pub fn run(input: &StageInput) -> Result<StageOutput> {
     let cfg = input.cfg;
     let t = &cfg.tokenize;
-    let tokenizer = load_tokenizer(cfg)?;
+    let tokenizer = crate::artifacts::tokens::load_tokenizer(cfg)?;
     let corpus = read_corpus(cfg)?;
 
     let spinner = input
@@ -172,21 +144,21 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
 
     let out = input.out_dir;
     let doc_rows =
-        crate::artifacts::parquet_io::write_all(&out.join("documents.parquet"), &[documents])?;
+        crate::artifacts::parquet_io::write_all(&out.join(DOCUMENTS_FILE), &[documents])?;
     let seq_rows =
-        crate::artifacts::parquet_io::write_all(&out.join("sequences.parquet"), &[sequences])?;
+        crate::artifacts::parquet_io::write_all(&out.join(SEQUENCES_FILE), &[sequences])?;
     let tables = BTreeMap::from([
         (
             "documents".to_string(),
             TableEntry {
-                files: vec!["documents.parquet".into()],
+                files: vec![DOCUMENTS_FILE.into()],
                 rows: doc_rows,
             },
         ),
         (
             "sequences".to_string(),
             TableEntry {
-                files: vec!["sequences.parquet".into()],
+                files: vec![SEQUENCES_FILE.into()],
                 rows: seq_rows,
             },
         ),

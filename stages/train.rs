@@ -7,7 +7,6 @@
 
 use crate::config::variants::{Kind, OrthoKind, Variant};
 use crate::config::Config;
-use crate::extract::read_activations;
 use crate::pipeline::stage::{Registry, Stage, Unit};
 use crate::pipeline::stage::{StageInput, StageOutput};
 use crate::pipeline::store::TableEntry;
@@ -83,17 +82,10 @@ pub fn sae_config(v: &Variant, d_in: usize) -> SaeConfig {
 
 /// The train split's non-BOS activations ([n, d]) of an extract artifact.
 pub fn load_train_tokens(input: &StageInput) -> Result<(Vec<f32>, usize, serde_json::Value)> {
-    let key = &input.planned.inputs["extract"];
-    let m = input.store.manifest("extract", key)?;
-    let dir = input.store.artifact_dir("extract", key);
-    let files = &m
-        .tables
-        .get("activations")
-        .context("extract artifact without an activations table")?
-        .files;
-    let (all, special, d) = read_activations(&dir, files, "train")?;
+    let acts = input.activations()?;
+    let (all, special, d) = acts.read("train")?;
     if d == 0 {
-        bail!("extract/{key}: no train activations");
+        bail!("extract/{}: no train activations", acts.key);
     }
     let mut x = Vec::with_capacity(all.len());
     for (row, is_special) in all.chunks_exact(d).zip(&special) {
@@ -101,7 +93,7 @@ pub fn load_train_tokens(input: &StageInput) -> Result<(Vec<f32>, usize, serde_j
             x.extend_from_slice(row);
         }
     }
-    Ok((x, d, m.summary))
+    Ok((x, d, acts.summary))
 }
 
 /// Trains one SAE per variant on the train split's activations.
@@ -166,7 +158,7 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
     if batch > n {
         bail!(
             "train.batch_size = {batch}: larger than the {n} train tokens (BOS excluded) of extract/{}",
-            input.planned.inputs["extract"]
+            input.input_key("extract")?
         );
     }
     let steps_per_epoch = n / batch;

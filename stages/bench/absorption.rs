@@ -25,19 +25,17 @@
 //!   "absorption_first_letter", eval_config, eval_result_metrics.mean,
 //!   eval_result_details per letter kept) plus a `coact` section.
 
+use crate::artifacts::letters::{read_probes, read_words};
 use crate::config::Config;
 use crate::pipeline::benchmark::Benchmark;
 use crate::pipeline::stage::{StageInput, StageOutput};
 use crate::pipeline::store::TableEntry;
-use anyhow::{anyhow, bail, Context, Result};
-use arrow::array::{
-    Array, AsArray, BooleanArray, Float64Array, Int32Array, RecordBatch, StringArray,
-};
-use arrow::datatypes::{DataType, Field, Float32Type, Schema};
-use coact::metrics::absorption::{evaluate, AbsorptionReport, GroundTruthProbe, LETTERS};
+use anyhow::{bail, Result};
+use arrow::array::{Array, BooleanArray, Float64Array, Int32Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use coact::metrics::absorption::{evaluate, AbsorptionReport, LETTERS};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
 /// The part of the config an absorption artifact's key hashes: the
@@ -53,122 +51,6 @@ pub fn key_config(cfg: &Config) -> Value {
         "min_letters": a.min_letters,
         "probe_max_iter": a.probe_max_iter,
     })
-}
-
-/// The words of a letters artifact: activations [n, d] and letter indices,
-/// by split.
-pub struct LetterWords {
-    pub d: usize,
-    pub x_train: Vec<f32>,
-    pub y_train: Vec<u8>,
-    pub x_test: Vec<f32>,
-    pub y_test: Vec<u8>,
-}
-
-fn letter_index(s: &str, file: &Path) -> Result<u8> {
-    match s.as_bytes() {
-        [c] if c.is_ascii_lowercase() => Ok(c - b'a'),
-        _ => bail!("{}: letter {s:?} is not one of a..z", file.display()),
-    }
-}
-
-/// Reads `words.parquet` of a letters artifact.
-pub fn read_words(dir: &Path) -> Result<LetterWords> {
-    let path = dir.join(crate::letters::WORDS_FILE);
-    let mut w = LetterWords {
-        d: 0,
-        x_train: vec![],
-        y_train: vec![],
-        x_test: vec![],
-        y_test: vec![],
-    };
-    for batch in crate::artifacts::parquet_io::read_all(&path)? {
-        let col = |name: &str| {
-            batch
-                .column_by_name(name)
-                .ok_or_else(|| anyhow!("{}: no column {name}", path.display()))
-        };
-        let letters = col("letter")?.as_string::<i32>().clone();
-        let splits = col("split")?.as_string::<i32>().clone();
-        let acts = col("activation")?.as_fixed_size_list().clone();
-        w.d = acts.value_length() as usize;
-        let values = acts.values().as_primitive::<Float32Type>().values();
-        for r in 0..batch.num_rows() {
-            let l = letter_index(letters.value(r), &path)?;
-            let row = &values[r * w.d..(r + 1) * w.d];
-            match splits.value(r) {
-                "train" => {
-                    w.x_train.extend_from_slice(row);
-                    w.y_train.push(l);
-                }
-                "test" => {
-                    w.x_test.extend_from_slice(row);
-                    w.y_test.push(l);
-                }
-                s => bail!("{}: split {s:?} is not train or test", path.display()),
-            }
-        }
-    }
-    Ok(w)
-}
-
-/// Reads `probes.parquet` of a letters artifact (26 rows in letter order).
-pub fn read_probes(dir: &Path) -> Result<Vec<GroundTruthProbe>> {
-    let path = dir.join(crate::letters::PROBES_FILE);
-    let mut out = Vec::new();
-    for batch in crate::artifacts::parquet_io::read_all(&path)? {
-        let col = |name: &str| {
-            batch
-                .column_by_name(name)
-                .ok_or_else(|| anyhow!("{}: no column {name}", path.display()))
-        };
-        let letters = col("letter")?.as_string::<i32>().clone();
-        let f64s = |name: &str| -> Result<Float64Array> {
-            Ok(col(name)?
-                .as_primitive_opt::<arrow::datatypes::Float64Type>()
-                .ok_or_else(|| anyhow!("{}: {name} is not float64", path.display()))?
-                .clone())
-        };
-        let i32s = |name: &str| -> Result<Int32Array> {
-            Ok(col(name)?
-                .as_primitive_opt::<arrow::datatypes::Int32Type>()
-                .ok_or_else(|| anyhow!("{}: {name} is not int32", path.display()))?
-                .clone())
-        };
-        let (f1, pr, rc) = (
-            f64s("test_f1")?,
-            f64s("test_precision")?,
-            f64s("test_recall")?,
-        );
-        let (trw, tew) = (i32s("train_words")?, i32s("test_words")?);
-        let bias = col("bias")?.as_primitive::<Float32Type>().clone();
-        let trained = col("trained")?.as_boolean().clone();
-        let weights = col("weight")?.as_fixed_size_list().clone();
-        let d = weights.value_length() as usize;
-        let wv = weights.values().as_primitive::<Float32Type>().values();
-        for r in 0..batch.num_rows() {
-            out.push(GroundTruthProbe {
-                letter: letter_index(letters.value(r), &path)?,
-                w: wv[r * d..(r + 1) * d].to_vec(),
-                b: bias.value(r),
-                test_f1: f1.value(r),
-                test_precision: pr.value(r),
-                test_recall: rc.value(r),
-                train_words: trw.value(r) as usize,
-                test_words: tew.value(r) as usize,
-                trained: trained.value(r),
-            });
-        }
-    }
-    out.sort_by_key(|p| p.letter);
-    if out.len() != 26 || out.iter().enumerate().any(|(i, p)| p.letter as usize != i) {
-        bail!(
-            "{}: expected one probe per letter a..z, found {}",
-            path.display(),
-            out.len()
-        );
-    }
-    Ok(out)
 }
 
 fn letter_str(l: u8) -> String {
@@ -199,22 +81,12 @@ pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {
     let cfg = input.cfg;
     let ac = &cfg.bench.absorption;
     let started = std::time::Instant::now();
-    let letters_key = input
-        .planned
-        .inputs
-        .get("letters")
-        .context("absorption needs the letters artifact")?;
-    let train_key = input
-        .planned
-        .inputs
-        .get(&format!("train/{variant}"))
-        .with_context(|| format!("absorption needs train/{variant}"))?;
-    let letters_dir = input.store.artifact_dir("letters", letters_key);
-    let words = read_words(&letters_dir)?;
-    let probes = read_probes(&letters_dir)?;
-    let train_dir = input.store.artifact_dir("train", train_key);
-    let (sae, _meta) = coact::sae::load_saelens(&train_dir)
-        .with_context(|| format!("loading the SAE of variant {variant}"))?;
+    let letters = input.artifact("letters")?;
+    let letters_key = &letters.key;
+    let words = read_words(&letters.dir)?;
+    let probes = read_probes(&letters.dir)?;
+    let trained = input.variant_sae(variant)?;
+    let sae = &trained.sae;
     if sae.cfg.d_in != words.d {
         bail!(
             "variant {variant}: the SAE reads {} dimensions but the letters artifact holds {}-dimensional activations",
@@ -253,7 +125,7 @@ pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {
         .collect();
     let evaluable = report.letters_used >= ac.min_letters;
     let letters_manifest = input.store.manifest("letters", letters_key)?;
-    let train_manifest = input.store.manifest("train", train_key)?;
+    let train_manifest = input.artifact(&format!("train/{variant}"))?.manifest;
     let eval_json = json!({
         "eval_type_id": "absorption_first_letter",
         "eval_config": {
@@ -293,7 +165,7 @@ pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {
         "sae_lens_id": variant,
         "sae_lens_release_id": cfg.study,
         "sae_lens_version": null,
-        "sae_cfg_dict": read_cfg_json(&train_dir),
+        "sae_cfg_dict": trained.cfg_json,
         "coact": {
             "variant": variant,
             "sae": train_manifest.config.get("sae").cloned().unwrap_or(Value::Null),
@@ -351,13 +223,6 @@ fn json_f64(v: f64) -> Value {
     } else {
         Value::Null
     }
-}
-
-fn read_cfg_json(dir: &Path) -> Value {
-    std::fs::read_to_string(dir.join(coact::sae::CFG_FILE))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or(Value::Null)
 }
 
 fn metrics_table(variant: &str, r: &AbsorptionReport) -> Result<(RecordBatch, u64)> {

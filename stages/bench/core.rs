@@ -63,26 +63,24 @@
 //! SAEBench groups them, per-latent `eval_result_details`), so SAEBench's
 //! plotting code can read it.
 
+use crate::artifacts::activations::EvalSplit;
+use crate::artifacts::model::model_source;
+use crate::artifacts::sae::VariantSae;
 use crate::config::bench::core::{CeSelection, CoreConfig};
 use crate::config::Config;
 use crate::pipeline::benchmark::Benchmark;
 use crate::pipeline::stage::{StageInput, StageOutput};
 use crate::pipeline::store::TableEntry;
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use arrow::array::{AsArray, Float64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema};
+use arrow::array::{Float64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
 use coact::lm::{hook_name, Gemma};
 use coact::metrics::core as m;
-pub use coact::metrics::splice::{
-    patched_losses, sae_patch, splice_losses, zero_patch, Original, SpliceLosses,
-};
+use coact::metrics::splice::{patched_losses, sae_patch, zero_patch, Original};
 use coact::rng::SplitMix64;
 use coact::sae::Sae;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ProjectionMask;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -122,123 +120,12 @@ pub const METRICS: &[&str] = &[
     "ce_tokens",
 ];
 
-/// The eval split of an extract artifact: activations `[n, d]` and, per
-/// row, its sequence, token and BOS flag; rows of a sequence are consecutive.
-pub struct EvalSplit {
-    pub d: usize,
-    pub x: Vec<f32>,
-    pub special: Vec<bool>,
-    pub tokens: Vec<u32>,
-    /// Row range of each sequence, in file (seq_id) order.
-    pub sequences: Vec<std::ops::Range<usize>>,
-    pub seq_ids: Vec<i64>,
-}
-
-impl EvalSplit {
-    /// Reads the eval shards listed in the extract manifest.
-    pub fn read(dir: &Path, files: &[String]) -> Result<EvalSplit> {
-        let (x, special, d) = crate::extract::read_activations(dir, files, "eval")?;
-        let mut tokens = Vec::with_capacity(special.len());
-        let mut seq_col = Vec::with_capacity(special.len());
-        let mut pos_col = Vec::with_capacity(special.len());
-        for f in files.iter().filter(|f| f.starts_with("eval-")) {
-            let path = dir.join(f);
-            let file = std::fs::File::open(&path)
-                .with_context(|| format!("opening {}", path.display()))?;
-            let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-                .with_context(|| format!("{}: not a Parquet file", path.display()))?;
-            let schema = builder.parquet_schema();
-            let wanted: Vec<usize> = ["seq_id", "pos", "token"]
-                .iter()
-                .map(|name| {
-                    (0..schema.num_columns())
-                        .find(|&i| schema.column(i).name() == *name)
-                        .with_context(|| format!("{}: no {name} column", path.display()))
-                })
-                .collect::<Result<_>>()?;
-            let mask = ProjectionMask::leaves(schema, wanted);
-            for batch in builder.with_projection(mask).build()? {
-                let batch = batch.with_context(|| format!("reading {}", path.display()))?;
-                let col = |name: &str| {
-                    batch
-                        .column_by_name(name)
-                        .with_context(|| format!("{}: no {name} column", path.display()))
-                };
-                seq_col.extend_from_slice(col("seq_id")?.as_primitive::<Int64Type>().values());
-                pos_col.extend_from_slice(col("pos")?.as_primitive::<Int32Type>().values());
-                tokens.extend(
-                    col("token")?
-                        .as_primitive::<Int32Type>()
-                        .values()
-                        .iter()
-                        .map(|&t| t as u32),
-                );
-            }
-        }
-        ensure!(
-            d > 0 && !special.is_empty(),
-            "{}: no eval activations",
-            dir.display()
-        );
-        ensure!(
-            tokens.len() == special.len() && x.len() == special.len() * d,
-            "{}: the eval shards' columns disagree in length",
-            dir.display()
-        );
-        let mut sequences = Vec::new();
-        let mut seq_ids = Vec::new();
-        let mut start = 0;
-        for r in 1..=tokens.len() {
-            if r == tokens.len() || seq_col[r] != seq_col[start] {
-                let ok = (start..r).all(|i| pos_col[i] as usize == i - start);
-                ensure!(
-                    ok,
-                    "{}: eval sequence {} is not stored as consecutive positions 0..",
-                    dir.display(),
-                    seq_col[start]
-                );
-                sequences.push(start..r);
-                seq_ids.push(seq_col[start]);
-                start = r;
-            }
-        }
-        Ok(EvalSplit {
-            d,
-            x,
-            special,
-            tokens,
-            sequences,
-            seq_ids,
-        })
-    }
-}
-
-/// The model, loaded once per process (per source).
-fn cached_model(
-    cfg: &Config,
-    progress: &crate::pipeline::progress::Progress,
-) -> Result<Arc<Gemma>> {
-    static MODEL: Mutex<Option<(String, Arc<Gemma>)>> = Mutex::new(None);
-    let source = crate::extract::model_source(cfg);
-    let id = source.to_string();
-    let mut slot = MODEL.lock().map_err(|_| anyhow!("model cache poisoned"))?;
-    if let Some((k, model)) = slot.as_ref() {
-        if *k == id {
-            return Ok(model.clone());
-        }
-    }
-    let model = Arc::new(crate::extract::load_model(cfg, progress)?);
-    *slot = Some((id, model.clone()));
-    Ok(model)
-}
-
-/// What the core units of one process share: per group of CE sequences,
-/// the original forward (within `keep_original_mib`) and the zero-ablated
-/// forward's per-token CE and KL. One key at a time (extract artifact,
-/// model, layer, chosen sequences, forward batch); a new key drops the old.
+/// What the core units of one run share: per group of CE sequences, the
+/// original forward (within `keep_original_mib`) and the zero-ablated
+/// forward's per-token CE and KL, under a key naming the extract artifact,
+/// model, layer, chosen sequences and forward batch.
 #[derive(Default)]
 struct Shared {
-    key: String,
     original: BTreeMap<usize, Arc<Original>>,
     zero: BTreeMap<usize, Arc<TokenLosses>>,
     bytes: usize,
@@ -247,17 +134,14 @@ struct Shared {
 /// Per-token CE and KL of one patched forward.
 type TokenLosses = (Vec<f64>, Vec<f64>);
 
-static SHARED: Mutex<Option<Shared>> = Mutex::new(None);
-
-fn with_shared<T>(key: &str, f: impl FnOnce(&mut Shared) -> T) -> Result<T> {
-    let mut slot = SHARED.lock().map_err(|_| anyhow!("core cache poisoned"))?;
-    if slot.as_ref().is_none_or(|s| s.key != key) {
-        *slot = Some(Shared {
-            key: key.to_string(),
-            ..Default::default()
-        });
-    }
-    Ok(f(slot.as_mut().expect("set above")))
+fn with_shared<T>(input: &StageInput, key: &str, f: impl FnOnce(&mut Shared) -> T) -> Result<T> {
+    let shared = input
+        .cache
+        .get_or_try_insert(&format!("core/forwards/{key}"), || {
+            Ok(Mutex::new(Shared::default()))
+        })?;
+    let mut sh = shared.lock().map_err(|_| anyhow!("core cache poisoned"))?;
+    Ok(f(&mut sh))
 }
 
 /// Results of the downstream (CE / KL) part.
@@ -285,8 +169,8 @@ fn downstream(
     let layer = input.cfg.model.layer;
     let key = format!(
         "{}|{}|{layer}|{}|{:?}",
-        input.planned.inputs["extract"],
-        crate::extract::model_source(input.cfg),
+        input.input_key("extract")?,
+        model_source(input.cfg),
         c.forward_batch_size,
         chosen
     );
@@ -307,12 +191,12 @@ fn downstream(
             .iter()
             .map(|&s| &eval.special[eval.sequences[s].clone()])
             .collect();
-        let original = match with_shared(&key, |sh| sh.original.get(&g).cloned())? {
+        let original = match with_shared(input, &key, |sh| sh.original.get(&g).cloned())? {
             Some(o) => o,
             None => {
                 forwards += 1;
                 let o = Arc::new(Original::compute(model, &seqs, &special)?);
-                with_shared(&key, |sh| {
+                with_shared(input, &key, |sh| {
                     if sh.bytes + o.bytes() <= cap {
                         sh.bytes += o.bytes();
                         sh.original.insert(g, o.clone());
@@ -321,7 +205,7 @@ fn downstream(
                 o
             }
         };
-        let zero = match with_shared(&key, |sh| sh.zero.get(&g).cloned())? {
+        let zero = match with_shared(input, &key, |sh| sh.zero.get(&g).cloned())? {
             Some(z) => z,
             None => {
                 forwards += 1;
@@ -333,7 +217,7 @@ fn downstream(
                     &original,
                     &zero_patch,
                 )?);
-                with_shared(&key, |sh| sh.zero.insert(g, z.clone()))?;
+                with_shared(input, &key, |sh| sh.zero.insert(g, z.clone()))?;
                 z
             }
         };
@@ -363,7 +247,7 @@ fn downstream(
         .last()
         .is_some_and(|v| v.name == variant)
     {
-        *SHARED.lock().map_err(|_| anyhow!("core cache poisoned"))? = None;
+        input.cache.evict(&format!("core/forwards/{key}"));
     }
     Ok(Downstream {
         ce_orig: m::mean(&ce_orig),
@@ -431,17 +315,17 @@ pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {
     let cfg = input.cfg;
     let c = &cfg.bench.core;
     let layer = cfg.model.layer;
-    let extract_key = &input.planned.inputs["extract"];
-    let train_key = input
-        .planned
-        .inputs
-        .get(&format!("train/{variant}"))
-        .with_context(|| format!("core/{variant}: no train/{variant} input"))?;
+    let acts = input.activations()?;
+    let extract_key = &acts.key;
+    let train_key = input.input_key(&format!("train/{variant}"))?;
 
     // The SAE, and a check that it belongs to this layer.
-    let train_dir = input.store.artifact_dir("train", train_key);
-    let (sae, meta) = coact::sae::load_saelens(&train_dir)
-        .with_context(|| format!("loading the SAE of train/{train_key} ({variant})"))?;
+    let VariantSae {
+        sae,
+        meta,
+        cfg_json: sae_cfg_dict,
+        ..
+    } = input.variant_sae(variant)?;
     if meta.hook_name != hook_name(layer) {
         bail!(
             "train/{train_key} ({variant}) was trained on {}, but model.layer = {layer} ({})",
@@ -449,21 +333,12 @@ pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {
             hook_name(layer)
         );
     }
-    let sae_cfg_dict: Value = std::fs::read_to_string(train_dir.join(coact::sae::CFG_FILE))
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or(Value::Null);
 
     // The eval split.
     let spinner = input.progress.spinner("reading eval activations");
-    let ex_manifest = input.store.manifest("extract", extract_key)?;
-    let ex_dir = input.store.artifact_dir("extract", extract_key);
-    let files = &ex_manifest
-        .tables
-        .get("activations")
-        .context("extract artifact without an activations table")?
-        .files;
-    let eval = EvalSplit::read(&ex_dir, files)?;
+    let eval = input
+        .cache
+        .get_or_try_insert(&format!("eval/{extract_key}"), || acts.eval_split())?;
     spinner.finish_and_clear();
     let d = eval.d;
     if sae.cfg.d_in != d {
@@ -526,7 +401,7 @@ pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {
             c.forward_batch_size
         );
     }
-    let model = cached_model(cfg, input.progress)?;
+    let model = input.model()?;
     if layer >= model.config().n_layers {
         bail!(
             "model.layer = {layer}: the model has {} layers",

@@ -4,7 +4,9 @@
 
 use crate::{csv_rows, Study};
 use coact::metrics::core::{ce_loss_score, kl_div_score, mean};
-use coact_pipeline::bench::core::{sae_patch, splice_losses, zero_patch, EvalSplit, METRICS};
+use coact::metrics::splice::{sae_patch, splice_losses, zero_patch};
+use coact_pipeline::artifacts::activations::EvalSplit;
+use coact_pipeline::bench::core::METRICS;
 
 const CORE_ONLY: &str = "bench:\n  benchmarks: [core]\n  core:\n    ce_sequences: 2\n";
 
