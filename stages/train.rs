@@ -5,7 +5,7 @@
 //! shards (one per epoch). Checkpoints every `checkpoint_every` steps let a
 //! killed run resume and end with the same weights.
 
-use crate::config::variants::{Kind, OrthoKind, Variant};
+use crate::config::variants::{OrthoKind, Variant};
 use crate::config::Config;
 use crate::pipeline::stage::{Registry, Stage, Unit};
 use crate::pipeline::stage::{StageInput, StageOutput};
@@ -15,8 +15,8 @@ use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray}
 use arrow::datatypes::{DataType, Field, Schema};
 use coact::rng::SplitMix64;
 use coact::sae::{
-    fold_scaling, norm_scaling_factor, save_saelens, Ortho, SaeConfig, SaeKind, SaelensMeta,
-    StepStats, Trainer, TrainerConfig,
+    fold_scaling, norm_scaling_factor, save_saelens, Architecture, Ortho, SaeConfig, SaeKind,
+    SaelensMeta, StepStats, Trainer, TrainerConfig,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -72,8 +72,8 @@ pub fn sae_config(v: &Variant, d_in: usize) -> SaeConfig {
         d_in,
         d_sae: s.d_sae,
         kind: match s.kind {
-            Kind::Topk => SaeKind::TopK { k: s.k },
-            Kind::ReluL1 => SaeKind::ReluL1 {
+            Architecture::TopK => SaeKind::TopK { k: s.k },
+            Architecture::ReluL1 => SaeKind::ReluL1 {
                 l1_coeff: s.l1_coeff as f32,
             },
         },

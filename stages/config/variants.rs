@@ -2,14 +2,8 @@
 //! and list-valued fields that expand into sweeps.
 
 use anyhow::{bail, Result};
+use coact::sae::Architecture;
 use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    Topk,
-    ReluL1,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -23,7 +17,7 @@ pub enum OrthoKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VariantSettings {
-    pub kind: Kind,
+    pub kind: Architecture,
     /// Number of latents F.
     pub d_sae: usize,
     /// Latents kept per token (topk).
@@ -65,7 +59,7 @@ impl<T: Clone> OneOrMany<T> {
 pub struct VariantSpec {
     pub name: String,
     #[serde(default)]
-    pub kind: Option<Kind>,
+    pub kind: Option<Architecture>,
     #[serde(default)]
     pub d_sae: Option<OneOrMany<usize>>,
     #[serde(default)]
@@ -172,10 +166,10 @@ fn validate(s: &VariantSettings, at: &str) -> Result<()> {
     if s.d_sae < 2 {
         bail!("{at}.d_sae = {}: expected at least 2 latents", s.d_sae);
     }
-    if s.kind == Kind::Topk && (s.k == 0 || s.k >= s.d_sae) {
+    if s.kind == Architecture::TopK && (s.k == 0 || s.k >= s.d_sae) {
         bail!("{at}.k = {}: expected 1 <= k < d_sae = {}", s.k, s.d_sae);
     }
-    if s.kind == Kind::ReluL1 && !(s.l1_coeff.is_finite() && s.l1_coeff > 0.0) {
+    if s.kind == Architecture::ReluL1 && !(s.l1_coeff.is_finite() && s.l1_coeff > 0.0) {
         bail!(
             "{at}.l1_coeff = {}: a relu_l1 SAE needs a positive L1 coefficient",
             s.l1_coeff
@@ -205,7 +199,7 @@ mod tests {
 
     fn base() -> VariantSettings {
         VariantSettings {
-            kind: Kind::Topk,
+            kind: Architecture::TopK,
             d_sae: 64,
             k: 8,
             l1_coeff: 0.0,
