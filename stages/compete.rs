@@ -158,7 +158,7 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
         .progress
         .spinner(format!("compete {unit}: reading eval activations"));
     let (x, special, d) = acts.read("eval")?;
-    let (meta, tokens_by_seq) = read_row_meta(&edir, files, "eval")?;
+    let (meta, tokens_by_seq) = read_row_meta(edir, files, "eval")?;
     spinner.finish_and_clear();
     if meta.len() != special.len() {
         bail!(
