@@ -95,7 +95,7 @@ pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {
         );
     }
     let report = evaluate(
-        &sae,
+        sae,
         &words.x_train,
         &words.y_train,
         &words.x_test,
