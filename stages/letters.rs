@@ -1,4 +1,4 @@
-//! letters stage (issue 6): the model's activations for the first-letter
+//! letters stage: the model's activations for the first-letter
 //! prompts of the absorption benchmark, and the ground-truth letter probes,
 //! shared by every variant (a new SAE variant never reruns the model).
 //!
@@ -41,11 +41,12 @@ use crate::pipeline::store::TableEntry;
 use anyhow::{anyhow, bail, Result};
 use candle_core::{Device, Tensor};
 use coact::lm::hook_name;
-use coact::metrics::absorption::{train_ground_truth, LETTERS};
+use coact::metrics::absorption::{train_ground_truth, GroundTruthProbe, LETTERS};
 use coact::rng::SplitMix64;
 use coact::text::TextTokenizer;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 /// The part of the config a letters artifact's key hashes: the prompt and
 /// probe settings and the word list's fingerprint (the model and tokenizer
@@ -184,16 +185,129 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
     let layer = cfg.model.layer;
     let started = std::time::Instant::now();
 
-    let words_path = cfg.resolve(&ac.words);
-    let text = std::fs::read_to_string(&words_path).map_err(|e| {
+    let (path, text) = read_word_list(input)?;
+    let tok = input.tokenizer()?;
+    let mut choice = choose_words(input, &tok, path, &text)?;
+    let packed = build_prompts(input, &tok, &mut choice)?;
+    let fwd = run_model(input, &packed)?;
+    let d = fwd.d;
+    let (probes, y_train, y_test) = train_probes(input, &packed.prompts, &fwd.acts, d)?;
+
+    let words_rows = write_words(input.out_dir, &packed.prompts, &fwd.acts, d, &probes)?;
+    write_probes(input.out_dir, &probes, d)?;
+
+    let letter_counts: BTreeMap<String, Value> = (0..26u8)
+        .map(|l| {
+            let tr = y_train.iter().filter(|&&v| v == l).count();
+            let te = y_test.iter().filter(|&&v| v == l).count();
+            (
+                (LETTERS[l as usize] as char).to_string(),
+                json!({ "train": tr, "test": te, "probe_f1": probes[l as usize].test_f1 }),
+            )
+        })
+        .collect();
+    let weak: Vec<String> = probes
+        .iter()
+        .filter(|p| p.test_f1.partial_cmp(&ac.min_probe_f1) != Some(std::cmp::Ordering::Greater))
+        .map(|p| (LETTERS[p.letter as usize] as char).to_string())
+        .collect();
+    let (prompts, sequences) = (&packed.prompts, &packed.sequences);
+    let (lens, total_tokens, forward_s) = (&fwd.lens, fwd.total_tokens, fwd.seconds);
+    // Tokens after the word in its line (SAEBench's prompt_token_pos -6
+    // for its template counts from the end of the prompt).
+    let after = tok.encode(&ac.template.replace("{word}", " x"))?.len() as i64 - 1;
+    input.progress.note(format!(
+        "letters: {} words ({} train, {} test) in {} sequences, {total_tokens} tokens in {forward_s:.1} s; {} letters with probe F1 <= {}",
+        prompts.len(),
+        y_train.len(),
+        y_test.len(),
+        sequences.len(),
+        weak.len(),
+        ac.min_probe_f1
+    ));
+    Ok(StageOutput {
+        tables: BTreeMap::from([
+            (
+                "words".to_string(),
+                TableEntry {
+                    files: vec![WORDS_FILE.into()],
+                    rows: words_rows,
+                },
+            ),
+            (
+                "probes".to_string(),
+                TableEntry {
+                    files: vec![PROBES_FILE.into()],
+                    rows: 26,
+                },
+            ),
+        ]),
+        summary: json!({
+            "model": cfg.model.name,
+            "layer": layer,
+            "hook_name": hook_name(layer),
+            "d_model": d,
+            "words_file": choice.path.display().to_string(),
+            "word_list_lines": choice.lines,
+            "lowercase_alphabetic_words": choice.n_alpha,
+            "single_token_words": choice.n_single,
+            "words_used": prompts.len(),
+            "words_skipped": packed.skipped,
+            "train_words": y_train.len(),
+            "test_words": y_test.len(),
+            "sequences": sequences.len(),
+            "sequence_tokens": { "min": lens.first(), "max": lens.last() },
+            "prompt_token_pos": -(after + 1),
+            "icl_examples": ac.icl_examples,
+            "words_per_prompt": ac.words_per_prompt,
+            "tokens": total_tokens,
+            "forward_seconds": forward_s,
+            "tokens_per_second": total_tokens as f64 / forward_s.max(1e-9),
+            "seconds": started.elapsed().as_secs_f64(),
+            "mean_probe_f1": probes.iter().map(|p| p.test_f1).sum::<f64>() / 26.0,
+            "letters_probe_f1_at_or_below_threshold": weak,
+            "letters": letter_counts,
+        }),
+    })
+}
+
+/// The words measured: a seeded sample of the list's single-token words,
+/// shuffled, the first `n_train` training the probes; the counts behind it;
+/// and the seeded generator, which goes on to draw the warm-up examples.
+struct WordChoice {
+    words: Vec<(String, u32)>,
+    n_train: usize,
+    rng: SplitMix64,
+    path: PathBuf,
+    lines: usize,
+    n_alpha: usize,
+    n_single: usize,
+}
+
+/// `bench.absorption.words`: its resolved path and its text.
+fn read_word_list(input: &StageInput) -> Result<(PathBuf, String)> {
+    let ac = &input.cfg.bench.absorption;
+    let path = input.cfg.resolve(&ac.words);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
         anyhow!(
             "bench.absorption.words = {}: cannot read {}: {e} (`make setup` fetches the default word list)",
             ac.words.display(),
-            words_path.display()
+            path.display()
         )
     })?;
-    let tok = input.tokenizer()?;
-    let (mut words, lines, n_alpha) = candidate_words(&tok, &text)?;
+    Ok((path, text))
+}
+
+/// Chooses the words from the word list's text (SAEBench: the first
+/// (1 - test_fraction) of the shuffled words train).
+fn choose_words(
+    input: &StageInput,
+    tok: &TextTokenizer,
+    path: PathBuf,
+    text: &str,
+) -> Result<WordChoice> {
+    let ac = &input.cfg.bench.absorption;
+    let (mut words, lines, n_alpha) = candidate_words(tok, text)?;
     let n_single = words.len();
     if n_single < 2 {
         bail!(
@@ -204,17 +318,41 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
     let mut rng = SplitMix64::new(ac.seed);
     rng.shuffle(&mut words);
     words.truncate(ac.max_words);
-    // SAEBench: the first (1 - test_fraction) of the shuffled words train.
     let n_train = ((words.len() as f64 * (1.0 - ac.test_fraction)).floor() as usize)
         .clamp(1, words.len() - 1);
+    Ok(WordChoice {
+        words,
+        n_train,
+        rng,
+        path,
+        lines,
+        n_alpha,
+        n_single,
+    })
+}
 
-    // Packed sequences per split: `words_per_prompt` measured words after
-    // `icl_examples` warm-up examples drawn from the rest of the split; each
-    // measured word is a solved example for the words after it. Attention is
-    // causal, so a word's activation is exactly that of the prompt made of
-    // the lines before it (SAEBench builds one prompt per word with 10
-    // examples; packing gives every word at least `icl_examples` examples at
-    // a fraction of the tokens).
+/// The packed sequences (BOS first), the measured words' prompts in them,
+/// and the words whose token did not survive tokenization.
+struct Packed {
+    prompts: Vec<LetterPrompt>,
+    sequences: Vec<Vec<u32>>,
+    skipped: Vec<String>,
+}
+
+/// Packed sequences per split: `words_per_prompt` measured words after
+/// `icl_examples` warm-up examples drawn from the rest of the split; each
+/// measured word is a solved example for the words after it. Attention is
+/// causal, so a word's activation is exactly that of the prompt made of the
+/// lines before it (SAEBench builds one prompt per word with 10 examples;
+/// packing gives every word at least `icl_examples` examples at a fraction
+/// of the tokens).
+fn build_prompts(
+    input: &StageInput,
+    tok: &TextTokenizer,
+    choice: &mut WordChoice,
+) -> Result<Packed> {
+    let ac = &input.cfg.bench.absorption;
+    let (words, n_train, rng) = (&choice.words, choice.n_train, &mut choice.rng);
     let bos = tok.bos_id();
     let mut prompts: Vec<LetterPrompt> = Vec::with_capacity(words.len());
     let mut sequences: Vec<Vec<u32>> = Vec::new();
@@ -238,7 +376,7 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
                 .iter()
                 .map(|&j| (words[j].0.as_str(), words[j].1))
                 .collect();
-            let (tokens, found) = build_sequence(&tok, bos, &ac.template, &warmup, &measured)?;
+            let (tokens, found) = build_sequence(tok, bos, &ac.template, &warmup, &measured)?;
             for (k, ((w, id), f)) in measured.iter().zip(found).enumerate() {
                 match f {
                     Some((position, text)) => prompts.push(LetterPrompt {
@@ -263,8 +401,27 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
             prompts.len()
         );
     }
+    Ok(Packed {
+        prompts,
+        sequences,
+        skipped,
+    })
+}
 
-    // The forward: sequences of equal token length share a batch (no padding).
+/// The model's resid_post at each measured word ([prompts, d] row-major),
+/// the distinct sequence lengths, and the forward's tokens and seconds.
+struct Forward {
+    acts: Vec<f32>,
+    d: usize,
+    lens: Vec<usize>,
+    total_tokens: u64,
+    seconds: f64,
+}
+
+/// The forward: sequences of equal token length share a batch (no padding).
+fn run_model(input: &StageInput, packed: &Packed) -> Result<Forward> {
+    let (ac, layer) = (&input.cfg.bench.absorption, input.cfg.model.layer);
+    let (prompts, sequences) = (&packed.prompts, &packed.sequences);
     let model = input.model()?;
     let mc = model.config().clone();
     if let Some(t) = sequences
@@ -313,9 +470,24 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
         }
     }
     bar.finish_and_clear();
-    let forward_s = forward_started.elapsed().as_secs_f64();
+    Ok(Forward {
+        acts,
+        d,
+        lens: by_len.keys().copied().collect(),
+        total_tokens,
+        seconds: forward_started.elapsed().as_secs_f64(),
+    })
+}
 
-    // Ground-truth probes.
+/// The ground-truth probes, trained on the train words and scored on the
+/// test words; also each split's letters.
+fn train_probes(
+    input: &StageInput,
+    prompts: &[LetterPrompt],
+    acts: &[f32],
+    d: usize,
+) -> Result<(Vec<GroundTruthProbe>, Vec<u8>, Vec<u8>)> {
+    let ac = &input.cfg.bench.absorption;
     let (mut x_train, mut y_train, mut x_test, mut y_test) = (vec![], vec![], vec![], vec![]);
     for (i, p) in prompts.iter().enumerate() {
         let row = &acts[i * d..(i + 1) * d];
@@ -336,80 +508,5 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
         ac.probe_l2,
         ac.probe_max_iter,
     )?;
-
-    let words_rows = write_words(input.out_dir, &prompts, &acts, d, &probes)?;
-    write_probes(input.out_dir, &probes, d)?;
-
-    let letter_counts: BTreeMap<String, Value> = (0..26u8)
-        .map(|l| {
-            let tr = y_train.iter().filter(|&&v| v == l).count();
-            let te = y_test.iter().filter(|&&v| v == l).count();
-            (
-                (LETTERS[l as usize] as char).to_string(),
-                json!({ "train": tr, "test": te, "probe_f1": probes[l as usize].test_f1 }),
-            )
-        })
-        .collect();
-    let weak: Vec<String> = probes
-        .iter()
-        .filter(|p| p.test_f1.partial_cmp(&ac.min_probe_f1) != Some(std::cmp::Ordering::Greater))
-        .map(|p| (LETTERS[p.letter as usize] as char).to_string())
-        .collect();
-    let lens: Vec<usize> = by_len.keys().copied().collect();
-    // Tokens after the word in its line (SAEBench's prompt_token_pos -6
-    // for its template counts from the end of the prompt).
-    let after = tok.encode(&ac.template.replace("{word}", " x"))?.len() as i64 - 1;
-    input.progress.note(format!(
-        "letters: {} words ({} train, {} test) in {} sequences, {total_tokens} tokens in {forward_s:.1} s; {} letters with probe F1 <= {}",
-        prompts.len(),
-        y_train.len(),
-        y_test.len(),
-        sequences.len(),
-        weak.len(),
-        ac.min_probe_f1
-    ));
-    Ok(StageOutput {
-        tables: BTreeMap::from([
-            (
-                "words".to_string(),
-                TableEntry {
-                    files: vec![WORDS_FILE.into()],
-                    rows: words_rows,
-                },
-            ),
-            (
-                "probes".to_string(),
-                TableEntry {
-                    files: vec![PROBES_FILE.into()],
-                    rows: 26,
-                },
-            ),
-        ]),
-        summary: json!({
-            "model": cfg.model.name,
-            "layer": layer,
-            "hook_name": hook_name(layer),
-            "d_model": d,
-            "words_file": words_path.display().to_string(),
-            "word_list_lines": lines,
-            "lowercase_alphabetic_words": n_alpha,
-            "single_token_words": n_single,
-            "words_used": prompts.len(),
-            "words_skipped": skipped,
-            "train_words": y_train.len(),
-            "test_words": y_test.len(),
-            "sequences": sequences.len(),
-            "sequence_tokens": { "min": lens.first(), "max": lens.last() },
-            "prompt_token_pos": -(after + 1),
-            "icl_examples": ac.icl_examples,
-            "words_per_prompt": ac.words_per_prompt,
-            "tokens": total_tokens,
-            "forward_seconds": forward_s,
-            "tokens_per_second": total_tokens as f64 / forward_s.max(1e-9),
-            "seconds": started.elapsed().as_secs_f64(),
-            "mean_probe_f1": probes.iter().map(|p| p.test_f1).sum::<f64>() / 26.0,
-            "letters_probe_f1_at_or_below_threshold": weak,
-            "letters": letter_counts,
-        }),
-    })
+    Ok((probes, y_train, y_test))
 }

@@ -153,139 +153,17 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
     let spinner = input.progress.spinner("reading train activations");
     let (x, d, extract_summary) = load_train_tokens(input)?;
     spinner.finish_and_clear();
-    let n = x.len() / d;
-    let batch = cfg.train.batch_size;
-    if batch > n {
-        bail!(
-            "train.batch_size = {batch}: larger than the {n} train tokens (BOS excluded) of extract/{}",
-            input.input_key("extract")?
-        );
-    }
-    let steps_per_epoch = n / batch;
-    let total = steps_per_epoch * cfg.train.epochs;
-    let scale = norm_scaling_factor(&x[..SCALE_SAMPLE.min(n) * d], d)?;
+    let mut batches = Batches::new(input, &variant, &x, d)?;
+    let (n, batch, total, scale) = (batches.n, batches.batch, batches.total(), batches.scale);
     let tc = trainer_config(cfg, &variant, total, batch)?;
     let compute = tc.compute;
     let sc = sae_config(&variant, d);
-    let ckpt = input.out_dir.join(CHECKPOINT);
-    let ckpt_log = input.out_dir.join(CHECKPOINT_LOG);
-
-    let mut perm_epoch = usize::MAX;
-    let mut perm: Vec<u32> = Vec::new();
-    let mut batch_of = |step: usize, buf: &mut Vec<f32>| {
-        let epoch = step / steps_per_epoch;
-        if epoch != perm_epoch {
-            perm = (0..n as u32).collect();
-            SplitMix64::new(variant.settings.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9))
-                .shuffle(&mut perm);
-            perm_epoch = epoch;
-        }
-        let start = (step % steps_per_epoch) * batch;
-        buf.clear();
-        for &row in &perm[start..start + batch] {
-            buf.extend(
-                x[row as usize * d..(row as usize + 1) * d]
-                    .iter()
-                    .map(|v| v * scale),
-            );
-        }
-    };
 
     let mut buf = Vec::with_capacity(batch * d);
-    let (mut trainer, mut log) = if ckpt.is_file() {
-        let t = Trainer::load_checkpoint(&ckpt)
-            .with_context(|| format!("resuming from {}", ckpt.display()))?;
-        if t.config() != &tc || t.sae().cfg != sc {
-            bail!(
-                "{} belongs to other settings; remove the folder to start over",
-                ckpt.display()
-            );
-        }
-        let mut log: Vec<LogRow> = serde_json::from_str(&std::fs::read_to_string(&ckpt_log)?)?;
-        log.truncate(t.steps_done() as usize);
-        input.progress.note(format!(
-            "train/{unit}: resuming at step {} of {total}",
-            t.steps_done()
-        ));
-        (t, log)
-    } else {
-        batch_of(0, &mut buf);
-        (
-            Trainer::new(tc, sc, &buf).map_err(|e| anyhow!("train.variants ({unit}): {e}"))?,
-            Vec::new(),
-        )
-    };
+    let (mut trainer, mut log) = resume_or_start(input, unit, tc, sc, &mut batches, &mut buf)?;
+    train_steps(input, unit, &mut trainer, &mut log, &mut batches, &mut buf)?;
+    let rows = save(input, unit, trainer, scale, &extract_summary, &log)?;
 
-    // Stops the run as a kill would, right after a checkpoint: lets tests (and
-    // users checking their setup) exercise resumption.
-    let interrupt_at: Option<usize> = std::env::var("COACT_TRAIN_INTERRUPT_AT")
-        .ok()
-        .and_then(|v| v.parse().ok());
-    let bar = input
-        .progress
-        .bar((total * batch) as u64, format!("train {unit}"), "tokens");
-    bar.inc(trainer.steps_done() * batch as u64);
-    for step in trainer.steps_done() as usize..total {
-        batch_of(step, &mut buf);
-        let t0 = std::time::Instant::now();
-        let stats = trainer.step(&buf).map_err(|e| {
-            anyhow!(
-                "variant {unit}, step {step}: {e:#}. Training stopped. The last checkpoint (every {} steps) in {} \
-                 resumes only this exact configuration; change the settings to start a new run, and `coact clean` \
-                 removes the old progress",
-                cfg.train.checkpoint_every,
-                input.out_dir.display()
-            )
-        })?;
-        let tokens_per_s = batch as f64 / t0.elapsed().as_secs_f64().max(1e-9);
-        log.push(LogRow {
-            tokens: ((step + 1) * batch) as u64,
-            tokens_per_s,
-            stats,
-        });
-        bar.inc(batch as u64);
-        if (step + 1) % cfg.train.checkpoint_every == 0 && step + 1 < total {
-            // The log first: a checkpoint never refers to steps the log lacks.
-            write_atomically(&ckpt_log, serde_json::to_string(&log)?.as_bytes())?;
-            trainer.save_checkpoint(&ckpt)?;
-            if interrupt_at.is_some_and(|n| step + 1 >= n) {
-                bail!(
-                    "interrupted after step {} (COACT_TRAIN_INTERRUPT_AT)",
-                    step + 1
-                );
-            }
-        }
-    }
-    bar.finish_and_clear();
-
-    let mut sae = trainer.into_sae();
-    fold_scaling(&mut sae, scale)?;
-    let layer = extract_summary["layer"].as_u64().unwrap_or(0) as usize;
-    let meta = SaelensMeta {
-        model_name: cfg.model.name.clone(),
-        hook_name: extract_summary["hook_name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
-        hook_layer: Some(layer),
-        context_size: extract_summary["context_size"].as_u64().unwrap_or(0) as usize,
-        prepend_bos: true,
-        dataset_path: cfg.corpus.path.display().to_string(),
-    };
-    save_saelens(&sae, input.out_dir, &meta)?;
-    let rows = write_log(&input.out_dir.join("train_log.parquet"), unit, &log)?;
-    // Checkpoints and any half-written temporaries are not part of the artifact.
-    for entry in std::fs::read_dir(input.out_dir)? {
-        let path = entry?.path();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        if path == ckpt || path == ckpt_log || name.ends_with(".tmp") || name.ends_with(".partial")
-        {
-            std::fs::remove_file(&path)?;
-        }
-    }
     let tail = &log[log.len().saturating_sub(10)..];
     let mean = |f: &dyn Fn(&StepStats) -> f64| {
         tail.iter().map(|r| f(&r.stats)).sum::<f64>() / tail.len() as f64
@@ -325,6 +203,212 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
             },
         }),
     })
+}
+
+/// The schedule: `batch` rows a step, `steps_per_epoch` steps an epoch, in a
+/// seeded permutation of the train tokens drawn anew each epoch; rows are
+/// multiplied by the activation scale.
+struct Batches<'a> {
+    x: &'a [f32],
+    d: usize,
+    n: usize,
+    batch: usize,
+    steps_per_epoch: usize,
+    epochs: usize,
+    scale: f32,
+    seed: u64,
+    perm_epoch: usize,
+    perm: Vec<u32>,
+}
+
+impl<'a> Batches<'a> {
+    fn new(input: &StageInput, variant: &Variant, x: &'a [f32], d: usize) -> Result<Self> {
+        let n = x.len() / d;
+        let batch = input.cfg.train.batch_size;
+        if batch > n {
+            bail!(
+                "train.batch_size = {batch}: larger than the {n} train tokens (BOS excluded) of extract/{}",
+                input.input_key("extract")?
+            );
+        }
+        Ok(Batches {
+            x,
+            d,
+            n,
+            batch,
+            steps_per_epoch: n / batch,
+            epochs: input.cfg.train.epochs,
+            scale: norm_scaling_factor(&x[..SCALE_SAMPLE.min(n) * d], d)?,
+            seed: variant.settings.seed,
+            perm_epoch: usize::MAX,
+            perm: Vec::new(),
+        })
+    }
+
+    fn total(&self) -> usize {
+        self.steps_per_epoch * self.epochs
+    }
+
+    /// The scaled rows of one step's batch, into `buf`.
+    fn fill(&mut self, step: usize, buf: &mut Vec<f32>) {
+        let (d, batch) = (self.d, self.batch);
+        let epoch = step / self.steps_per_epoch;
+        if epoch != self.perm_epoch {
+            self.perm = (0..self.n as u32).collect();
+            SplitMix64::new(self.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9))
+                .shuffle(&mut self.perm);
+            self.perm_epoch = epoch;
+        }
+        let start = (step % self.steps_per_epoch) * batch;
+        buf.clear();
+        for &row in &self.perm[start..start + batch] {
+            buf.extend(
+                self.x[row as usize * d..(row as usize + 1) * d]
+                    .iter()
+                    .map(|v| v * self.scale),
+            );
+        }
+    }
+}
+
+/// The trainer and its log: from the checkpoint when one is there (it must
+/// hold these settings), else new, initialised on the first batch.
+fn resume_or_start(
+    input: &StageInput,
+    unit: &str,
+    tc: TrainerConfig,
+    sc: SaeConfig,
+    batches: &mut Batches,
+    buf: &mut Vec<f32>,
+) -> Result<(Trainer, Vec<LogRow>)> {
+    let ckpt = input.out_dir.join(CHECKPOINT);
+    let ckpt_log = input.out_dir.join(CHECKPOINT_LOG);
+    if ckpt.is_file() {
+        let t = Trainer::load_checkpoint(&ckpt)
+            .with_context(|| format!("resuming from {}", ckpt.display()))?;
+        if t.config() != &tc || t.sae().cfg != sc {
+            bail!(
+                "{} belongs to other settings; remove the folder to start over",
+                ckpt.display()
+            );
+        }
+        let mut log: Vec<LogRow> = serde_json::from_str(&std::fs::read_to_string(&ckpt_log)?)?;
+        log.truncate(t.steps_done() as usize);
+        input.progress.note(format!(
+            "train/{unit}: resuming at step {} of {}",
+            t.steps_done(),
+            batches.total()
+        ));
+        Ok((t, log))
+    } else {
+        batches.fill(0, buf);
+        Ok((
+            Trainer::new(tc, sc, buf).map_err(|e| anyhow!("train.variants ({unit}): {e}"))?,
+            Vec::new(),
+        ))
+    }
+}
+
+/// The steps left, logged, with a checkpoint every `checkpoint_every` steps
+/// (not after the last).
+fn train_steps(
+    input: &StageInput,
+    unit: &str,
+    trainer: &mut Trainer,
+    log: &mut Vec<LogRow>,
+    batches: &mut Batches,
+    buf: &mut Vec<f32>,
+) -> Result<()> {
+    let cfg = input.cfg;
+    let (batch, total) = (batches.batch, batches.total());
+    let ckpt = input.out_dir.join(CHECKPOINT);
+    let ckpt_log = input.out_dir.join(CHECKPOINT_LOG);
+    // Stops the run as a kill would, right after a checkpoint: lets tests (and
+    // users checking their setup) exercise resumption.
+    let interrupt_at: Option<usize> = std::env::var("COACT_TRAIN_INTERRUPT_AT")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let bar = input
+        .progress
+        .bar((total * batch) as u64, format!("train {unit}"), "tokens");
+    bar.inc(trainer.steps_done() * batch as u64);
+    for step in trainer.steps_done() as usize..total {
+        batches.fill(step, buf);
+        let t0 = std::time::Instant::now();
+        let stats = trainer.step(buf).map_err(|e| {
+            anyhow!(
+                "variant {unit}, step {step}: {e:#}. Training stopped. The last checkpoint (every {} steps) in {} \
+                 resumes only this exact configuration; change the settings to start a new run, and `coact clean` \
+                 removes the old progress",
+                cfg.train.checkpoint_every,
+                input.out_dir.display()
+            )
+        })?;
+        let tokens_per_s = batch as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+        log.push(LogRow {
+            tokens: ((step + 1) * batch) as u64,
+            tokens_per_s,
+            stats,
+        });
+        bar.inc(batch as u64);
+        if (step + 1) % cfg.train.checkpoint_every == 0 && step + 1 < total {
+            // The log first: a checkpoint never refers to steps the log lacks.
+            write_atomically(&ckpt_log, serde_json::to_string(&log)?.as_bytes())?;
+            trainer.save_checkpoint(&ckpt)?;
+            if interrupt_at.is_some_and(|n| step + 1 >= n) {
+                bail!(
+                    "interrupted after step {} (COACT_TRAIN_INTERRUPT_AT)",
+                    step + 1
+                );
+            }
+        }
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// Saves the SAE (scaling folded in) in SAELens layout and the training log,
+/// and removes the checkpoints and any half-written temporaries, which are
+/// not part of the artifact. Returns the log's row count.
+fn save(
+    input: &StageInput,
+    unit: &str,
+    trainer: Trainer,
+    scale: f32,
+    extract_summary: &serde_json::Value,
+    log: &[LogRow],
+) -> Result<u64> {
+    let cfg = input.cfg;
+    let mut sae = trainer.into_sae();
+    fold_scaling(&mut sae, scale)?;
+    let layer = extract_summary["layer"].as_u64().unwrap_or(0) as usize;
+    let meta = SaelensMeta {
+        model_name: cfg.model.name.clone(),
+        hook_name: extract_summary["hook_name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        hook_layer: Some(layer),
+        context_size: extract_summary["context_size"].as_u64().unwrap_or(0) as usize,
+        prepend_bos: true,
+        dataset_path: cfg.corpus.path.display().to_string(),
+    };
+    save_saelens(&sae, input.out_dir, &meta)?;
+    let rows = write_log(&input.out_dir.join("train_log.parquet"), unit, log)?;
+    let ckpt = input.out_dir.join(CHECKPOINT);
+    let ckpt_log = input.out_dir.join(CHECKPOINT_LOG);
+    for entry in std::fs::read_dir(input.out_dir)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        if path == ckpt || path == ckpt_log || name.ends_with(".tmp") || name.ends_with(".partial")
+        {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(rows)
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -288,68 +288,73 @@ fn choose_sequences(c: &CoreConfig, available: usize) -> Vec<usize> {
         }
     }
 }
-/// The `core` benchmark.
-pub struct Core;
-
-impl Benchmark for Core {
-    fn name(&self) -> &'static str {
-        "core"
-    }
-    fn about(&self) -> &'static str {
-        "SAEBench core: MSE, explained variance, L0, CE and KL scores with the SAE spliced in"
-    }
-    fn uses(&self) -> &'static [&'static str] {
-        &["extract"]
-    }
-    fn key_config(&self, cfg: &Config) -> Value {
-        key_config(cfg)
-    }
-    fn run(&self, input: &StageInput, variant: &str) -> Result<StageOutput> {
-        run(input, variant)
+/// SAEBench writes NaN as -1.
+fn num(v: f64) -> Value {
+    if v.is_nan() {
+        json!(-1)
+    } else {
+        json!(v)
     }
 }
 
-pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {
-    let started = Instant::now();
-    let cpu_started = process_cpu_seconds();
-    let cfg = input.cfg;
-    let c = &cfg.bench.core;
-    let layer = cfg.model.layer;
+/// The variant's SAE, checked against the study layer, the eval split
+/// (shared by the run's core units), checked against the SAE, and the
+/// extract artifact's key.
+fn read_inputs(input: &StageInput, variant: &str) -> Result<(VariantSae, Arc<EvalSplit>, String)> {
+    let layer = input.cfg.model.layer;
     let acts = input.activations()?;
     let extract_key = &acts.key;
     let train_key = input.input_key(&format!("train/{variant}"))?;
 
-    // The SAE, and a check that it belongs to this layer.
-    let VariantSae {
-        sae,
-        meta,
-        cfg_json: sae_cfg_dict,
-        ..
-    } = input.variant_sae(variant)?;
-    if meta.hook_name != hook_name(layer) {
+    let vs = input.variant_sae(variant)?;
+    if vs.meta.hook_name != hook_name(layer) {
         bail!(
             "train/{train_key} ({variant}) was trained on {}, but model.layer = {layer} ({})",
-            meta.hook_name,
+            vs.meta.hook_name,
             hook_name(layer)
         );
     }
 
-    // The eval split.
     let spinner = input.progress.spinner("reading eval activations");
     let eval = input
         .cache
         .get_or_try_insert(&format!("eval/{extract_key}"), || acts.eval_split())?;
     spinner.finish_and_clear();
     let d = eval.d;
-    if sae.cfg.d_in != d {
+    if vs.sae.cfg.d_in != d {
         bail!(
             "train/{train_key} ({variant}) has d_in = {}, but extract/{extract_key} holds d_model = {d}",
-            sae.cfg.d_in
+            vs.sae.cfg.d_in
         );
     }
+    Ok((vs, eval, acts.key))
+}
 
-    // Reconstruction metrics on every non-BOS token.
-    let t_recon = Instant::now();
+/// The reconstruction, sparsity, density and weight-based metrics.
+struct Recon {
+    rec: m::Reconstruction,
+    l0: f64,
+    l1: f64,
+    density: m::Density,
+    freq: Vec<f64>,
+    dens: m::DensitySummary,
+    max_dec: Vec<f64>,
+    max_enc: Vec<f64>,
+    /// Non-BOS eval tokens.
+    n: usize,
+    /// Non-BOS tokens per batch of `batch_size_prompts` sequences.
+    batch_lens: Vec<usize>,
+}
+
+/// Reconstruction metrics on every non-BOS eval token.
+fn reconstruction(
+    input: &StageInput,
+    extract_key: &str,
+    sae: &Sae,
+    eval: &EvalSplit,
+) -> Result<Recon> {
+    let c = &input.cfg.bench.core;
+    let d = eval.d;
     let mut x = Vec::with_capacity(eval.x.len());
     let mut prompt_lens = Vec::new();
     for r in &eval.sequences {
@@ -382,10 +387,29 @@ pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {
     let f = sae.cfg.d_sae;
     let max_dec = m::max_cosine_per_row(&sae.w_dec, f, d)?;
     let max_enc = m::max_cosine_per_row(&sae.w_enc_t, f, d)?;
-    let recon_s = t_recon.elapsed().as_secs_f64();
+    Ok(Recon {
+        rec,
+        l0,
+        l1,
+        density,
+        freq,
+        dens,
+        max_dec,
+        max_enc,
+        n,
+        batch_lens,
+    })
+}
 
-    // CE / KL with the splice.
-    let t_ds = Instant::now();
+/// CE / KL with the splice, on the chosen eval sequences (returned too).
+fn ce_kl(
+    input: &StageInput,
+    variant: &str,
+    sae: &Sae,
+    eval: &EvalSplit,
+) -> Result<(Vec<usize>, Downstream)> {
+    let c = &input.cfg.bench.core;
+    let layer = input.cfg.model.layer;
     let chosen = choose_sequences(c, eval.sequences.len());
     if chosen.len() < c.ce_sequences {
         input.progress.note(format!(
@@ -408,11 +432,19 @@ pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {
             model.config().n_layers
         );
     }
-    let ds = downstream(input, variant, &model, &sae, &eval, &chosen)?;
-    let downstream_s = t_ds.elapsed().as_secs_f64();
+    let ds = downstream(input, variant, &model, sae, eval, &chosen)?;
+    Ok((chosen, ds))
+}
 
-    let ce_loss_score = m::ce_loss_score(ds.ce_orig, ds.ce_sae, ds.ce_zero);
-    let kl_div_score = m::kl_div_score(ds.kl_sae, ds.kl_zero);
+/// CE loss score and KL divergence score.
+struct Scores {
+    ce_loss: f64,
+    kl_div: f64,
+}
+
+/// Every metric of table `bench_core` by name.
+fn metric_values(r: &Recon, ds: &Downstream, scores: &Scores) -> BTreeMap<&'static str, f64> {
+    let rec = &r.rec;
     let values: BTreeMap<&str, f64> = BTreeMap::from([
         ("mse", rec.mse),
         ("explained_variance_legacy", rec.explained_variance_legacy),
@@ -423,26 +455,33 @@ pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {
             "relative_reconstruction_bias",
             rec.relative_reconstruction_bias,
         ),
-        ("l0", l0),
-        ("l1", l1),
-        ("frac_dead", dens.frac_dead),
-        ("frac_dense_1pct", dens.frac_dense_1pct),
-        ("frac_dense_10pct", dens.frac_dense_10pct),
-        ("mean_max_dec_cos", m::mean(&max_dec)),
-        ("mean_max_enc_cos", m::mean(&max_enc)),
+        ("l0", r.l0),
+        ("l1", r.l1),
+        ("frac_dead", r.dens.frac_dead),
+        ("frac_dense_1pct", r.dens.frac_dense_1pct),
+        ("frac_dense_10pct", r.dens.frac_dense_10pct),
+        ("mean_max_dec_cos", m::mean(&r.max_dec)),
+        ("mean_max_enc_cos", m::mean(&r.max_enc)),
         ("ce_orig", ds.ce_orig),
         ("ce_sae", ds.ce_sae),
         ("ce_zero", ds.ce_zero),
-        ("ce_loss_score", ce_loss_score),
+        ("ce_loss_score", scores.ce_loss),
         ("kl_sae", ds.kl_sae),
         ("kl_zero", ds.kl_zero),
-        ("kl_div_score", kl_div_score),
-        ("eval_tokens", n as f64),
+        ("kl_div_score", scores.kl_div),
+        ("eval_tokens", r.n as f64),
         ("ce_tokens", ds.ce_tokens as f64),
     ]);
     debug_assert_eq!(values.len(), METRICS.len());
+    values
+}
 
-    // Table bench_core.
+/// Table bench_core (`core.parquet`); returns its row count.
+fn write_table(
+    input: &StageInput,
+    variant: &str,
+    values: &BTreeMap<&'static str, f64>,
+) -> Result<u64> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("variant", DataType::Utf8, false),
         Field::new("metric", DataType::Utf8, false),
@@ -458,11 +497,12 @@ pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {
             )),
         ],
     )?;
-    let rows =
-        crate::artifacts::parquet_io::write_all(&input.out_dir.join("core.parquet"), &[batch])?;
+    crate::artifacts::parquet_io::write_all(&input.out_dir.join("core.parquet"), &[batch])
+}
 
-    // SAEBench-shaped JSON.
-    let cah = density.consistent_activation_heuristic();
+/// SAEBench's per-latent `eval_result_details`.
+fn latent_details(sae: &Sae, d: usize, r: &Recon) -> Vec<Value> {
+    let cah = r.density.consistent_activation_heuristic();
     let w_enc_norm: Vec<f64> = sae
         .w_enc_t
         .chunks_exact(d)
@@ -483,22 +523,43 @@ pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {
             }
         })
         .collect();
-    // SAEBench writes NaN as -1.
-    let num = |v: f64| if v.is_nan() { json!(-1) } else { json!(v) };
-    let details: Vec<Value> = (0..f)
+    (0..sae.cfg.d_sae)
         .map(|i| {
             json!({
                 "index": i,
-                "feature_density": num(freq[i]),
+                "feature_density": num(r.freq[i]),
                 "consistent_activation_heuristic": num(cah[i]),
                 "encoder_bias": num(sae.b_enc[i] as f64),
                 "encoder_norm": num(w_enc_norm[i]),
                 "encoder_decoder_cosine_sim": num(enc_dec_cos[i]),
-                "max_decoder_cosine_sim": num(max_dec[i]),
-                "max_encoder_cosine_sim": num(max_enc[i]),
+                "max_decoder_cosine_sim": num(r.max_dec[i]),
+                "max_encoder_cosine_sim": num(r.max_enc[i]),
             })
         })
-        .collect();
+        .collect()
+}
+
+/// What the SAEBench-shaped JSON is built from.
+struct EvalJson<'a> {
+    variant: &'a str,
+    vs: &'a VariantSae,
+    eval: &'a EvalSplit,
+    recon: &'a Recon,
+    ds: &'a Downstream,
+    chosen: &'a [usize],
+    scores: &'a Scores,
+}
+
+/// Writes `<variant>_eval_results.json`, shaped like SAEBench's core output;
+/// returns its file name.
+fn write_eval_json(input: &StageInput, e: &EvalJson) -> Result<String> {
+    let (cfg, c) = (input.cfg, &input.cfg.bench.core);
+    let (variant, eval, ds, chosen) = (e.variant, e.eval, e.ds, e.chosen);
+    let (rec, dens) = (&e.recon.rec, &e.recon.dens);
+    let (ce_loss_score, kl_div_score) = (e.scores.ce_loss, e.scores.kl_div);
+    let (max_dec, max_enc) = (&e.recon.max_dec, &e.recon.max_enc);
+    let lens: Vec<usize> = chosen.iter().map(|&s| eval.sequences[s].len()).collect();
+    let details = latent_details(&e.vs.sae, eval.d, e.recon);
     let context = eval.sequences.first().map_or(0, |r| r.len());
     let eval_json = json!({
         "eval_type_id": "core",
@@ -507,7 +568,7 @@ pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {
             "llm_dtype": "float32",
             "batch_size_prompts": c.batch_size_prompts,
             "n_eval_reconstruction_batches": ds.sequences.div_ceil(c.batch_size_prompts),
-            "n_eval_sparsity_variance_batches": batch_lens.len(),
+            "n_eval_sparsity_variance_batches": e.recon.batch_lens.len(),
             "dataset": cfg.corpus.path,
             "context_size": context,
             "compute_kl": true,
@@ -551,7 +612,7 @@ pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {
                 "l2_ratio": num(rec.norms.l2_ratio),
                 "relative_reconstruction_bias": num(rec.relative_reconstruction_bias),
             },
-            "sparsity": { "l0": num(l0), "l1": num(l1) },
+            "sparsity": { "l0": num(e.recon.l0), "l1": num(e.recon.l1) },
             "token_stats": {
                 // As SAEBench counts them: every token of the sequences used.
                 "total_tokens_eval_reconstruction": lens.iter().sum::<usize>(),
@@ -562,8 +623,8 @@ pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {
                 "freq_over_10_percent": num(dens.frac_dense_10pct),
                 "normalized_freq_over_1_percent": num(dens.normalized_freq_over_1_percent),
                 "normalized_freq_over_10_percent": num(dens.normalized_freq_over_10_percent),
-                "average_max_encoder_cosine_sim": num(m::mean(&max_enc)),
-                "average_max_decoder_cosine_sim": num(m::mean(&max_dec)),
+                "average_max_encoder_cosine_sim": num(m::mean(max_enc)),
+                "average_max_decoder_cosine_sim": num(m::mean(max_dec)),
                 "frac_alive": num(1.0 - dens.frac_dead),
             },
         },
@@ -572,7 +633,7 @@ pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {
             "coact": {
                 "explained_variance_definition": "1 - sum_d Var(x_d - x_hat_d) / sum_d Var(x_d) over all non-BOS eval tokens",
                 "sse_per_token": num(rec.sse_per_token),
-                "eval_tokens": n,
+                "eval_tokens": e.recon.n,
                 "ce_tokens": ds.ce_tokens,
                 "kl_tokens": ds.kl_tokens,
                 "ce_sequence_ids": chosen.iter().map(|&s| eval.seq_ids[s]).collect::<Vec<_>>(),
@@ -582,7 +643,7 @@ pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {
         "sae_lens_id": variant,
         "sae_lens_release_id": cfg.study,
         "sae_lens_version": Value::Null,
-        "sae_cfg_dict": sae_cfg_dict,
+        "sae_cfg_dict": e.vs.cfg_json,
     });
     let json_name = format!("{variant}_eval_results.json");
     std::fs::write(
@@ -590,6 +651,64 @@ pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {
         serde_json::to_string_pretty(&eval_json)?,
     )
     .with_context(|| format!("writing {json_name}"))?;
+    Ok(json_name)
+}
+
+/// The `core` benchmark.
+pub struct Core;
+
+impl Benchmark for Core {
+    fn name(&self) -> &'static str {
+        "core"
+    }
+    fn about(&self) -> &'static str {
+        "SAEBench core: MSE, explained variance, L0, CE and KL scores with the SAE spliced in"
+    }
+    fn uses(&self) -> &'static [&'static str] {
+        &["extract"]
+    }
+    fn key_config(&self, cfg: &Config) -> Value {
+        key_config(cfg)
+    }
+    fn run(&self, input: &StageInput, variant: &str) -> Result<StageOutput> {
+        run(input, variant)
+    }
+}
+
+pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {
+    let started = Instant::now();
+    let cpu_started = process_cpu_seconds();
+    let (vs, eval, extract_key) = read_inputs(input, variant)?;
+
+    let t_recon = Instant::now();
+    let recon = reconstruction(input, &extract_key, &vs.sae, &eval)?;
+    let recon_s = t_recon.elapsed().as_secs_f64();
+
+    let t_ds = Instant::now();
+    let (chosen, ds) = ce_kl(input, variant, &vs.sae, &eval)?;
+    let downstream_s = t_ds.elapsed().as_secs_f64();
+
+    let ce_loss_score = m::ce_loss_score(ds.ce_orig, ds.ce_sae, ds.ce_zero);
+    let kl_div_score = m::kl_div_score(ds.kl_sae, ds.kl_zero);
+    let scores = Scores {
+        ce_loss: ce_loss_score,
+        kl_div: kl_div_score,
+    };
+    let values = metric_values(&recon, &ds, &scores);
+    let rows = write_table(input, variant, &values)?;
+    let json_name = write_eval_json(
+        input,
+        &EvalJson {
+            variant,
+            vs: &vs,
+            eval: &eval,
+            recon: &recon,
+            ds: &ds,
+            chosen: &chosen,
+            scores: &scores,
+        },
+    )?;
+    let (rec, l0) = (&recon.rec, recon.l0);
 
     let total_s = started.elapsed().as_secs_f64();
     // CPU seconds of the whole process (every thread): a cost figure that,
