@@ -49,6 +49,11 @@
 //! `tpp` (bench_tpp: variant, dataset, n, seed, metric, value; metrics
 //! tpp_total, tpp_intended_drop, tpp_unintended_drop), and `scr.json`,
 //! `tpp.json` shaped like SAEBench's outputs (means over seeds).
+//!
+//! Why one file over 600 lines: SCR and TPP are one benchmark (one unit,
+//! one pass over the datasets) sharing the probe, effect and ablation
+//! helpers above and the SAEBench aggregation below; every function is
+//! short, and a split into scr/ and tpp/ files is a change of its own.
 
 use super::probing::{
     dataset_inputs, encode_dataset, problem_rng, problems, saebench_json, Encoded, MetricTable,
