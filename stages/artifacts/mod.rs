@@ -4,7 +4,7 @@
 
 pub mod activations;
 pub mod corpus;
-// pub mod datasets;
+pub mod datasets;
 pub mod letters;
 pub mod model;
 pub mod parquet_io;

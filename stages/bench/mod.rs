@@ -3,6 +3,7 @@
 
 pub mod absorption;
 pub mod core;
+pub mod probing;
 pub mod scr_tpp;
 pub mod sparse_probing;
 
