@@ -2,7 +2,7 @@
 //! report.md (the same tables and verdicts, images linked).
 
 use super::plots::{group_colors, Plot};
-use super::{Better, Group, MetricDef, Outcome, ReportConfig, ReportData, METRICS};
+use super::{Better, Group, Metric, MetricDef, Outcome, ReportConfig, ReportData};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -160,32 +160,28 @@ fn is_best(best: Option<f64>, v: f64) -> bool {
 
 /// Columns shown: every metric that some variant has, and every benchmark's
 /// metrics even when not run (they read "not run").
-fn shown_metrics(data: &ReportData) -> Vec<&'static MetricDef> {
-    METRICS
+fn shown_metrics(data: &ReportData) -> Vec<Metric> {
+    data.metrics
         .iter()
+        .copied()
         .filter(|m| {
-            data.not_run.contains_key(m.source)
+            data.not_run.contains_key(m.bench)
                 || data
                     .variants
                     .iter()
                     .any(|v| data.value(&v.name, m.key).is_some())
-                || m.source != "core"
+                || m.bench != "core"
         })
         .collect()
 }
 
-fn missing_cell(data: &ReportData, m: &MetricDef) -> &'static str {
-    if data.not_run.contains_key(m.source) {
+fn missing_cell(data: &ReportData, m: &Metric) -> &'static str {
+    if data.not_run.contains_key(m.bench) {
         "not run"
     } else {
         "—"
     }
 }
-
-/// Stages in pipeline order for the time table.
-const STAGE_ORDER: &[&str] = &[
-    "tokenize", "extract", "train", "compete", "letters", "datasets", "bench", "report",
-];
 
 /// One line of the time table: stage label, artifacts, total seconds, and
 /// the longest unit with its seconds (when there are several).
@@ -194,10 +190,11 @@ pub type TimeRow = (String, usize, f64, Option<(String, f64)>);
 pub fn time_rows(data: &ReportData) -> Vec<TimeRow> {
     let mut by: BTreeMap<(usize, String), Vec<(String, f64)>> = BTreeMap::new();
     for t in &data.timings {
-        let rank = STAGE_ORDER
+        let rank = data
+            .stages
             .iter()
             .position(|s| *s == t.stage)
-            .unwrap_or(STAGE_ORDER.len());
+            .unwrap_or(data.stages.len());
         // bench splits by benchmark: "bench core", "bench absorption", ...
         let label = match (&t.unit, t.stage.as_str()) {
             (Some(u), "bench") => format!("bench {}", u.split('/').next().unwrap_or(u)),
@@ -810,7 +807,7 @@ pub fn page(data: &ReportData, cfg: &ReportConfig, plots: &[Plot]) -> String {
 
     // Notes.
     h.push_str("<h2 id=\"notes\">Notes and definitions</h2>\n<ul class=\"small\">\n");
-    for m in METRICS {
+    for m in &data.metrics {
         let _ = writeln!(
             h,
             "<li><b>{}</b> ({}): {}.</li>",

@@ -1,8 +1,9 @@
 //! The report's PNG plots (plotters' bitmap backend; text through ab_glyph
 //! with a TrueType font read at run time, so no fontconfig or freetype).
 
-use super::{Better, Group, ReportConfig, ReportData, Spread, VariantInfo, METRICS};
+use super::{Better, Group, ReportConfig, ReportData, Spread, VariantInfo};
 use anyhow::{anyhow, bail, Context, Result};
+use coact::sae::Architecture;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -94,8 +95,8 @@ pub fn group_colors(data: &ReportData) -> BTreeMap<String, (u8, u8, u8)> {
     let mut seen_class: BTreeMap<&str, usize> = BTreeMap::new();
     for g in data.groups() {
         let v = &data.variants[g.members[0]];
-        let class = match (v.ortho.as_str(), v.kind.as_str()) {
-            ("none", "topk") => "baseline",
+        let class = match (v.ortho.as_str(), v.kind) {
+            ("none", Architecture::TopK) => "baseline",
             ("none", _) => "other",
             ("uniform", _) => "uniform",
             _ => "guided",
@@ -312,7 +313,8 @@ fn sweep_plot(data: &ReportData, out: &Path, axis: Axis) -> Result<Option<Plot>>
     if xs.len() < 2 {
         return Ok(None);
     }
-    let metrics: Vec<_> = METRICS
+    let metrics: Vec<_> = data
+        .metrics
         .iter()
         .filter(|m| sweep.iter().any(|v| data.value(&v.name, m.key).is_some()))
         .collect();
