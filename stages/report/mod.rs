@@ -12,7 +12,9 @@ pub mod comparison;
 pub mod compete;
 pub mod data;
 pub mod html;
+pub mod markdown;
 pub mod plots;
+pub mod sections;
 pub mod verdict;
 
 pub use crate::config::ReportConfig;
@@ -50,7 +52,7 @@ pub fn render(data: &ReportData, cfg: &ReportConfig, out_dir: &Path) -> Result<R
     let html = html::page(data, cfg, &plots);
     std::fs::write(out_dir.join("report.html"), html)
         .with_context(|| format!("writing {}", out_dir.join("report.html").display()))?;
-    let md = html::markdown(data, cfg, &plots);
+    let md = markdown::markdown(data, cfg, &plots);
     std::fs::write(out_dir.join("report.md"), md)
         .with_context(|| format!("writing {}", out_dir.join("report.md").display()))?;
     let mut files = vec!["report.html".to_string(), "report.md".to_string()];
