@@ -47,6 +47,11 @@ fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
     }
 }
 
+/// MSE and dead fraction against tokens, one line per variant in its seed
+/// group's colour.
+// Over 150 lines: the two panels (MSE on a log axis with its ticks placed
+// by hand, dead fraction) and the legend share the token axis, ranges and
+// colours computed at the top; split, each part would take them all.
 pub(super) fn training_plot(data: &ReportData, out: &Path) -> Result<Option<Plot>> {
     let groups = data.groups();
     let colors = group_colors(data);
