@@ -3,6 +3,7 @@
 //! stage never reads another stage's files by name.
 
 pub mod activations;
+pub mod columns;
 pub mod corpus;
 pub mod datasets;
 pub mod letters;

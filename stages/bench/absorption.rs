@@ -75,6 +75,20 @@ impl Benchmark for Absorption {
     fn run(&self, input: &StageInput, variant: &str) -> Result<StageOutput> {
         run(input, variant)
     }
+    fn metrics(&self) -> &'static [crate::pipeline::benchmark::MetricDef] {
+        super::absorption_summary::METRIC_DEFS
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        super::absorption_summary::TABLES
+    }
+    fn summarise(
+        &self,
+        _table: &str,
+        batches: &[arrow::array::RecordBatch],
+        into: &mut crate::pipeline::benchmark::Summary,
+    ) -> Result<()> {
+        super::absorption_summary::summarise(batches, into)
+    }
 }
 
 pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {

@@ -673,6 +673,20 @@ impl Benchmark for Core {
     fn run(&self, input: &StageInput, variant: &str) -> Result<StageOutput> {
         run(input, variant)
     }
+    fn metrics(&self) -> &'static [crate::pipeline::benchmark::MetricDef] {
+        super::core_summary::METRIC_DEFS
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        super::core_summary::TABLES
+    }
+    fn summarise(
+        &self,
+        _table: &str,
+        batches: &[arrow::array::RecordBatch],
+        into: &mut crate::pipeline::benchmark::Summary,
+    ) -> Result<()> {
+        super::core_summary::summarise(batches, into)
+    }
 }
 
 pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {

@@ -2,10 +2,14 @@
 //! benchmark and variant (unit `<benchmark>/<variant>`).
 
 pub mod absorption;
+pub mod absorption_summary;
 pub mod core;
+pub mod core_summary;
 pub mod probing;
 pub mod scr_tpp;
+pub mod scr_tpp_summary;
 pub mod sparse_probing;
+pub mod sparse_probing_summary;
 
 use crate::config::Config;
 use crate::pipeline::stage::{Registry, Stage, StageInput, StageOutput, Unit};

@@ -231,6 +231,20 @@ impl Benchmark for ScrTpp {
     fn run(&self, input: &StageInput, variant: &str) -> Result<StageOutput> {
         run(input, variant)
     }
+    fn metrics(&self) -> &'static [crate::pipeline::benchmark::MetricDef] {
+        super::scr_tpp_summary::METRIC_DEFS
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        super::scr_tpp_summary::TABLES
+    }
+    fn summarise(
+        &self,
+        table: &str,
+        batches: &[arrow::array::RecordBatch],
+        into: &mut crate::pipeline::benchmark::Summary,
+    ) -> Result<()> {
+        super::scr_tpp_summary::summarise(table, batches, into)
+    }
 }
 
 /// Per run name (`<dataset>_scr_<a>_<b>`, `<dataset>_tpp`, or a TPP class):

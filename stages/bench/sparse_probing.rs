@@ -65,6 +65,20 @@ impl Benchmark for SparseProbing {
     fn run(&self, input: &StageInput, variant: &str) -> Result<StageOutput> {
         run(input, variant)
     }
+    fn metrics(&self) -> &'static [crate::pipeline::benchmark::MetricDef] {
+        super::sparse_probing_summary::METRIC_DEFS
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        super::sparse_probing_summary::TABLES
+    }
+    fn summarise(
+        &self,
+        _table: &str,
+        batches: &[arrow::array::RecordBatch],
+        into: &mut crate::pipeline::benchmark::Summary,
+    ) -> Result<()> {
+        super::sparse_probing_summary::summarise(batches, into)
+    }
 }
 
 /// Accuracies per (dataset, SAEBench metric label), per problem, per seed.

@@ -2,6 +2,8 @@
 //! verdicts, plots that are real PNGs, escaped dashboards), generic column
 //! reading, and the stage run end to end on the tiny study.
 
+use coact::sae::Architecture;
+use coact_pipeline::registry::REGISTRY;
 use coact_pipeline::report::{
     collect, render, CompetitionSummary, Competitor, ContextRow, CurvePoint, LatentCard,
     PairExample, ReportConfig, ReportData, Timing, VariantInfo,
@@ -12,7 +14,7 @@ use std::path::Path;
 fn variant(name: &str, kind: &str, ortho: &str, lambda: f64, tau: f64, seed: u64) -> VariantInfo {
     VariantInfo {
         name: name.into(),
-        kind: kind.into(),
+        kind: Architecture::from_name(kind).unwrap(),
         d_sae: 64,
         k: 4,
         l1_coeff: if kind == "relu_l1" { 0.06 } else { 0.0 },
@@ -26,10 +28,7 @@ fn variant(name: &str, kind: &str, ortho: &str, lambda: f64, tau: f64, seed: u64
 /// A study of 11 variants: TopK, uniform and guided tau 0.1 at three seeds,
 /// a tau sweep, a lambda point and a ReLU+L1 SAE, with every table filled.
 fn hand_made() -> ReportData {
-    let mut d = ReportData {
-        study: "hand-made".into(),
-        ..Default::default()
-    };
+    let mut d = ReportData::new("hand-made", &REGISTRY);
     let specs = [
         ("topk", "topk", "none", 0.0, 0.0, 0),
         ("topk-seed1", "topk", "none", 0.0, 0.0, 1),
@@ -816,7 +815,7 @@ fn collect_reads_every_table_of_the_agreed_schemas() {
         dashboard_latents: 2,
         ..Default::default()
     };
-    let d = collect::collect(&store, &inputs, "study", &cfg).unwrap();
+    let d = collect::collect(&store, &inputs, "study", &cfg, &REGISTRY).unwrap();
     assert!(d.notes.is_empty(), "{:?}", d.notes);
     assert!(d.not_run.is_empty(), "{:?}", d.not_run);
     assert_eq!(d.variants.len(), 2);
@@ -869,7 +868,7 @@ fn collect_reads_every_table_of_the_agreed_schemas() {
 
     // It renders, and a benchmark without artifacts reads "not run".
     inputs.retain(|k, _| !k.starts_with("bench/scr_tpp/"));
-    let d = collect::collect(&store, &inputs, "study", &cfg).unwrap();
+    let d = collect::collect(&store, &inputs, "study", &cfg, &REGISTRY).unwrap();
     assert!(d.not_run.contains_key("scr_tpp"));
     let dir = tempfile::tempdir().unwrap();
     render(&d, &cfg, dir.path()).unwrap();
