@@ -8,7 +8,7 @@ CONFIG ?= pipeline.yaml
 COACT := $(CARGO_TARGET_DIR)/debug/coact
 RUN := $(COACT) --config $(CONFIG)
 
-.PHONY: all setup build tokenize extract train compete evals report status query clean test bench lint
+.PHONY: all setup build help tokenize extract train compete evals report status query clean test bench lint
 
 all: setup build
 	$(RUN) run
@@ -18,6 +18,14 @@ setup:
 
 build:
 	cargo build -p coact-pipeline --bin coact
+
+# The targets, then the stages and benchmarks as the registry lists them.
+help: build
+	@echo "make all | setup | test | bench | lint | status | clean | query SQL=... | evals (the bench stage)"
+	@echo "make <stage> runs one stage and what it needs; stages with their own target: tokenize extract train compete report"
+	@echo "any stage: $(COACT) run <stage>"
+	@echo
+	@$(COACT) --help | sed -n '/^Stages, in dependency order:/,$$p'
 
 # One target per stage; each also runs whatever the stage needs first.
 tokenize extract train compete report: build

@@ -20,7 +20,7 @@ pub static STAGES: &[&dyn Stage] = &[
 
 /// In report order.
 pub static BENCHMARKS: &[&dyn Benchmark] = &[
-    &bench::core::Core,
+    &bench::core_eval::Core,
     &bench::absorption::Absorption,
     &bench::sparse_probing::SparseProbing,
     &bench::scr_tpp::ScrTpp,

@@ -1,7 +1,7 @@
 //! SAEBench's core metrics on hand-built arrays, each value worked out by
 //! hand in the comments.
 
-use coact::metrics::core::*;
+use coact::metrics::core_eval::*;
 use coact::sae::SparseCodes;
 
 fn close(a: f64, b: f64) {

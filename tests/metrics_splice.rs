@@ -6,7 +6,7 @@ mod lm_support;
 
 use candle_core::{Device, Tensor};
 use coact::lm::{Gemma, ModelSource};
-use coact::metrics::core::mean;
+use coact::metrics::core_eval::mean;
 use coact::metrics::splice::{
     counted_rows, keep_rows, log_probs, patched_losses, sae_patch, splice_losses, zero_patch,
     CountedRows, Original, Patch,

@@ -5,7 +5,7 @@
 //! feeds them.
 
 pub mod absorption;
-pub mod core;
+pub mod core_eval;
 pub mod probing;
 pub mod splice;
 

@@ -16,12 +16,12 @@
 //! ones ([`patched_losses`]); [`splice_losses`] does both for a list of
 //! patches. [`sae_patch`] and [`zero_patch`] are the two splices of the core
 //! benchmark. The scores built from these losses (`ce_loss_score`,
-//! `kl_div_score`) are in [`super::core`].
+//! `kl_div_score`) are in [`super::core_eval`].
 
 use anyhow::{ensure, Result};
 use candle_core::{Device, Tensor};
 
-use super::core as m;
+use super::core_eval as m;
 use crate::lm::Gemma;
 use crate::sae::Sae;
 

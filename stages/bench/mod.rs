@@ -3,8 +3,7 @@
 
 pub mod absorption;
 pub mod absorption_summary;
-pub mod core;
-pub mod core_summary;
+pub mod core_eval;
 pub mod probing;
 pub mod scr_tpp;
 pub mod scr_tpp_summary;

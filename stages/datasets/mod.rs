@@ -1,4 +1,4 @@
-//! datasets stage (issue 7): the model's activations on labelled text, the
+//! datasets stage: the model's activations on labelled text, the
 //! input of the probing benchmarks (sparse_probing, scr_tpp), shared by
 //! every variant. One artifact per dataset (`datasets/<name>`).
 //!

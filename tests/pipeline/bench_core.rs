@@ -3,10 +3,10 @@
 //! CE / KL scores of known splices through the engine API.
 
 use crate::{csv_rows, Study};
-use coact::metrics::core::{ce_loss_score, kl_div_score, mean};
+use coact::metrics::core_eval::{ce_loss_score, kl_div_score, mean};
 use coact::metrics::splice::{sae_patch, splice_losses, zero_patch};
 use coact_pipeline::artifacts::activations::EvalSplit;
-use coact_pipeline::bench::core::METRICS;
+use coact_pipeline::bench::core_eval::METRICS;
 
 const CORE_ONLY: &str = "bench:\n  benchmarks: [core]\n  core:\n    ce_sequences: 2\n";
 

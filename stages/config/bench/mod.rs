@@ -3,7 +3,7 @@
 //! the plan is made (the schema does not know the benchmarks).
 
 pub mod absorption;
-pub mod core;
+pub mod core_eval;
 pub mod datasets;
 pub mod scr_tpp;
 pub mod sparse_probing;
@@ -19,7 +19,7 @@ pub struct BenchConfig {
     #[serde(default)]
     pub benchmarks: Option<Vec<String>>,
     #[serde(default)]
-    pub core: core::CoreConfig,
+    pub core: core_eval::CoreConfig,
     #[serde(default)]
     pub absorption: absorption::AbsorptionConfig,
     #[serde(default)]

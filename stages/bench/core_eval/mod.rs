@@ -13,7 +13,7 @@
 //! `l0`, `l1`, `frac_dead` (never fired on the eval tokens), the dense
 //! fractions (> 1% and > 10% of tokens) and the mean over latents of the
 //! largest cosine with another latent, decoder and encoder directions. The
-//! formulas and where they depart from SAEBench: `coact::metrics::core`.
+//! formulas and where they depart from SAEBench: `coact::metrics::core_eval`.
 //!
 //! Downstream metrics, on `ce_sequences` whole eval sequences: the forward
 //! with the residual after block L replaced by the SAE's reconstruction
@@ -63,10 +63,17 @@
 //! SAEBench groups them, per-latent `eval_result_details`), so SAEBench's
 //! plotting code can read it.
 
+mod json;
+mod splice;
+pub mod summary;
+
+use json::{num, write_eval_json, EvalJson};
+use splice::{ce_kl, Downstream, Scores};
+
 use crate::artifacts::activations::EvalSplit;
 use crate::artifacts::model::model_source;
 use crate::artifacts::sae::VariantSae;
-use crate::config::bench::core::{CeSelection, CoreConfig};
+use crate::config::bench::core_eval::{CeSelection, CoreConfig};
 use crate::config::Config;
 use crate::pipeline::benchmark::Benchmark;
 use crate::pipeline::stage::{StageInput, StageOutput};
@@ -75,7 +82,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use arrow::array::{Float64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use coact::lm::{hook_name, Gemma};
-use coact::metrics::core as m;
+use coact::metrics::core_eval as m;
 use coact::metrics::splice::{patched_losses, sae_patch, zero_patch, Original};
 use coact::rng::SplitMix64;
 use coact::sae::Sae;
@@ -120,148 +127,6 @@ pub const METRICS: &[&str] = &[
     "ce_tokens",
 ];
 
-/// What the core units of one run share: per group of CE sequences, the
-/// original forward (within `keep_original_mib`) and the zero-ablated
-/// forward's per-token CE and KL, under a key naming the extract artifact,
-/// model, layer, chosen sequences and forward batch.
-#[derive(Default)]
-struct Shared {
-    original: BTreeMap<usize, Arc<Original>>,
-    zero: BTreeMap<usize, Arc<TokenLosses>>,
-    bytes: usize,
-}
-
-/// Per-token CE and KL of one patched forward.
-type TokenLosses = (Vec<f64>, Vec<f64>);
-
-fn with_shared<T>(input: &StageInput, key: &str, f: impl FnOnce(&mut Shared) -> T) -> Result<T> {
-    let shared = input
-        .cache
-        .get_or_try_insert(&format!("core/forwards/{key}"), || {
-            Ok(Mutex::new(Shared::default()))
-        })?;
-    let mut sh = shared.lock().map_err(|_| anyhow!("core cache poisoned"))?;
-    Ok(f(&mut sh))
-}
-
-/// Results of the downstream (CE / KL) part.
-struct Downstream {
-    ce_orig: f64,
-    ce_sae: f64,
-    ce_zero: f64,
-    kl_sae: f64,
-    kl_zero: f64,
-    ce_tokens: usize,
-    kl_tokens: usize,
-    sequences: usize,
-    forwards: usize,
-}
-
-fn downstream(
-    input: &StageInput,
-    variant: &str,
-    model: &Gemma,
-    sae: &Sae,
-    eval: &EvalSplit,
-    chosen: &[usize],
-) -> Result<Downstream> {
-    let c = &input.cfg.bench.core;
-    let layer = input.cfg.model.layer;
-    let key = format!(
-        "{}|{}|{layer}|{}|{:?}",
-        input.input_key("extract")?,
-        model_source(input.cfg),
-        c.forward_batch_size,
-        chosen
-    );
-    let cap = c.keep_original_mib.saturating_mul(1 << 20);
-    let t_total: usize = chosen.iter().map(|&s| eval.sequences[s].len()).sum();
-    let bar = input
-        .progress
-        .bar(t_total as u64, format!("core/{variant} CE/KL"), "tokens");
-    let (mut ce_orig, mut ce_sae, mut ce_zero) = (vec![], vec![], vec![]);
-    let (mut kl_sae, mut kl_zero) = (vec![], vec![]);
-    let mut forwards = 0;
-    for (g, group) in chosen.chunks(c.forward_batch_size).enumerate() {
-        let seqs: Vec<&[u32]> = group
-            .iter()
-            .map(|&s| &eval.tokens[eval.sequences[s].clone()])
-            .collect();
-        let special: Vec<&[bool]> = group
-            .iter()
-            .map(|&s| &eval.special[eval.sequences[s].clone()])
-            .collect();
-        let original = match with_shared(input, &key, |sh| sh.original.get(&g).cloned())? {
-            Some(o) => o,
-            None => {
-                forwards += 1;
-                let o = Arc::new(Original::compute(model, &seqs, &special)?);
-                with_shared(input, &key, |sh| {
-                    if sh.bytes + o.bytes() <= cap {
-                        sh.bytes += o.bytes();
-                        sh.original.insert(g, o.clone());
-                    }
-                })?;
-                o
-            }
-        };
-        let zero = match with_shared(input, &key, |sh| sh.zero.get(&g).cloned())? {
-            Some(z) => z,
-            None => {
-                forwards += 1;
-                let z = Arc::new(patched_losses(
-                    model,
-                    layer,
-                    &seqs,
-                    &special,
-                    &original,
-                    &zero_patch,
-                )?);
-                with_shared(input, &key, |sh| sh.zero.insert(g, z.clone()))?;
-                z
-            }
-        };
-        let keep: Vec<bool> = special
-            .iter()
-            .flat_map(|m| {
-                m.iter()
-                    .map(|&s| s && c.exclude_special_tokens_from_reconstruction)
-            })
-            .collect();
-        let patch = sae_patch(sae, &keep);
-        let (ce, kl) = patched_losses(model, layer, &seqs, &special, &original, &patch)?;
-        forwards += 1;
-        ce_orig.extend_from_slice(&original.ce);
-        ce_sae.extend(ce);
-        kl_sae.extend(kl);
-        ce_zero.extend_from_slice(&zero.0);
-        kl_zero.extend_from_slice(&zero.1);
-        bar.inc(seqs.iter().map(|s| s.len() as u64).sum());
-    }
-    bar.finish_and_clear();
-    // The last variant's unit frees the memory (a later run of an earlier
-    // variant alone simply recomputes).
-    if input
-        .cfg
-        .variants()
-        .last()
-        .is_some_and(|v| v.name == variant)
-    {
-        input.cache.evict(&format!("core/forwards/{key}"));
-    }
-    Ok(Downstream {
-        ce_orig: m::mean(&ce_orig),
-        ce_sae: m::mean(&ce_sae),
-        ce_zero: m::mean(&ce_zero),
-        kl_sae: m::mean(&kl_sae),
-        kl_zero: m::mean(&kl_zero),
-        ce_tokens: ce_orig.len(),
-        kl_tokens: kl_sae.len(),
-        sequences: chosen.len(),
-        forwards,
-    })
-}
-
 /// User + system CPU time of this process so far (Linux: /proc/self/stat,
 /// in clock ticks of 1/100 s); None elsewhere.
 fn process_cpu_seconds() -> Option<f64> {
@@ -272,29 +137,6 @@ fn process_cpu_seconds() -> Option<f64> {
     // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
     let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
     Some(ticks as f64 / 100.0)
-}
-
-/// Indices of the eval sequences for CE / KL.
-fn choose_sequences(c: &CoreConfig, available: usize) -> Vec<usize> {
-    let n = c.ce_sequences.min(available);
-    match c.ce_selection {
-        CeSelection::First => (0..n).collect(),
-        CeSelection::Seeded => {
-            let mut all: Vec<usize> = (0..available).collect();
-            SplitMix64::new(c.seed).shuffle(&mut all);
-            let mut chosen = all[..n].to_vec();
-            chosen.sort_unstable();
-            chosen
-        }
-    }
-}
-/// SAEBench writes NaN as -1.
-fn num(v: f64) -> Value {
-    if v.is_nan() {
-        json!(-1)
-    } else {
-        json!(v)
-    }
 }
 
 /// The variant's SAE, checked against the study layer, the eval split
@@ -401,47 +243,6 @@ fn reconstruction(
     })
 }
 
-/// CE / KL with the splice, on the chosen eval sequences (returned too).
-fn ce_kl(
-    input: &StageInput,
-    variant: &str,
-    sae: &Sae,
-    eval: &EvalSplit,
-) -> Result<(Vec<usize>, Downstream)> {
-    let c = &input.cfg.bench.core;
-    let layer = input.cfg.model.layer;
-    let chosen = choose_sequences(c, eval.sequences.len());
-    if chosen.len() < c.ce_sequences {
-        input.progress.note(format!(
-            "core/{variant}: bench.core.ce_sequences = {} but the eval split holds {} sequences; using all",
-            c.ce_sequences,
-            eval.sequences.len()
-        ));
-    }
-    let lens: Vec<usize> = chosen.iter().map(|&s| eval.sequences[s].len()).collect();
-    if c.forward_batch_size > 1 && lens.iter().any(|&l| l != lens[0]) {
-        bail!(
-            "bench.core.forward_batch_size = {}: the chosen eval sequences have different lengths; use 1",
-            c.forward_batch_size
-        );
-    }
-    let model = input.model()?;
-    if layer >= model.config().n_layers {
-        bail!(
-            "model.layer = {layer}: the model has {} layers",
-            model.config().n_layers
-        );
-    }
-    let ds = downstream(input, variant, &model, sae, eval, &chosen)?;
-    Ok((chosen, ds))
-}
-
-/// CE loss score and KL divergence score.
-struct Scores {
-    ce_loss: f64,
-    kl_div: f64,
-}
-
 /// Every metric of table `bench_core` by name.
 fn metric_values(r: &Recon, ds: &Downstream, scores: &Scores) -> BTreeMap<&'static str, f64> {
     let rec = &r.rec;
@@ -500,160 +301,6 @@ fn write_table(
     crate::artifacts::parquet_io::write_all(&input.out_dir.join("core.parquet"), &[batch])
 }
 
-/// SAEBench's per-latent `eval_result_details`.
-fn latent_details(sae: &Sae, d: usize, r: &Recon) -> Vec<Value> {
-    let cah = r.density.consistent_activation_heuristic();
-    let w_enc_norm: Vec<f64> = sae
-        .w_enc_t
-        .chunks_exact(d)
-        .map(|r| r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt())
-        .collect();
-    let enc_dec_cos: Vec<f64> = sae
-        .w_enc_t
-        .chunks_exact(d)
-        .zip(sae.w_dec.chunks_exact(d))
-        .zip(&w_enc_norm)
-        .map(|((e, dd), &ne)| {
-            let dot: f64 = e.iter().zip(dd).map(|(&a, &b)| a as f64 * b as f64).sum();
-            let nd: f64 = dd.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
-            if ne == 0.0 || nd == 0.0 {
-                0.0
-            } else {
-                dot / (ne * nd)
-            }
-        })
-        .collect();
-    (0..sae.cfg.d_sae)
-        .map(|i| {
-            json!({
-                "index": i,
-                "feature_density": num(r.freq[i]),
-                "consistent_activation_heuristic": num(cah[i]),
-                "encoder_bias": num(sae.b_enc[i] as f64),
-                "encoder_norm": num(w_enc_norm[i]),
-                "encoder_decoder_cosine_sim": num(enc_dec_cos[i]),
-                "max_decoder_cosine_sim": num(r.max_dec[i]),
-                "max_encoder_cosine_sim": num(r.max_enc[i]),
-            })
-        })
-        .collect()
-}
-
-/// What the SAEBench-shaped JSON is built from.
-struct EvalJson<'a> {
-    variant: &'a str,
-    vs: &'a VariantSae,
-    eval: &'a EvalSplit,
-    recon: &'a Recon,
-    ds: &'a Downstream,
-    chosen: &'a [usize],
-    scores: &'a Scores,
-}
-
-/// Writes `<variant>_eval_results.json`, shaped like SAEBench's core output;
-/// returns its file name.
-fn write_eval_json(input: &StageInput, e: &EvalJson) -> Result<String> {
-    let (cfg, c) = (input.cfg, &input.cfg.bench.core);
-    let (variant, eval, ds, chosen) = (e.variant, e.eval, e.ds, e.chosen);
-    let (rec, dens) = (&e.recon.rec, &e.recon.dens);
-    let (ce_loss_score, kl_div_score) = (e.scores.ce_loss, e.scores.kl_div);
-    let (max_dec, max_enc) = (&e.recon.max_dec, &e.recon.max_enc);
-    let lens: Vec<usize> = chosen.iter().map(|&s| eval.sequences[s].len()).collect();
-    let details = latent_details(&e.vs.sae, eval.d, e.recon);
-    let context = eval.sequences.first().map_or(0, |r| r.len());
-    let eval_json = json!({
-        "eval_type_id": "core",
-        "eval_config": {
-            "model_name": cfg.model.name,
-            "llm_dtype": "float32",
-            "batch_size_prompts": c.batch_size_prompts,
-            "n_eval_reconstruction_batches": ds.sequences.div_ceil(c.batch_size_prompts),
-            "n_eval_sparsity_variance_batches": e.recon.batch_lens.len(),
-            "dataset": cfg.corpus.path,
-            "context_size": context,
-            "compute_kl": true,
-            "compute_ce_loss": true,
-            "compute_l2_norms": true,
-            "compute_sparsity_metrics": true,
-            "compute_variance_metrics": true,
-            "compute_featurewise_density_statistics": true,
-            "compute_featurewise_weight_based_metrics": true,
-            "exclude_special_tokens_from_reconstruction": c.exclude_special_tokens_from_reconstruction,
-            "verbose": false,
-            // coact's own settings (SAEBench ignores unknown keys).
-            "ce_sequences": ds.sequences,
-            "ce_selection": c.ce_selection,
-            "seed": c.seed,
-            "forward_batch_size": c.forward_batch_size,
-        },
-        "eval_id": input.planned.key,
-        "datetime_epoch_millis": crate::pipeline::store::now_unix() * 1000,
-        "eval_result_metrics": {
-            "model_behavior_preservation": {
-                "kl_div_score": num(kl_div_score),
-                "kl_div_with_ablation": num(ds.kl_zero),
-                "kl_div_with_sae": num(ds.kl_sae),
-            },
-            "model_performance_preservation": {
-                "ce_loss_score": num(ce_loss_score),
-                "ce_loss_with_ablation": num(ds.ce_zero),
-                "ce_loss_with_sae": num(ds.ce_sae),
-                "ce_loss_without_sae": num(ds.ce_orig),
-            },
-            "reconstruction_quality": {
-                "explained_variance": num(rec.explained_variance),
-                "explained_variance_legacy": num(rec.explained_variance_legacy),
-                "mse": num(rec.mse),
-                "cossim": num(rec.cossim),
-            },
-            "shrinkage": {
-                "l2_norm_in": num(rec.norms.l2_norm_in),
-                "l2_norm_out": num(rec.norms.l2_norm_out),
-                "l2_ratio": num(rec.norms.l2_ratio),
-                "relative_reconstruction_bias": num(rec.relative_reconstruction_bias),
-            },
-            "sparsity": { "l0": num(e.recon.l0), "l1": num(e.recon.l1) },
-            "token_stats": {
-                // As SAEBench counts them: every token of the sequences used.
-                "total_tokens_eval_reconstruction": lens.iter().sum::<usize>(),
-                "total_tokens_eval_sparsity_variance": eval.tokens.len(),
-            },
-            "misc_metrics": {
-                "freq_over_1_percent": num(dens.frac_dense_1pct),
-                "freq_over_10_percent": num(dens.frac_dense_10pct),
-                "normalized_freq_over_1_percent": num(dens.normalized_freq_over_1_percent),
-                "normalized_freq_over_10_percent": num(dens.normalized_freq_over_10_percent),
-                "average_max_encoder_cosine_sim": num(m::mean(max_enc)),
-                "average_max_decoder_cosine_sim": num(m::mean(max_dec)),
-                "frac_alive": num(1.0 - dens.frac_dead),
-            },
-        },
-        "eval_result_details": details,
-        "eval_result_unstructured": {
-            "coact": {
-                "explained_variance_definition": "1 - sum_d Var(x_d - x_hat_d) / sum_d Var(x_d) over all non-BOS eval tokens",
-                "sse_per_token": num(rec.sse_per_token),
-                "eval_tokens": e.recon.n,
-                "ce_tokens": ds.ce_tokens,
-                "kl_tokens": ds.kl_tokens,
-                "ce_sequence_ids": chosen.iter().map(|&s| eval.seq_ids[s]).collect::<Vec<_>>(),
-            }
-        },
-        "sae_bench_commit_hash": format!("coact {}", env!("CARGO_PKG_VERSION")),
-        "sae_lens_id": variant,
-        "sae_lens_release_id": cfg.study,
-        "sae_lens_version": Value::Null,
-        "sae_cfg_dict": e.vs.cfg_json,
-    });
-    let json_name = format!("{variant}_eval_results.json");
-    std::fs::write(
-        input.out_dir.join(&json_name),
-        serde_json::to_string_pretty(&eval_json)?,
-    )
-    .with_context(|| format!("writing {json_name}"))?;
-    Ok(json_name)
-}
-
 /// The `core` benchmark.
 pub struct Core;
 
@@ -674,10 +321,10 @@ impl Benchmark for Core {
         run(input, variant)
     }
     fn metrics(&self) -> &'static [crate::pipeline::benchmark::MetricDef] {
-        super::core_summary::METRIC_DEFS
+        summary::METRIC_DEFS
     }
     fn tables(&self) -> &'static [&'static str] {
-        super::core_summary::TABLES
+        summary::TABLES
     }
     fn summarise(
         &self,
@@ -685,7 +332,7 @@ impl Benchmark for Core {
         batches: &[arrow::array::RecordBatch],
         into: &mut crate::pipeline::benchmark::Summary,
     ) -> Result<()> {
-        super::core_summary::summarise(batches, into)
+        summary::summarise(batches, into)
     }
 }
 

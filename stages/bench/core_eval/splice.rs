@@ -1,0 +1,206 @@
+//! The core benchmark's downstream part: CE and KL with the SAE spliced in,
+//! sharing the original and zero-ablated forwards across the run's variants.
+
+use super::*;
+
+/// What the core units of one run share: per group of CE sequences, the
+/// original forward (within `keep_original_mib`) and the zero-ablated
+/// forward's per-token CE and KL, under a key naming the extract artifact,
+/// model, layer, chosen sequences and forward batch.
+#[derive(Default)]
+pub(super) struct Shared {
+    pub(super) original: BTreeMap<usize, Arc<Original>>,
+    pub(super) zero: BTreeMap<usize, Arc<TokenLosses>>,
+    pub(super) bytes: usize,
+}
+
+/// Per-token CE and KL of one patched forward.
+pub(super) type TokenLosses = (Vec<f64>, Vec<f64>);
+
+pub(super) fn with_shared<T>(
+    input: &StageInput,
+    key: &str,
+    f: impl FnOnce(&mut Shared) -> T,
+) -> Result<T> {
+    let shared = input
+        .cache
+        .get_or_try_insert(&format!("core/forwards/{key}"), || {
+            Ok(Mutex::new(Shared::default()))
+        })?;
+    let mut sh = shared.lock().map_err(|_| anyhow!("core cache poisoned"))?;
+    Ok(f(&mut sh))
+}
+
+/// Results of the downstream (CE / KL) part.
+pub(super) struct Downstream {
+    pub(super) ce_orig: f64,
+    pub(super) ce_sae: f64,
+    pub(super) ce_zero: f64,
+    pub(super) kl_sae: f64,
+    pub(super) kl_zero: f64,
+    pub(super) ce_tokens: usize,
+    pub(super) kl_tokens: usize,
+    pub(super) sequences: usize,
+    pub(super) forwards: usize,
+}
+
+pub(super) fn downstream(
+    input: &StageInput,
+    variant: &str,
+    model: &Gemma,
+    sae: &Sae,
+    eval: &EvalSplit,
+    chosen: &[usize],
+) -> Result<Downstream> {
+    let c = &input.cfg.bench.core;
+    let layer = input.cfg.model.layer;
+    let key = format!(
+        "{}|{}|{layer}|{}|{:?}",
+        input.input_key("extract")?,
+        model_source(input.cfg),
+        c.forward_batch_size,
+        chosen
+    );
+    let cap = c.keep_original_mib.saturating_mul(1 << 20);
+    let t_total: usize = chosen.iter().map(|&s| eval.sequences[s].len()).sum();
+    let bar = input
+        .progress
+        .bar(t_total as u64, format!("core/{variant} CE/KL"), "tokens");
+    let (mut ce_orig, mut ce_sae, mut ce_zero) = (vec![], vec![], vec![]);
+    let (mut kl_sae, mut kl_zero) = (vec![], vec![]);
+    let mut forwards = 0;
+    for (g, group) in chosen.chunks(c.forward_batch_size).enumerate() {
+        let seqs: Vec<&[u32]> = group
+            .iter()
+            .map(|&s| &eval.tokens[eval.sequences[s].clone()])
+            .collect();
+        let special: Vec<&[bool]> = group
+            .iter()
+            .map(|&s| &eval.special[eval.sequences[s].clone()])
+            .collect();
+        let original = match with_shared(input, &key, |sh| sh.original.get(&g).cloned())? {
+            Some(o) => o,
+            None => {
+                forwards += 1;
+                let o = Arc::new(Original::compute(model, &seqs, &special)?);
+                with_shared(input, &key, |sh| {
+                    if sh.bytes + o.bytes() <= cap {
+                        sh.bytes += o.bytes();
+                        sh.original.insert(g, o.clone());
+                    }
+                })?;
+                o
+            }
+        };
+        let zero = match with_shared(input, &key, |sh| sh.zero.get(&g).cloned())? {
+            Some(z) => z,
+            None => {
+                forwards += 1;
+                let z = Arc::new(patched_losses(
+                    model,
+                    layer,
+                    &seqs,
+                    &special,
+                    &original,
+                    &zero_patch,
+                )?);
+                with_shared(input, &key, |sh| sh.zero.insert(g, z.clone()))?;
+                z
+            }
+        };
+        let keep: Vec<bool> = special
+            .iter()
+            .flat_map(|m| {
+                m.iter()
+                    .map(|&s| s && c.exclude_special_tokens_from_reconstruction)
+            })
+            .collect();
+        let patch = sae_patch(sae, &keep);
+        let (ce, kl) = patched_losses(model, layer, &seqs, &special, &original, &patch)?;
+        forwards += 1;
+        ce_orig.extend_from_slice(&original.ce);
+        ce_sae.extend(ce);
+        kl_sae.extend(kl);
+        ce_zero.extend_from_slice(&zero.0);
+        kl_zero.extend_from_slice(&zero.1);
+        bar.inc(seqs.iter().map(|s| s.len() as u64).sum());
+    }
+    bar.finish_and_clear();
+    // The last variant's unit frees the memory (a later run of an earlier
+    // variant alone simply recomputes).
+    if input
+        .cfg
+        .variants()
+        .last()
+        .is_some_and(|v| v.name == variant)
+    {
+        input.cache.evict(&format!("core/forwards/{key}"));
+    }
+    Ok(Downstream {
+        ce_orig: m::mean(&ce_orig),
+        ce_sae: m::mean(&ce_sae),
+        ce_zero: m::mean(&ce_zero),
+        kl_sae: m::mean(&kl_sae),
+        kl_zero: m::mean(&kl_zero),
+        ce_tokens: ce_orig.len(),
+        kl_tokens: kl_sae.len(),
+        sequences: chosen.len(),
+        forwards,
+    })
+}
+
+/// Indices of the eval sequences for CE / KL.
+pub(super) fn choose_sequences(c: &CoreConfig, available: usize) -> Vec<usize> {
+    let n = c.ce_sequences.min(available);
+    match c.ce_selection {
+        CeSelection::First => (0..n).collect(),
+        CeSelection::Seeded => {
+            let mut all: Vec<usize> = (0..available).collect();
+            SplitMix64::new(c.seed).shuffle(&mut all);
+            let mut chosen = all[..n].to_vec();
+            chosen.sort_unstable();
+            chosen
+        }
+    }
+}
+
+/// CE loss score and KL divergence score.
+pub(super) struct Scores {
+    pub(super) ce_loss: f64,
+    pub(super) kl_div: f64,
+}
+
+/// CE / KL with the splice, on the chosen eval sequences (returned too).
+pub(super) fn ce_kl(
+    input: &StageInput,
+    variant: &str,
+    sae: &Sae,
+    eval: &EvalSplit,
+) -> Result<(Vec<usize>, Downstream)> {
+    let c = &input.cfg.bench.core;
+    let layer = input.cfg.model.layer;
+    let chosen = choose_sequences(c, eval.sequences.len());
+    if chosen.len() < c.ce_sequences {
+        input.progress.note(format!(
+            "core/{variant}: bench.core.ce_sequences = {} but the eval split holds {} sequences; using all",
+            c.ce_sequences,
+            eval.sequences.len()
+        ));
+    }
+    let lens: Vec<usize> = chosen.iter().map(|&s| eval.sequences[s].len()).collect();
+    if c.forward_batch_size > 1 && lens.iter().any(|&l| l != lens[0]) {
+        bail!(
+            "bench.core.forward_batch_size = {}: the chosen eval sequences have different lengths; use 1",
+            c.forward_batch_size
+        );
+    }
+    let model = input.model()?;
+    if layer >= model.config().n_layers {
+        bail!(
+            "model.layer = {layer}: the model has {} layers",
+            model.config().n_layers
+        );
+    }
+    let ds = downstream(input, variant, &model, sae, eval, &chosen)?;
+    Ok((chosen, ds))
+}
