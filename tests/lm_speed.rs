@@ -14,7 +14,8 @@
 //!
 //! The early exit is timed for both kernel sets ([`Kernels::Fused`], the
 //! default, and [`Kernels::Reference`], candle ops) in alternating rounds of
-//! the same process, so the ratio is free of the machine's drift.
+//! the same process, so the ratio is free of the machine's drift;
+//! COACT_BENCH_KERNELS=fused times the fused ones only (for a profiler).
 
 mod lm_support;
 
@@ -110,13 +111,18 @@ fn lm_extract_throughput() {
         let reference = dense.with_kernels(Kernels::Reference);
         let (mut early, mut early_ref) = (0.0, 0.0);
         // Alternating rounds; each kernel set's best round.
+        let fused_only = std::env::var("COACT_BENCH_KERNELS").is_ok_and(|v| v == "fused");
         for _ in 0..3 {
-            early_ref = f64::max(
-                early_ref,
-                rate(n, reps, || {
-                    reference.resid_post(&tokens, layer).unwrap();
-                }),
-            );
+            if fused_only {
+                early_ref = f64::NAN;
+            } else {
+                early_ref = f64::max(
+                    early_ref,
+                    rate(n, reps, || {
+                        reference.resid_post(&tokens, layer).unwrap();
+                    }),
+                );
+            }
             early = f64::max(
                 early,
                 rate(n, reps, || {

@@ -156,21 +156,27 @@ multiversion! {
     /// ("rotate half": pairs `(i, i + hd/2)`) with this position's tables.
     fn norm_rope(src: &[f32], scale: &[f32], eps: f32, cos: &[f32], sin: &[f32], dst: &mut [f32]) {
         let half = src.len() / 2;
-        let inv = if scale.is_empty() {
-            1.0
-        } else {
-            1.0 / (simd::sum_sq(src) / src.len() as f32 + eps).sqrt()
-        };
         let (x1, x2) = src.split_at(half);
         let (d1, d2) = dst.split_at_mut(half);
-        for i in 0..half {
-            let (mut a, mut b) = (x1[i], x2[i]);
-            if !scale.is_empty() {
-                a = a * inv * scale[i];
-                b = b * inv * scale[half + i];
+        if scale.is_empty() {
+            d1.copy_from_slice(x1);
+            d2.copy_from_slice(x2);
+        } else {
+            let inv = 1.0 / (simd::sum_sq(src) / src.len() as f32 + eps).sqrt();
+            let (s1, s2) = scale.split_at(half);
+            for ((o, x), s) in d1.iter_mut().zip(x1).zip(s1) {
+                *o = x * inv * s;
             }
-            d1[i] = a * cos[i] - b * sin[i];
-            d2[i] = a * sin[i] + b * cos[i];
+            for ((o, x), s) in d2.iter_mut().zip(x2).zip(s2) {
+                *o = x * inv * s;
+            }
+        }
+        // Iterators rather than indices: the dev profile's overflow checks on
+        // `half + i` would stop the loop from vectorising.
+        for (((o1, o2), c), s) in d1.iter_mut().zip(d2.iter_mut()).zip(cos).zip(sin) {
+            let (a, b) = (*o1, *o2);
+            *o1 = a * c - b * s;
+            *o2 = a * s + b * c;
         }
     }
 }
