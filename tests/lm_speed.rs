@@ -130,13 +130,15 @@ fn lm_extract_throughput() {
                 }),
             );
         }
-        println!(
-            "coact early exit to layer {layer} ({compute}, reference kernels): {early_ref:.0} tokens/s"
-        );
-        println!(
-            "fused / reference kernels ({compute}): {:.2}x",
-            early / early_ref
-        );
+        if !fused_only {
+            println!(
+                "coact early exit to layer {layer} ({compute}, reference kernels): {early_ref:.0} tokens/s"
+            );
+            println!(
+                "fused / reference kernels ({compute}): {:.2}x",
+                early / early_ref
+            );
+        }
         if compute == Compute::F32 {
             early_f32 = early;
         }
