@@ -20,6 +20,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::fused::output;
 use super::ops::{rms_norm, rope_bthd, MaskedSoftmax};
 use super::simd::{self, multiversion};
 use crate::linalg::{sgemm, Trans};
@@ -226,7 +227,8 @@ impl CustomOp1 for Fused<'_> {
         let (half, g, eps) = (hd / 2, nh / nkv, s.eps as f32);
         // 1. q and k heads normed and roped, per token: qk [B*T, (H + KV) * hd].
         let qw = (nh + nkv) * hd;
-        let mut qk = vec![0f32; b * t * qw];
+        // Every row of every head is written below.
+        let mut qk = output(b * t * qw);
         qk.par_chunks_mut(16 * qw)
             .enumerate()
             .for_each(|(c, rows)| {
@@ -254,7 +256,8 @@ impl CustomOp1 for Fused<'_> {
         // 2. Per (sequence, query block): scores, softmax, times v, per head,
         // written into the task's own rows of the output.
         let ow = nh * hd;
-        let mut out = vec![0f32; b * t * ow];
+        // Every (row, head) is written by one sgemm with beta = 0.
+        let mut out = output(b * t * ow);
         let cap = s.softcap.unwrap_or(0.0) as f32;
         let scale = s.scale as f32;
         out.par_chunks_mut(t * ow)
