@@ -32,6 +32,9 @@ type CResult<T> = candle_core::Result<T>;
 /// make larger products.
 const Q_BLOCK: usize = 64;
 
+/// Positions per task when norming and roping q and k.
+const POS_BLOCK: usize = 32;
+
 /// The shape and settings of one attention call.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Spec<'a> {
@@ -225,38 +228,45 @@ impl CustomOp1 for Fused<'_> {
             );
         }
         let (half, g, eps) = (hd / 2, nh / nkv, s.eps as f32);
-        // 1. q and k heads normed and roped, per token: qk [B*T, (H + KV) * hd].
-        let qw = (nh + nkv) * hd;
-        // Every row of every head is written below.
-        let mut qk = output(b * t * qw);
-        qk.par_chunks_mut(16 * qw)
+        // 1. q and k heads normed and roped. q is laid out [B, KV, T, G, hd]
+        // so that the G query heads of one kv head, over a block of
+        // positions, are one [n * G, hd] matrix; k is [B, KV, T, hd].
+        let qg = g * hd;
+        // Every position of every head is written below.
+        let mut qbuf = output(b * nkv * t * qg);
+        let mut kbuf = output(b * nkv * t * hd);
+        qbuf.par_chunks_mut(t * qg)
+            .zip(kbuf.par_chunks_mut(t * hd))
             .enumerate()
-            .for_each(|(c, rows)| {
-                for (i, dst) in rows.chunks_mut(qw).enumerate() {
-                    let r = c * 16 + i;
-                    let p = r % t;
-                    let (cos, sin) = (
-                        &self.cos[p * half..(p + 1) * half],
-                        &self.sin[p * half..(p + 1) * half],
-                    );
-                    let src = &qkv[r * w..r * w + qw];
-                    for j in 0..nh + nkv {
-                        let scale = if j < nh { self.q_norm } else { self.k_norm };
-                        norm_rope(
-                            &src[j * hd..(j + 1) * hd],
-                            scale.unwrap_or(&[]),
-                            eps,
-                            cos,
-                            sin,
-                            &mut dst[j * hd..(j + 1) * hd],
-                        );
-                    }
-                }
+            .for_each(|(c, (qc, kc))| {
+                let (seq, kv) = (c / nkv, c % nkv);
+                qc.par_chunks_mut(POS_BLOCK * qg)
+                    .zip(kc.par_chunks_mut(POS_BLOCK * hd))
+                    .enumerate()
+                    .for_each(|(pb, (qd, kd))| {
+                        for (i, (qd, kd)) in qd.chunks_mut(qg).zip(kd.chunks_mut(hd)).enumerate() {
+                            let p = pb * POS_BLOCK + i;
+                            let (cos, sin) = (
+                                &self.cos[p * half..(p + 1) * half],
+                                &self.sin[p * half..(p + 1) * half],
+                            );
+                            let src = &qkv[(seq * t + p) * w..(seq * t + p + 1) * w];
+                            for (j, d) in qd.chunks_mut(hd).enumerate() {
+                                let h = kv * g + j;
+                                let x = &src[h * hd..(h + 1) * hd];
+                                norm_rope(x, self.q_norm.unwrap_or(&[]), eps, cos, sin, d);
+                            }
+                            let x = &src[(nh + kv) * hd..(nh + kv + 1) * hd];
+                            norm_rope(x, self.k_norm.unwrap_or(&[]), eps, cos, sin, kd);
+                        }
+                    });
             });
-        // 2. Per (sequence, query block): scores, softmax, times v, per head,
-        // written into the task's own rows of the output.
+        // 2. Per (sequence, query block): per kv head, the scores of its G
+        // query heads as one product, softmax, times v, into the task's own
+        // rows of the output.
         let ow = nh * hd;
-        // Every (row, head) is written by one sgemm with beta = 0.
+        // Every (row, head) is written by one sgemm with beta = 0 (or copied
+        // from one).
         let mut out = output(b * t * ow);
         let cap = s.softcap.unwrap_or(0.0) as f32;
         let scale = s.scale as f32;
@@ -267,48 +277,64 @@ impl CustomOp1 for Fused<'_> {
                     .par_chunks_mut(Q_BLOCK * ow)
                     .enumerate()
                     .for_each(|(qb, o)| {
-                        let base = seq * t;
                         let q0 = qb * Q_BLOCK;
                         let nq = o.len() / ow;
                         let klo = s.lowest_key(q0);
                         let nk = q0 + nq - klo;
-                        let mut scores = vec![0f32; nq * nk];
-                        for h in 0..nh {
-                            let kv = h / g;
+                        let rows = nq * g;
+                        let mut scores = output(rows * nk);
+                        // With one kv head, row (position i, head j) of the
+                        // product is row i * G + j of the output, stride hd:
+                        // it is written in place. Else through a scratch.
+                        let mut scratch = if nkv == 1 {
+                            Vec::new()
+                        } else {
+                            output(rows * hd)
+                        };
+                        for kv in 0..nkv {
+                            let head = (seq * nkv + kv) * t;
                             sgemm(
                                 Trans::N,
                                 Trans::T,
-                                nq,
+                                rows,
                                 nk,
                                 hd,
                                 scale,
-                                &qk[(base + q0) * qw + h * hd..],
-                                qw,
-                                &qk[(base + klo) * qw + (nh + kv) * hd..],
-                                qw,
+                                &qbuf[(head + q0) * qg..],
+                                hd,
+                                &kbuf[(head + klo) * hd..],
+                                hd,
                                 0.0,
                                 &mut scores,
                                 nk,
                             );
-                            for (i, row) in scores.chunks_mut(nk).enumerate() {
-                                let qi = q0 + i;
+                            for (r, row) in scores.chunks_mut(nk).enumerate() {
+                                let qi = q0 + r / g;
                                 softmax_row(row, s.lowest_key(qi) - klo, qi - klo, cap);
                             }
+                            let dst: &mut [f32] = if nkv == 1 { o } else { &mut scratch };
                             sgemm(
                                 Trans::N,
                                 Trans::N,
-                                nq,
+                                rows,
                                 hd,
                                 nk,
                                 1.0,
                                 &scores,
                                 nk,
-                                &qkv[(base + klo) * w + (nh + nkv + kv) * hd..],
+                                &qkv[(seq * t + klo) * w + (nh + nkv + kv) * hd..],
                                 w,
                                 0.0,
-                                &mut o[h * hd..],
-                                ow,
+                                dst,
+                                hd,
                             );
+                            if nkv > 1 {
+                                for (r, src) in scratch.chunks(hd).enumerate() {
+                                    let (i, j) = (r / g, r % g);
+                                    let at = i * ow + (kv * g + j) * hd;
+                                    o[at..at + hd].copy_from_slice(src);
+                                }
+                            }
                         }
                     });
             });
