@@ -11,6 +11,11 @@
 //! (early-exit layer, default 6, the default study's), COACT_BENCH_REPS (timed batches, default 3),
 //! COACT_BENCH_ONLY=early (only coact's early exit, for a clean peak RSS),
 //! COACT_BENCH_COMPUTE=f32 or bf16 (one mode only; default both where the CPU has bf16).
+//!
+//! The early exit is timed for both kernel sets ([`Kernels::Fused`], the
+//! default, and [`Kernels::Reference`], candle ops) in alternating rounds of
+//! the same process, so the ratio is free of the machine's drift;
+//! COACT_BENCH_KERNELS=fused times the fused ones only (for a profiler).
 
 mod lm_support;
 
@@ -19,7 +24,7 @@ use std::time::Instant;
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use coact::linalg::Compute;
-use coact::lm::{Gemma, LoadOptions, ModelSource, WeightFormat};
+use coact::lm::{Gemma, Kernels, LoadOptions, ModelSource, WeightFormat};
 
 fn env_usize(k: &str, d: usize) -> usize {
     std::env::var(k)
@@ -103,9 +108,37 @@ fn lm_extract_throughput() {
         )
         .unwrap();
         println!("load ({compute}): {:.2}s", start.elapsed().as_secs_f64());
-        let early = rate(n, reps, || {
-            dense.resid_post(&tokens, layer).unwrap();
-        });
+        let reference = dense.with_kernels(Kernels::Reference);
+        let (mut early, mut early_ref) = (0.0, 0.0);
+        // Alternating rounds; each kernel set's best round.
+        let fused_only = std::env::var("COACT_BENCH_KERNELS").is_ok_and(|v| v == "fused");
+        for _ in 0..3 {
+            if fused_only {
+                early_ref = f64::NAN;
+            } else {
+                early_ref = f64::max(
+                    early_ref,
+                    rate(n, reps, || {
+                        reference.resid_post(&tokens, layer).unwrap();
+                    }),
+                );
+            }
+            early = f64::max(
+                early,
+                rate(n, reps, || {
+                    dense.resid_post(&tokens, layer).unwrap();
+                }),
+            );
+        }
+        if !fused_only {
+            println!(
+                "coact early exit to layer {layer} ({compute}, reference kernels): {early_ref:.0} tokens/s"
+            );
+            println!(
+                "fused / reference kernels ({compute}): {:.2}x",
+                early / early_ref
+            );
+        }
         if compute == Compute::F32 {
             early_f32 = early;
         }

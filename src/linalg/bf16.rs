@@ -21,14 +21,38 @@ pub fn from_bf16(b: u16) -> f32 {
 /// Converts `src` into `dst` (same length).
 pub fn convert_to_bf16(src: &[f32], dst: &mut [u16]) {
     assert_eq!(src.len(), dst.len(), "bf16 conversion: lengths differ");
+    // The same integer arithmetic compiled for AVX-512 where the CPU has it
+    // (the crate's baseline is SSE2): the same bytes, 4x the lanes.
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512bw") {
+        // SAFETY: the CPU has AVX-512 F and BW.
+        return unsafe { convert_avx512(src, dst) };
+    }
+    convert(src, dst);
+}
+
+#[inline(always)]
+fn convert(src: &[f32], dst: &mut [u16]) {
     for (d, &s) in dst.iter_mut().zip(src) {
         *d = to_bf16(s);
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn convert_avx512(src: &[f32], dst: &mut [u16]) {
+    convert(src, dst);
+}
+
 /// A bf16 copy of `src`.
 pub fn to_bf16_vec(src: &[f32]) -> Vec<u16> {
-    let mut out = vec![0u16; src.len()];
+    let mut out = Vec::with_capacity(src.len());
+    // SAFETY: u16 has no invalid bit patterns and the conversion writes every
+    // element before the vector is read (it saves zeroing the buffer first).
+    #[allow(clippy::uninit_vec)]
+    unsafe {
+        out.set_len(src.len())
+    };
     convert_to_bf16(src, &mut out);
     out
 }

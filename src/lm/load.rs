@@ -214,6 +214,7 @@ fn load_gguf(path: &Path, device: &Device, format: WeightFormat) -> Result<Gemma
         unembed,
         compute: Compute::F32,
         unembed_bf16: Default::default(),
+        kernels: Default::default(),
         device: device.clone(),
     })
 }
@@ -346,6 +347,7 @@ fn load_safetensors(dir: &Path, device: &Device) -> Result<Gemma> {
         unembed,
         compute: Compute::F32,
         unembed_bf16: Default::default(),
+        kernels: Default::default(),
         device: device.clone(),
     })
 }

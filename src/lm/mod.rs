@@ -23,17 +23,24 @@
 //!
 //! Files: `config.rs` (hyper-parameters from config.json or GGUF metadata),
 //! `load.rs` (the three loaders), `model.rs` (the forward), `ops.rs` (the
-//! small numerical pieces: Gemma RMSNorm, softcap, rope, masked softmax, GeGLU).
+//! small numerical pieces as candle ops: Gemma RMSNorm, softcap, rope, masked
+//! softmax, GeGLU), `attention.rs` (the attention core, fused on CPU),
+//! `fused.rs` (the fused CPU row kernels: norms with their residual adds,
+//! GeGLU, softcap), `simd.rs` (vectorised exp/tanh and ISA dispatch),
+//! `linear.rs` (the projections through [`crate::linalg`]).
 
+mod attention;
 mod config;
+mod fused;
 mod linear;
 mod load;
 mod model;
 pub mod ops;
+mod simd;
 
 pub use config::{Activation, Arch, GemmaConfig};
 pub use load::{LoadOptions, WeightFormat};
-pub use model::{Gemma, Splice};
+pub use model::{Gemma, Kernels, Splice};
 
 use std::path::PathBuf;
 

@@ -6,10 +6,25 @@ use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor};
 use std::sync::OnceLock;
 
+use super::attention::{self, Spec};
 use super::config::{Arch, GemmaConfig};
+use super::fused;
 use super::linear::linear;
-use super::ops::{rms_norm, rope_bthd, rope_tables, softcap, Geglu, MaskedSoftmax};
+use super::ops::{rms_norm, rope_tables, softcap, Geglu};
 use crate::linalg::{Compute, Trans};
+
+/// Which implementation of the forward's non-linear-layer pieces runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Kernels {
+    /// coact's fused CPU kernels (attention, norms with their residual adds,
+    /// GeGLU, softcap) on a CPU device; candle ops on any other.
+    #[default]
+    Fused,
+    /// candle ops composed one by one (with [`super::ops`]' softmax and GeGLU
+    /// kernels on CPU), on every device: the reference the fused kernels are
+    /// checked and timed against.
+    Reference,
+}
 
 /// A residual splice: after block `.0`, the residual `[B, T, d_model]` is
 /// replaced by `.1(residual)` (same shape). Any function of the residual will do.
@@ -114,12 +129,41 @@ pub struct Gemma {
     /// full forward (extraction never needs it; it is 335 MB for gemma-3).
     pub(crate) unembed_bf16: OnceLock<Proj>,
     pub(crate) device: Device,
+    pub(crate) kernels: Kernels,
 }
 
-/// Rope tables for one forward call: (cos, sin) of the local and global layers.
+/// Rope tables for one forward call: (cos, sin) of the local and global
+/// layers, as tensors and (for the fused CPU attention) as host values.
 struct Rope {
     local: (Tensor, Tensor),
     global: (Tensor, Tensor),
+    local_host: (Vec<f32>, Vec<f32>),
+    global_host: (Vec<f32>, Vec<f32>),
+}
+
+impl Rope {
+    fn new(t: usize, cfg: &GemmaConfig, fused: bool, device: &Device) -> Result<Rope> {
+        let local = rope_tables(t, cfg.head_dim, cfg.rope_local_theta, 1.0, device)?;
+        let global = rope_tables(
+            t,
+            cfg.head_dim,
+            cfg.rope_theta,
+            cfg.rope_global_scale,
+            device,
+        )?;
+        let host = |(c, s): &(Tensor, Tensor)| -> Result<(Vec<f32>, Vec<f32>)> {
+            if !fused {
+                return Ok((Vec::new(), Vec::new()));
+            }
+            Ok((c.flatten_all()?.to_vec1()?, s.flatten_all()?.to_vec1()?))
+        };
+        Ok(Rope {
+            local_host: host(&local)?,
+            global_host: host(&global)?,
+            local,
+            global,
+        })
+    }
 }
 
 impl Gemma {
@@ -136,6 +180,24 @@ impl Gemma {
     /// The arithmetic of the linear layers (and the unembedding).
     pub fn compute(&self) -> Compute {
         self.compute
+    }
+
+    /// The implementation of the non-linear-layer pieces in use.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    /// The same model (weights shared, not copied) running `kernels`.
+    pub fn with_kernels(&self, kernels: Kernels) -> Gemma {
+        Gemma {
+            kernels,
+            ..self.clone()
+        }
+    }
+
+    /// Whether this forward runs the fused CPU kernels.
+    fn fused(&self) -> bool {
+        self.kernels == Kernels::Fused && self.device.is_cpu()
     }
 
     fn unembedding(&self) -> Result<&Proj> {
@@ -169,10 +231,19 @@ impl Gemma {
         }
         let (b, t) = self.check_tokens(tokens)?;
         let x = self.run(tokens, self.cfg.n_layers - 1, splice)?;
-        let x = rms_norm(&x, &self.final_norm, self.cfg.rms_norm_eps)?;
+        let eps = self.cfg.rms_norm_eps;
+        let x = if self.fused() {
+            fused::rms_norm(&x, &self.final_norm, eps)?
+        } else {
+            rms_norm(&x, &self.final_norm, eps)?
+        };
         let mut logits = self.unembedding()?.forward(&x)?;
         if let Some(c) = self.cfg.final_softcap {
-            logits = softcap(&logits, c)?;
+            logits = if self.fused() {
+                fused::softcap(&logits, c)?
+            } else {
+                softcap(&logits, c)?
+            };
         }
         Ok(logits.reshape((b, t, self.cfg.vocab))?)
     }
@@ -204,20 +275,14 @@ impl Gemma {
         let (b, t) = tokens.dims2()?;
         let ids = tokens.flatten_all()?.to_device(&self.device)?;
         let mut x = (self.embed.index_select(&ids, 0)? * (cfg.d_model as f64).sqrt())?;
-        let rope = Rope {
-            local: rope_tables(t, cfg.head_dim, cfg.rope_local_theta, 1.0, &self.device)?,
-            global: rope_tables(
-                t,
-                cfg.head_dim,
-                cfg.rope_theta,
-                cfg.rope_global_scale,
-                &self.device,
-            )?,
-        };
+        let rope = Rope::new(t, cfg, self.fused(), &self.device)?;
         for (l, block) in self.blocks.iter().enumerate().take(last + 1) {
-            x = self
-                .block(l, block, &x, b, t, &rope)
-                .with_context(|| format!("block {l}"))?;
+            let y = if self.fused() {
+                self.block_fused(l, block, &x, b, t, &rope)
+            } else {
+                self.block(l, block, &x, b, t, &rope)
+            };
+            x = y.with_context(|| format!("block {l}"))?;
             if let Some((at, f)) = splice {
                 if at == l {
                     let r = x.reshape((b, t, cfg.d_model))?;
@@ -239,6 +304,24 @@ impl Gemma {
         Ok(x)
     }
 
+    fn spec<'a>(&self, blk: &'a Block, b: usize, t: usize, local: bool) -> Spec<'a> {
+        let cfg = &self.cfg;
+        Spec {
+            b,
+            t,
+            n_heads: cfg.n_heads,
+            n_kv_heads: cfg.n_kv_heads,
+            head_dim: cfg.head_dim,
+            q_norm: blk.q_norm.as_ref(),
+            k_norm: blk.k_norm.as_ref(),
+            eps: cfg.rms_norm_eps,
+            scale: 1.0 / cfg.query_pre_attn_scalar.sqrt(),
+            softcap: cfg.attn_softcap,
+            window: local.then_some(cfg.sliding_window),
+        }
+    }
+
+    /// One block with candle ops ([`Kernels::Reference`], and off CPU).
     fn block(
         &self,
         l: usize,
@@ -253,7 +336,11 @@ impl Gemma {
         let local = cfg.local_layers[l];
         // Attention.
         let h = rms_norm(x, &blk.attn_norm, eps)?;
-        let h = self.attention(blk, &h, b, t, local, rope)?;
+        let qkv = blk.qkv.forward(&h)?;
+        let (cos, sin) = if local { &rope.local } else { &rope.global };
+        let spec = self.spec(blk, b, t, local);
+        let h = attention::reference(&spec, &qkv[0], &qkv[1], &qkv[2], cos, sin)?;
+        let h = blk.o.forward(&h)?;
         let h = rms_norm(&h, &blk.post_attn_norm, eps)?;
         let x = (x + h)?;
         // MLP.
@@ -273,55 +360,44 @@ impl Gemma {
         x + h
     }
 
-    fn attention(
+    /// One block with the fused CPU kernels: the same arithmetic as
+    /// [`Self::block`] in fewer passes over memory.
+    fn block_fused(
         &self,
+        l: usize,
         blk: &Block,
         x: &Tensor,
         b: usize,
         t: usize,
-        local: bool,
         rope: &Rope,
     ) -> candle_core::Result<Tensor> {
         let cfg = &self.cfg;
-        let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
-        let g = nh / nkv;
-        let qkv = blk.qkv.forward(x)?;
-        let (cos, sin) = if local { &rope.local } else { &rope.global };
-        // [B*T, H*hd] -> [B, T, H, hd]; q/k norms over hd; rope.
-        let mut q = qkv[0].contiguous()?.reshape((b, t, nh, hd))?;
-        let mut k = qkv[1].contiguous()?.reshape((b, t, nkv, hd))?;
-        let v = qkv[2].reshape((b, t, nkv, hd))?;
-        if let Some(w) = &blk.q_norm {
-            q = rms_norm(&q, w, cfg.rms_norm_eps)?;
-        }
-        if let Some(w) = &blk.k_norm {
-            k = rms_norm(&k, w, cfg.rms_norm_eps)?;
-        }
-        let q = rope_bthd(&q, cos, sin)?;
-        let k = rope_bthd(&k, cos, sin)?;
-        // Group the query heads by their kv head: q [B*KV, G*T, hd] so that one
-        // batched matmul per (sequence, kv head) covers all its query heads.
-        let q = q
-            .reshape((b, t, nkv, g, hd))?
-            .permute((0, 2, 3, 1, 4))?
-            .contiguous()?
-            .reshape((b * nkv, g * t, hd))?;
-        let k = k.transpose(1, 2)?.contiguous()?.reshape((b * nkv, t, hd))?;
-        let v = v.transpose(1, 2)?.contiguous()?.reshape((b * nkv, t, hd))?;
-        let scores = q.matmul(&k.t()?)?.reshape((b * nkv * g, t, t))?;
-        let probs = MaskedSoftmax {
-            scale: 1.0 / cfg.query_pre_attn_scalar.sqrt(),
-            softcap: cfg.attn_softcap,
-            window: local.then_some(cfg.sliding_window),
-        }
-        .forward(&scores)?;
-        let out = probs.reshape((b * nkv, g * t, t))?.matmul(&v)?;
-        let out = out
-            .reshape((b, nkv, g, t, hd))?
-            .permute((0, 3, 1, 2, 4))?
-            .contiguous()?
-            .reshape((b * t, nh * hd))?;
-        blk.o.forward(&out)
+        let eps = cfg.rms_norm_eps;
+        let local = cfg.local_layers[l];
+        // Attention, its post-norm, residual add and the MLP's pre-norm.
+        let h = fused::rms_norm(x, &blk.attn_norm, eps)?;
+        let qkv = match blk.qkv.forward_fused(&h)? {
+            Some(qkv) => qkv,
+            None => Tensor::cat(&blk.qkv.forward(&h)?, 1)?,
+        };
+        let (cos, sin) = if local {
+            &rope.local_host
+        } else {
+            &rope.global_host
+        };
+        let h = attention::fused(&self.spec(blk, b, t, local), &qkv, cos, sin)?;
+        let h = blk.o.forward(&h)?;
+        let (x, h) = fused::add_rms_norm_then_norm(x, &h, &blk.post_attn_norm, &blk.mlp_norm, eps)?;
+        // MLP.
+        let a = match blk.gate_up.forward_fused(&h)? {
+            Some(gu) => fused::geglu(&gu, cfg.activation)?,
+            None => {
+                let gu = Tensor::cat(&blk.gate_up.forward(&h)?, 1)?;
+                fused::geglu(&gu, cfg.activation)?
+            }
+        };
+        let h = blk.down.forward(&a)?;
+        fused::add_rms_norm(&x, &h, &blk.post_mlp_norm, eps)
     }
 }
 

@@ -1,9 +1,10 @@
-//! The small numerical pieces of the Gemma forward.
+//! The small numerical pieces of the Gemma forward, as candle ops: the
+//! reference forward ([`super::Kernels::Reference`]) and the fallback of the
+//! fused kernels (`fused.rs`, `attention.rs`) off CPU.
 //!
-//! The CPU hot spots (masked softmax over `[.., T, T]` scores, GeGLU over the
-//! MLP's fused gate/up output) are custom candle ops with plain Rust kernels
-//! that run on candle's thread count; on other devices they fall back to
-//! compositions of candle ops computing the same thing.
+//! Two of them (masked softmax over `[.., T, T]` scores, GeGLU over the MLP's
+//! fused gate/up output) have plain scalar CPU kernels of their own; on other
+//! devices they are compositions of candle ops computing the same thing.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, D};
 
