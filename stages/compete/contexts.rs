@@ -5,15 +5,11 @@
 use super::tables::{batch, col_f32, col_f64, col_i64, col_str};
 use crate::config::CompeteConfig;
 use anyhow::{Context, Result};
-use arrow::array::{AsArray, RecordBatch, StringArray};
-use arrow::datatypes::{Int32Type, Int64Type};
+use arrow::array::{RecordBatch, StringArray};
 use coact::competition::{FiringIndex, Pair};
 use coact::rng::SplitMix64;
 use coact::text::TextTokenizer;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ProjectionMask;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::sync::Arc;
 
 /// One eval row: where the token is.
@@ -200,45 +196,4 @@ pub(super) fn top_contexts(
         col_i64("position", pos),
         ("context", Arc::new(StringArray::from(text)), false),
     ])
-}
-
-/// (seq_id, pos) of every row of a split's shards, in the order
-/// `read_activations` returns them, and each sequence's tokens.
-#[allow(clippy::type_complexity)]
-pub(super) fn read_row_meta(
-    dir: &Path,
-    files: &[String],
-    split: &str,
-) -> Result<(Vec<RowMeta>, BTreeMap<i64, Vec<u32>>)> {
-    let mut meta = Vec::new();
-    let mut seqs: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
-    for f in files.iter().filter(|f| f.starts_with(&format!("{split}-"))) {
-        let path = dir.join(f);
-        let file =
-            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-            .with_context(|| format!("{}: not a Parquet file", path.display()))?;
-        let mask = ProjectionMask::columns(builder.parquet_schema(), ["seq_id", "pos", "token"]);
-        for b in builder.with_projection(mask).build()? {
-            let b = b.with_context(|| format!("reading {}", path.display()))?;
-            let col = |name: &str| {
-                b.column_by_name(name)
-                    .with_context(|| format!("{}: no {name} column", path.display()))
-            };
-            let seq = col("seq_id")?.as_primitive::<Int64Type>().clone();
-            let pos = col("pos")?.as_primitive::<Int32Type>().clone();
-            let tok = col("token")?.as_primitive::<Int32Type>().clone();
-            for r in 0..b.num_rows() {
-                let (s, p, t) = (seq.value(r), pos.value(r), tok.value(r));
-                meta.push(RowMeta { seq: s, pos: p });
-                let toks = seqs.entry(s).or_default();
-                let p = p as usize;
-                if toks.len() <= p {
-                    toks.resize(p + 1, 0);
-                }
-                toks[p] = t as u32;
-            }
-        }
-    }
-    Ok((meta, seqs))
 }

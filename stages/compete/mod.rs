@@ -39,7 +39,7 @@ use coact::competition::{
     Pair, PassStats,
 };
 use coact::sae::Sae;
-use contexts::{read_row_meta, Contexts, RowMeta};
+use contexts::{Contexts, RowMeta};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -188,20 +188,23 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
 /// the SAE; BOS rows are left out of `rows`.
 fn read_eval(input: &StageInput, unit: &str, sae: &Sae) -> Result<(Vec<f32>, EvalRows)> {
     let acts = input.activations()?;
-    let (extract_key, edir, files) = (&acts.key, &acts.dir, &acts.files);
+    let extract_key = &acts.key;
     let spinner = input
         .progress
         .spinner(format!("compete {unit}: reading eval activations"));
-    let (x, special, d) = acts.read("eval")?;
-    let (meta, tokens_by_seq) = read_row_meta(edir, files, "eval")?;
+    // The eval split's reader also checks that rows and positions agree.
+    let split = acts.eval_split()?;
     spinner.finish_and_clear();
-    if meta.len() != special.len() {
-        bail!(
-            "extract/{extract_key}: {} eval rows of activations but {} of positions",
-            special.len(),
-            meta.len()
-        );
+    let mut meta = Vec::with_capacity(split.special.len());
+    let mut tokens_by_seq = BTreeMap::new();
+    for (range, &seq) in split.sequences.iter().zip(&split.seq_ids) {
+        meta.extend((0..range.len()).map(|pos| RowMeta {
+            seq,
+            pos: pos as i32,
+        }));
+        tokens_by_seq.insert(seq, split.tokens[range.clone()].to_vec());
     }
+    let (x, special, d) = (split.x, split.special, split.d);
     if d != sae.cfg.d_in {
         bail!(
             "train/{unit} takes d_in = {} but extract/{extract_key} holds d_model = {d}",
