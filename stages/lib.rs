@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod bench;
 pub mod compete;
 pub mod datasets;
+pub mod external;
 pub mod extract;
 pub mod letters;
 pub mod report;

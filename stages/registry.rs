@@ -14,6 +14,7 @@ pub static STAGES: &[&dyn Stage] = &[
     &crate::compete::Compete,
     &crate::letters::Letters,
     &crate::datasets::Datasets,
+    &crate::external::External,
     &bench::BenchStage,
     &crate::report::Report,
 ];

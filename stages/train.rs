@@ -61,6 +61,10 @@ pub fn trainer_config(
             lambda: s.lambda as f32,
             tau: s.tau as f32,
         },
+        OrthoKind::Ortsae => Ortho::OrtSae {
+            lambda: s.lambda as f32,
+            chunks: s.chunks,
+        },
     };
     tc.compute = t.compute.resolve("train.compute")?;
     Ok(tc)
@@ -76,6 +80,13 @@ pub fn sae_config(v: &Variant, d_in: usize) -> SaeConfig {
             Architecture::ReluL1 => SaeKind::ReluL1 {
                 l1_coeff: s.l1_coeff as f32,
             },
+            Architecture::BatchTopK => SaeKind::BatchTopK { k: s.k },
+            Architecture::Matryoshka => SaeKind::Matryoshka {
+                k: s.k,
+                groups: s.groups.clone(),
+            },
+            // Refused when the config is read (not trainable).
+            Architecture::JumpRelu => SaeKind::JumpRelu,
         },
     }
 }
@@ -108,6 +119,11 @@ impl Stage for Train {
     }
     fn deps(&self) -> &'static [&'static str] {
         &["extract"]
+    }
+    /// 2: cfg.json carries `activation_fn` / `activation_fn_kwargs` (so
+    /// SAELens 5 loads a TopK SAE as TopK) and coact's training kind.
+    fn format_version(&self) -> u32 {
+        2
     }
     fn resumable(&self) -> bool {
         true

@@ -129,6 +129,7 @@ fn whole_benchmark_on_a_hand_built_sae() {
         w_dec,
         b_enc: vec![0.0; f],
         b_dec: vec![0.0; d],
+        threshold: Vec::new(),
     };
     // Train: 6 a-words, 6 b-words, 4 c-words, all plain. Test: 3 plain a-words
     // and 1 absorbed a-word, 3 b-words, 2 c-words.

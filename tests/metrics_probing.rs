@@ -37,6 +37,7 @@ fn sae(k: usize) -> Sae {
         w_dec,
         vec![0.0; F],
         vec![0.0; D],
+        Vec::new(),
     )
     .unwrap()
 }

@@ -604,6 +604,7 @@ fn architecture_tags_name_the_kind_in_config_and_saelens_terms() {
     for (a, name, saelens) in [
         (Architecture::TopK, "topk", "topk"),
         (Architecture::ReluL1, "relu_l1", "standard"),
+        (Architecture::JumpRelu, "jumprelu", "jumprelu"),
     ] {
         assert_eq!(a.name(), name);
         assert_eq!(a.to_string(), name);
@@ -618,7 +619,10 @@ fn architecture_tags_name_the_kind_in_config_and_saelens_terms() {
     }
     assert!(serde_json::from_str::<Architecture>("\"TopK\"").is_err());
     assert_eq!(Architecture::from_name("standard"), None);
-    assert_eq!(Architecture::from_saelens("jumprelu"), None);
+    // The batch kinds are saved in their inference form, as SAELens does.
+    assert_eq!(Architecture::BatchTopK.saelens(), "jumprelu");
+    assert_eq!(Architecture::Matryoshka.saelens(), "jumprelu");
+    assert_eq!(Architecture::from_saelens("gated"), None);
 
     // save_saelens writes the SAELens string, load_saelens reads it back.
     for kind in [topk, relu] {

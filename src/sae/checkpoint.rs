@@ -27,7 +27,7 @@ impl Trainer {
             sae: self.sae.cfg.clone(),
         };
         let (d, f) = (self.sae.cfg.d_in, self.sae.cfg.d_sae);
-        let f32s: Vec<(&str, &Vec<f32>, Vec<usize>)> = vec![
+        let mut f32s: Vec<(&str, &Vec<f32>, Vec<usize>)> = vec![
             ("w_enc_t", &self.sae.w_enc_t, vec![f, d]),
             ("w_dec", &self.sae.w_dec, vec![f, d]),
             ("b_enc", &self.sae.b_enc, vec![f]),
@@ -41,6 +41,9 @@ impl Trainer {
             ("m_bdec", &self.m_bdec, vec![d]),
             ("v_bdec", &self.v_bdec, vec![d]),
         ];
+        if self.sae.cfg.kind.has_threshold() {
+            f32s.push(("threshold", &self.sae.threshold, vec![f]));
+        }
         let bytes: Vec<(String, Vec<u8>, Vec<usize>, Dtype)> = f32s
             .into_iter()
             .map(|(k, v, s)| (k.to_string(), f32_bytes(v), s, Dtype::F32))
@@ -106,6 +109,11 @@ impl Trainer {
             w_dec: get("w_dec", d * f)?,
             b_enc: get("b_enc", f)?,
             b_dec: get("b_dec", d)?,
+            threshold: if meta.sae.kind.has_threshold() {
+                get("threshold", f)?
+            } else {
+                Vec::new()
+            },
             cfg: meta.sae.clone(),
         };
         let mut tr = Trainer::from_parts(meta.trainer, sae);

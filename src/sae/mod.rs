@@ -16,10 +16,12 @@
 //!   `c_ij = C_ij / min(n_i, n_j)`, per batch or streamed.
 //! - [`save_saelens`] / [`load_saelens`]: SAELens folders.
 
+mod batch_topk;
 mod checkpoint;
 pub mod cofire;
 mod model;
 mod ortho;
+mod ortsae;
 mod saelens;
 mod topk;
 mod train;

@@ -11,7 +11,7 @@ use super::topk::{select_topk, select_topk_row, TopKScratch};
 use crate::linalg::{self, Trans};
 use crate::rng::SplitMix64;
 
-/// Which activation the SAE uses.
+/// Which activation the SAE uses (and, for the batch kinds, how it trains).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum SaeKind {
     /// Keep the k largest pre-activations per token (ReLU'd): SAELens "topk".
@@ -20,6 +20,20 @@ pub enum SaeKind {
     /// (decoder rows are kept at unit norm, so this equals the SAELens
     /// "standard" penalty `sum_i z_i * ||d_i||`): SAELens "standard".
     ReluL1 { l1_coeff: f32 },
+    /// BatchTopK (Bussmann et al. 2024): training keeps the `k * n` largest
+    /// positive pre-activations of the whole batch of n tokens (so L0 is k on
+    /// average, not per token); inference keeps `pre > threshold` with the
+    /// threshold learned during training ([`Sae::threshold`]), as SAELens's
+    /// JumpReLU form of it does.
+    BatchTopK { k: usize },
+    /// Matryoshka BatchTopK (Bussmann et al. / Nabeshima 2025): BatchTopK
+    /// whose loss sums the reconstruction errors of the nested prefixes
+    /// `groups[0]`, `groups[0] + groups[1]`, ... of the latents (the sizes
+    /// sum to d_sae), so early latents must reconstruct on their own.
+    Matryoshka { k: usize, groups: Vec<usize> },
+    /// JumpReLU (`z = pre` where `pre > threshold_i`, else 0): inference only,
+    /// for SAEs trained elsewhere (Gemma Scope, SAELens).
+    JumpRelu,
 }
 
 impl SaeKind {
@@ -28,14 +42,51 @@ impl SaeKind {
         match self {
             SaeKind::TopK { .. } => Architecture::TopK,
             SaeKind::ReluL1 { .. } => Architecture::ReluL1,
+            SaeKind::BatchTopK { .. } => Architecture::BatchTopK,
+            SaeKind::Matryoshka { .. } => Architecture::Matryoshka,
+            SaeKind::JumpRelu => Architecture::JumpRelu,
+        }
+    }
+
+    /// The mean number of latents kept per token in training, for the kinds
+    /// that fix it (TopK per token, the batch kinds on average).
+    pub fn k(&self) -> Option<usize> {
+        match self {
+            SaeKind::TopK { k } | SaeKind::BatchTopK { k } | SaeKind::Matryoshka { k, .. } => {
+                Some(*k)
+            }
+            SaeKind::ReluL1 { .. } | SaeKind::JumpRelu => None,
+        }
+    }
+
+    /// Whether inference thresholds each latent ([`Sae::threshold`]).
+    pub fn has_threshold(&self) -> bool {
+        matches!(
+            self,
+            SaeKind::BatchTopK { .. } | SaeKind::Matryoshka { .. } | SaeKind::JumpRelu
+        )
+    }
+
+    /// Latent ranges of the nested prefixes whose losses are summed: the
+    /// Matryoshka groups' ends, or the whole dictionary for other kinds.
+    pub fn prefix_ends(&self, d_sae: usize) -> Vec<usize> {
+        match self {
+            SaeKind::Matryoshka { groups, .. } => groups
+                .iter()
+                .scan(0, |end, g| {
+                    *end += g;
+                    Some(*end)
+                })
+                .collect(),
+            _ => vec![d_sae],
         }
     }
 }
 
 /// The SAE kind as a plain tag, one name for configuration, engine, SAELens
-/// IO and reports. Serde names (and [`Architecture::name`]) are `topk` and
-/// `relu_l1`; [`Architecture::saelens`] gives SAELens's `architecture`
-/// string (`topk`, `standard`).
+/// IO and reports. Serde names (and [`Architecture::name`]) are `topk`,
+/// `relu_l1`, `batchtopk`, `matryoshka` and `jumprelu`;
+/// [`Architecture::saelens`] gives SAELens's `architecture` string.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Architecture {
     /// [`SaeKind::TopK`].
@@ -44,37 +95,69 @@ pub enum Architecture {
     /// [`SaeKind::ReluL1`].
     #[serde(rename = "relu_l1")]
     ReluL1,
+    /// [`SaeKind::BatchTopK`].
+    #[serde(rename = "batchtopk")]
+    BatchTopK,
+    /// [`SaeKind::Matryoshka`].
+    #[serde(rename = "matryoshka")]
+    Matryoshka,
+    /// [`SaeKind::JumpRelu`].
+    #[serde(rename = "jumprelu")]
+    JumpRelu,
 }
 
 impl Architecture {
     /// Every tag, in declaration order.
-    pub const ALL: [Architecture; 2] = [Architecture::TopK, Architecture::ReluL1];
+    pub const ALL: [Architecture; 5] = [
+        Architecture::TopK,
+        Architecture::ReluL1,
+        Architecture::BatchTopK,
+        Architecture::Matryoshka,
+        Architecture::JumpRelu,
+    ];
 
-    /// The name used in configuration and reports: `topk` or `relu_l1`
-    /// (the serde name).
+    /// The name used in configuration and reports (the serde name).
     pub fn name(self) -> &'static str {
         match self {
             Architecture::TopK => "topk",
             Architecture::ReluL1 => "relu_l1",
+            Architecture::BatchTopK => "batchtopk",
+            Architecture::Matryoshka => "matryoshka",
+            Architecture::JumpRelu => "jumprelu",
         }
     }
 
-    /// The tag named `name` (`topk` or `relu_l1`), if any.
+    /// The tag named `name`, if any.
     pub fn from_name(name: &str) -> Option<Architecture> {
         Architecture::ALL.into_iter().find(|a| a.name() == name)
     }
 
-    /// SAELens's `architecture` field in cfg.json: `topk` or `standard`.
+    /// Whether coact can train this kind (JumpReLU is read, not trained).
+    pub fn trainable(self) -> bool {
+        self != Architecture::JumpRelu
+    }
+
+    /// SAELens's `architecture` field in cfg.json. The batch kinds infer
+    /// with a threshold, so they are saved as SAELens saves its own trained
+    /// BatchTopK and Matryoshka SAEs for inference: as `jumprelu`.
     pub fn saelens(self) -> &'static str {
         match self {
             Architecture::TopK => "topk",
             Architecture::ReluL1 => "standard",
+            Architecture::BatchTopK | Architecture::Matryoshka | Architecture::JumpRelu => {
+                "jumprelu"
+            }
         }
     }
 
-    /// The tag of SAELens's `architecture` string, if coact supports it.
+    /// The inference kind of SAELens's `architecture` string, if coact reads it.
     pub fn from_saelens(arch: &str) -> Option<Architecture> {
-        Architecture::ALL.into_iter().find(|a| a.saelens() == arch)
+        match arch {
+            "topk" => Some(Architecture::TopK),
+            "standard" => Some(Architecture::ReluL1),
+            "jumprelu" => Some(Architecture::JumpRelu),
+            _ => None,
+        }
     }
 }
 
@@ -99,21 +182,37 @@ impl SaeConfig {
         ensure!(self.d_in > 0, "d_in must be > 0");
         ensure!(self.d_sae > 0, "d_sae must be > 0");
         ensure!(self.d_sae < u32::MAX as usize, "d_sae too large");
-        match self.kind {
-            SaeKind::TopK { k } => {
-                ensure!(k > 0, "k must be > 0 (got 0)");
+        let check_k = |k: usize| -> Result<()> {
+            ensure!(k > 0, "k must be > 0 (got 0)");
+            ensure!(
+                k < self.d_sae,
+                "k must be < d_sae (got k = {k}, d_sae = {})",
+                self.d_sae
+            );
+            Ok(())
+        };
+        match &self.kind {
+            SaeKind::TopK { k } | SaeKind::BatchTopK { k } => check_k(*k)?,
+            SaeKind::Matryoshka { k, groups } => {
+                check_k(*k)?;
                 ensure!(
-                    k < self.d_sae,
-                    "k must be < d_sae (got k = {k}, d_sae = {})",
+                    !groups.is_empty() && groups.iter().all(|&g| g > 0),
+                    "matryoshka groups must be a non-empty list of positive sizes (got {groups:?})"
+                );
+                let sum: usize = groups.iter().sum();
+                ensure!(
+                    sum == self.d_sae,
+                    "matryoshka groups {groups:?} sum to {sum}, expected d_sae = {}",
                     self.d_sae
                 );
             }
             SaeKind::ReluL1 { l1_coeff } => {
                 ensure!(
-                    l1_coeff.is_finite() && l1_coeff >= 0.0,
+                    l1_coeff.is_finite() && *l1_coeff >= 0.0,
                     "l1_coeff must be finite and >= 0 (got {l1_coeff})"
                 );
             }
+            SaeKind::JumpRelu => {}
         }
         Ok(())
     }
@@ -156,7 +255,8 @@ impl SparseCodes {
 /// [`Sae::w_enc`] / [`Sae::from_saelens`] for the SAELens orientation.
 ///
 /// Forward: `pre = (x - b_dec) W_enc + b_enc`; TopK keeps the k largest of
-/// `relu(pre)`, ReLU-L1 keeps `relu(pre)`; `x_hat = z W_dec + b_dec`.
+/// `relu(pre)`, ReLU-L1 keeps `relu(pre)`, the threshold kinds keep
+/// `pre > max(threshold_i, 0)`; `x_hat = z W_dec + b_dec`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sae {
     pub cfg: SaeConfig,
@@ -164,6 +264,10 @@ pub struct Sae {
     pub w_dec: Vec<f32>,
     pub b_enc: Vec<f32>,
     pub b_dec: Vec<f32>,
+    /// Inference threshold per latent, [d_sae], for the kinds that have one
+    /// ([`SaeKind::has_threshold`]; a BatchTopK SAE's is one learned value
+    /// repeated); empty otherwise.
+    pub threshold: Vec<f32>,
 }
 
 /// Rows of a token chunk handled by one gemm call in the encoder (measured:
@@ -200,6 +304,8 @@ pub(crate) enum Select {
     TopKExact(usize),
     /// All positive pre-activations.
     Relu,
+    /// Pre-activations above the latent's threshold (and above 0).
+    Threshold,
 }
 
 pub(crate) struct Encoded {
@@ -241,18 +347,25 @@ impl Sae {
             w_dec,
             b_enc: vec![0.0; f],
             b_dec: vec![0.0; d],
+            threshold: if cfg.kind.has_threshold() {
+                vec![0.0; f]
+            } else {
+                Vec::new()
+            },
             cfg,
         })
     }
 
     /// Builds an SAE from SAELens-oriented weights: `w_enc` [d_in, d_sae],
-    /// `w_dec` [d_sae, d_in].
+    /// `w_dec` [d_sae, d_in]; `threshold` [d_sae] for the threshold kinds,
+    /// empty for the others.
     pub fn from_saelens(
         cfg: SaeConfig,
         w_enc: &[f32],
         w_dec: Vec<f32>,
         b_enc: Vec<f32>,
         b_dec: Vec<f32>,
+        threshold: Vec<f32>,
     ) -> Result<Sae> {
         cfg.validate()?;
         let (d, f) = (cfg.d_in, cfg.d_sae);
@@ -260,6 +373,13 @@ impl Sae {
         ensure!(w_dec.len() == d * f, "W_dec must have d_sae * d_in values");
         ensure!(b_enc.len() == f, "b_enc must have d_sae values");
         ensure!(b_dec.len() == d, "b_dec must have d_in values");
+        let want = if cfg.kind.has_threshold() { f } else { 0 };
+        ensure!(
+            threshold.len() == want,
+            "threshold must have {want} values for a {} SAE (got {})",
+            cfg.kind.architecture(),
+            threshold.len()
+        );
         let mut w_enc_t = vec![0.0; d * f];
         for r in 0..d {
             for j in 0..f {
@@ -272,6 +392,7 @@ impl Sae {
             w_dec,
             b_enc,
             b_dec,
+            threshold,
         })
     }
 
@@ -334,6 +455,7 @@ impl Sae {
         let select = match self.cfg.kind {
             SaeKind::TopK { k } => Select::TopKPositive(k),
             SaeKind::ReluL1 { .. } => Select::Relu,
+            _ => Select::Threshold,
         };
         let xc = self.center(x);
         Ok(encode_centered(
@@ -602,6 +724,13 @@ pub(crate) fn encode_centered(
                             .filter(|(_, &v)| v > 0.0)
                             .map(|(j, &v)| (j as u32, v)),
                     ),
+                    Select::Threshold => sel.extend(
+                        row.iter()
+                            .zip(&sae.threshold)
+                            .enumerate()
+                            .filter(|(_, (&v, &t))| v > t && v > 0.0)
+                            .map(|(j, (&v, _))| (j as u32, v)),
+                    ),
                 }
                 let x = &xs[r * d..(r + 1) * d];
                 if exact {
@@ -695,6 +824,8 @@ pub fn fold_scaling(sae: &mut Sae, factor: f32) -> Result<()> {
     );
     sae.b_enc.iter_mut().for_each(|v| *v /= factor);
     sae.b_dec.iter_mut().for_each(|v| *v /= factor);
+    // Activations scale by 1 / factor, and so must the cut they are held to.
+    sae.threshold.iter_mut().for_each(|v| *v /= factor);
     Ok(())
 }
 

@@ -35,12 +35,14 @@ use anyhow::{bail, ensure, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::batch_topk::{batch_select, candidate_cap, replace_rows, tokens_to_expand};
 use super::cofire::{batch_partners, batch_token_pairs, token_pairs_len};
 use super::model::{
     axpy, dot, encode_centered, geometric_median, EncoderWeights, Sae, SaeConfig, SaeKind,
     ScratchPool, Select, SparseCodes,
 };
 use super::ortho::{pairs_to_blocks, partner_penalty, token_penalty, PairPenalty};
+use super::ortsae::chunk_penalty;
 use crate::linalg::{self, Compute};
 use crate::rng::SplitMix64;
 
@@ -71,6 +73,13 @@ pub enum Ortho {
         lambda: f32,
         tau: f32,
     },
+    /// OrtSAE's chunk-wise term (see `super::ortsae`): per step a random
+    /// split of the latents into `chunks` chunks, each latent charged the
+    /// squared cosine to its closest row in its chunk.
+    OrtSae {
+        lambda: f32,
+        chunks: usize,
+    },
 }
 
 /// Training hyper-parameters. [`TrainerConfig::new`] fills the recipe's defaults.
@@ -93,11 +102,20 @@ pub struct TrainerConfig {
     pub aux_coeff: f32,
     pub ortho: Ortho,
     pub seed: u64,
+    /// The batch kinds' threshold update: after each step
+    /// `threshold <- (1 - lr) threshold + lr * (smallest kept activation)`,
+    /// from 0 at step 0 (SAELens 6's `topk_threshold_lr`, 0.01).
+    #[serde(default = "default_threshold_lr")]
+    pub threshold_lr: f32,
     /// The encoder product's arithmetic. With bf16, bf16 pre-activations
     /// choose the active latents and their values are recomputed in f32
     /// (see `encode_centered`); every other part of the step is f32.
     #[serde(default)]
     pub compute: Compute,
+}
+
+fn default_threshold_lr() -> f32 {
+    0.01
 }
 
 impl TrainerConfig {
@@ -113,6 +131,7 @@ impl TrainerConfig {
             aux_coeff: 1.0 / 32.0,
             ortho: Ortho::None,
             seed: 0,
+            threshold_lr: default_threshold_lr(),
             compute: Compute::F32,
         }
     }
@@ -159,7 +178,19 @@ impl TrainerConfig {
                     "ortho.tau must be in [0, 1] (got {tau})"
                 );
             }
+            Ortho::OrtSae { lambda, chunks } => {
+                ensure!(
+                    lambda.is_finite() && lambda >= 0.0,
+                    "ortho.lambda must be finite and >= 0 (got {lambda})"
+                );
+                ensure!(chunks > 0, "ortho.chunks must be > 0 (got 0)");
+            }
         }
+        ensure!(
+            self.threshold_lr.is_finite() && (0.0..=1.0).contains(&self.threshold_lr),
+            "threshold_lr must be in [0, 1] (got {})",
+            self.threshold_lr
+        );
         Ok(())
     }
 
@@ -219,6 +250,9 @@ pub struct StepStats {
     pub competing_pairs: usize,
     pub mean_c: f64,
     pub mean_abs_cos_competing: f64,
+    /// The batch kinds: the inference threshold after this step (0 otherwise).
+    #[serde(default)]
+    pub threshold: f64,
 }
 
 /// Dense gradients (for tests and diagnostics): `w_dec` before the parallel
@@ -233,7 +267,8 @@ pub struct DenseGrads {
 
 #[derive(Clone, Copy)]
 struct Entry {
-    /// Row of the output-gradient buffer (t for the main loss, n + t for AuxK).
+    /// Row of the output-gradient buffer (`t * p + group` for the main loss
+    /// with p prefixes, `p n + t` for AuxK).
     grow: u32,
     tok: u32,
     /// Activation (z or the AuxK activation).
@@ -253,6 +288,8 @@ struct Prepared {
     ortho: Option<PairPenalty>,
     grad_b_dec: Vec<f32>,
     rng_after: SplitMix64,
+    /// The batch kinds: the smallest value the batch selection kept.
+    batch_min: Option<f32>,
     stats: StepStats,
 }
 
@@ -303,12 +340,43 @@ struct Codes {
     /// AuxK's latents among the dead ones (no entries without AuxK).
     aux: SparseCodes,
     use_aux: bool,
+    /// The batch kinds: the smallest value the batch selection kept.
+    batch_min: Option<f32>,
+}
+
+/// The nested prefixes whose reconstruction losses are summed (one, the
+/// whole dictionary, except for Matryoshka): the output-gradient buffer
+/// holds one row per token and prefix, token-major (row `t * len + g`).
+struct Prefixes {
+    /// Exclusive end latent of each prefix, ascending; the last is d_sae.
+    ends: Vec<usize>,
+    /// Each prefix loss's weight.
+    weights: Vec<f64>,
+}
+
+impl Prefixes {
+    fn of(kind: &SaeKind, d_sae: usize) -> Prefixes {
+        let ends = kind.prefix_ends(d_sae);
+        // Every prefix's loss counts fully, as SAELens and dictionary_learning
+        // sum them.
+        let weights = vec![1.0; ends.len()];
+        Prefixes { ends, weights }
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// The smallest prefix holding latent j, i.e. j's group.
+    fn group(&self, j: usize) -> usize {
+        self.ends.partition_point(|&e| e <= j)
+    }
 }
 
 /// Per chunk of tokens (then in total) the sums behind the losses.
 struct TokSums {
-    /// `sum_t ||e_t||^2`.
-    se: f64,
+    /// `sum_t ||e_t||^2` per prefix.
+    se: Vec<f64>,
     /// `sum_t ||u_t||^2` (AuxK).
     su: f64,
     /// `sum_t sum_i z_ti`.
@@ -317,11 +385,16 @@ struct TokSums {
     e_sum: Vec<f64>,
 }
 
-/// Phases 2-4's output: the output-gradient buffer (rows `0..n` the main
-/// loss's, `n..2n` AuxK's) and the losses.
+/// Phases 2-4's output: the output-gradient buffer (rows `0..p n` the
+/// main loss's for p prefixes, token-major; then n rows of AuxK's) and the
+/// losses.
 struct Residuals {
     gbuf: Vec<f32>,
+    /// The whole dictionary's `mean_t ||e_t||^2`.
     mse: f64,
+    /// The reconstruction loss: the prefixes' weighted mse (`mse` itself for
+    /// every kind but Matryoshka).
+    recon: f64,
     l1: f64,
     aux_loss: f64,
 }
@@ -347,7 +420,8 @@ struct LatentLists {
 /// latent, in token order (a counting sort), so that each latent's
 /// gradients are summed in a fixed order.
 #[allow(clippy::needless_range_loop)]
-fn latent_entries(f: usize, codes: &Codes, pre: &PreGrads) -> LatentLists {
+fn latent_entries(f: usize, codes: &Codes, pre: &PreGrads, prefixes: &Prefixes) -> LatentLists {
+    let np = prefixes.len();
     let (n, main, aux) = (codes.n, &codes.main, &codes.aux);
     let mut cnt = vec![0usize; f];
     for &j in main.indices.iter().chain(&aux.indices) {
@@ -374,8 +448,9 @@ fn latent_entries(f: usize, codes: &Codes, pre: &PreGrads) -> LatentLists {
     for t in 0..n {
         for p in main.indptr[t]..main.indptr[t + 1] {
             let j = main.indices[p] as usize;
+            let grp = if np > 1 { prefixes.group(j) } else { 0 };
             entries[fill[j]] = Entry {
-                grow: t as u32,
+                grow: (t * np + grp) as u32,
                 tok: t as u32,
                 coef: main.values[p],
                 gpre: pre.main[p],
@@ -385,7 +460,7 @@ fn latent_entries(f: usize, codes: &Codes, pre: &PreGrads) -> LatentLists {
         for p in aux.indptr[t]..aux.indptr[t + 1] {
             let j = aux.indices[p] as usize;
             entries[fill[j]] = Entry {
-                grow: (n + t) as u32,
+                grow: (np * n + t) as u32,
                 tok: t as u32,
                 coef: aux.values[p],
                 gpre: pre.aux[p],
@@ -424,6 +499,18 @@ impl Trainer {
     pub fn new(cfg: TrainerConfig, sae_cfg: SaeConfig, init_sample: &[f32]) -> Result<Trainer> {
         cfg.validate()?;
         sae_cfg.validate()?;
+        ensure!(
+            sae_cfg.kind.architecture().trainable(),
+            "a {} SAE is read, not trained (coact trains topk, batchtopk, matryoshka and relu_l1)",
+            sae_cfg.kind.architecture()
+        );
+        if let Ortho::OrtSae { chunks, .. } = cfg.ortho {
+            ensure!(
+                2 * chunks <= sae_cfg.d_sae,
+                "ortho.chunks = {chunks}: each chunk needs at least 2 of the d_sae = {} latents",
+                sae_cfg.d_sae
+            );
+        }
         let d = sae_cfg.d_in;
         ensure!(
             !init_sample.is_empty() && init_sample.len().is_multiple_of(d),
@@ -491,14 +578,28 @@ impl Trainer {
     fn prepare(&self, batch: &[f32]) -> Result<Prepared> {
         let n = self.check_batch(batch)?;
         let f = self.sae.cfg.d_sae;
-        let (select, l1_coeff) = match self.sae.cfg.kind {
+        let kind = &self.sae.cfg.kind;
+        let (select, l1_coeff) = match *kind {
             SaeKind::TopK { k } => (Select::TopKPositive(k), 0.0f32),
             SaeKind::ReluL1 { l1_coeff } => (Select::Relu, l1_coeff),
+            SaeKind::BatchTopK { k } | SaeKind::Matryoshka { k, .. } => {
+                (Select::TopKPositive(candidate_cap(k, f)), 0.0)
+            }
+            SaeKind::JumpRelu => bail!("a jumprelu SAE is read, not trained"),
         };
-        let codes = self.encode(batch, n, select);
-        let res = self.residuals(batch, &codes, l1_coeff);
-        let pre = self.pre_activation_grads(&codes, &res.gbuf, l1_coeff);
-        let lists = latent_entries(f, &codes, &pre);
+        let mut codes = self.encode(batch, n, select);
+        if let Some(k) = kind.k().filter(|_| !matches!(kind, SaeKind::TopK { .. })) {
+            self.batch_topk(&mut codes, k, candidate_cap(k, f));
+        }
+        let prefixes = Prefixes::of(kind, f);
+        ensure!(
+            (prefixes.len() + 1) * n < u32::MAX as usize,
+            "batch too large for {} nested prefixes",
+            prefixes.len()
+        );
+        let res = self.residuals(batch, &codes, l1_coeff, &prefixes);
+        let pre = self.pre_activation_grads(&codes, &res.gbuf, l1_coeff, &prefixes);
+        let lists = latent_entries(f, &codes, &pre, &prefixes);
 
         let mut rng = self.rng.clone();
         let mut stats = StepStats {
@@ -512,7 +613,7 @@ impl Trainer {
         };
         let (ortho, lambda) = self.ortho_penalty(&codes.main, &mut rng, &mut stats);
         stats.ortho = ortho.as_ref().map_or(0.0, |p| p.value);
-        stats.loss = res.mse
+        stats.loss = res.recon
             + self.cfg.aux_coeff as f64 * res.aux_loss
             + res.l1
             + lambda as f64 * stats.ortho;
@@ -526,6 +627,7 @@ impl Trainer {
             ortho,
             grad_b_dec: pre.b_dec,
             rng_after: rng,
+            batch_min: codes.batch_min,
             stats,
         })
     }
@@ -550,7 +652,7 @@ impl Trainer {
     /// k_aux to keep among them (0: no AuxK this step).
     fn dead_latents(&self) -> (Vec<u32>, usize) {
         let (d, f) = (self.sae.cfg.d_in, self.sae.cfg.d_sae);
-        let is_topk = matches!(self.sae.cfg.kind, SaeKind::TopK { .. });
+        let is_topk = self.sae.cfg.kind.k().is_some();
         let aux_k = self.cfg.aux_k.unwrap_or(d / 2);
         let dead: Vec<u32> = if is_topk && self.cfg.aux_coeff > 0.0 && aux_k > 0 {
             (0..f as u32)
@@ -607,21 +709,60 @@ impl Trainer {
             main: enc.main,
             aux,
             use_aux,
+            batch_min: None,
         }
     }
 
-    /// Phases 2-4, residual and loss: per token the reconstruction error
-    /// `e = x_hat - x` (decoder as a gather over the active rows), the
-    /// output gradient `2 e / n`, the L1 sum and, with AuxK, the AuxK
-    /// residual `u = r_aux + e`; then the losses (see [`Trainer::auxk_loss`]).
-    fn residuals(&self, batch: &[f32], codes: &Codes, l1_coeff: f32) -> Residuals {
+    /// Phase 1b, the batch kinds: cuts each token's `cap` candidates down to
+    /// the batch's `k * n` best, after encoding in full the tokens whose
+    /// cut-off candidates might belong to them (see [`super::batch_topk`]).
+    fn batch_topk(&self, codes: &mut Codes, k: usize, cap: usize) {
+        let budget = k * codes.n;
+        let d = self.sae.cfg.d_in;
+        let expand = tokens_to_expand(&codes.main, cap, budget);
+        if !expand.is_empty() {
+            let xs: Vec<f32> = expand
+                .iter()
+                .flat_map(|&t| codes.xc[t * d..(t + 1) * d].iter().copied())
+                .collect();
+            let full = encode_centered(
+                &self.sae,
+                &xs,
+                expand.len(),
+                Select::Relu,
+                None,
+                &self.pool,
+                EncoderWeights::F32,
+            );
+            codes.main = replace_rows(&codes.main, &expand, &full.main);
+        }
+        let (kept, min) = batch_select(&codes.main, budget);
+        codes.main = kept;
+        codes.batch_min = min;
+    }
+
+    /// Phases 2-4, residual and loss: per token and prefix the
+    /// reconstruction error `e_g = x_hat_g - x` (decoder as a gather over the
+    /// active rows, in latent order, so each prefix extends the previous),
+    /// the output gradient of each prefix's latents `sum_{h >= g} w_h 2 e_h / n`
+    /// (a latent of group g is in prefixes g, g+1, ...), the L1 sum and, with
+    /// AuxK, the AuxK residual `u = r_aux + e` of the whole dictionary; then
+    /// the losses (see [`Trainer::auxk_loss`]).
+    fn residuals(
+        &self,
+        batch: &[f32],
+        codes: &Codes,
+        l1_coeff: f32,
+        prefixes: &Prefixes,
+    ) -> Residuals {
         let sae = &self.sae;
         let d = sae.cfg.d_in;
         let (n, use_aux) = (codes.n, codes.use_aux);
         let (main, aux) = (&codes.main, &codes.aux);
         let n_chunks = n.div_ceil(TOK_CHUNK);
-        let mut gbuf = vec![0.0f32; if use_aux { 2 * n * d } else { n * d }];
-        let (g_main, g_aux) = gbuf.split_at_mut(n * d);
+        let np = prefixes.len();
+        let mut gbuf = vec![0.0f32; (np + use_aux as usize) * n * d];
+        let (g_main, g_aux) = gbuf.split_at_mut(np * n * d);
         let mut g_aux_chunks: Vec<&mut [f32]> = if use_aux {
             g_aux.chunks_mut(TOK_CHUNK * d).collect()
         } else {
@@ -629,57 +770,80 @@ impl Trainer {
         };
         let w_dec = &sae.w_dec;
         let inv_n = 1.0 / n as f32;
+        let scales: Vec<f32> = prefixes
+            .weights
+            .iter()
+            .map(|&w| w as f32 * (2.0 * inv_n))
+            .collect();
         let sums: Vec<TokSums> = g_main
-            .par_chunks_mut(TOK_CHUNK * d)
+            .par_chunks_mut(TOK_CHUNK * np * d)
             .zip(g_aux_chunks.par_iter_mut())
             .enumerate()
             .map(|(c, (gm, ga))| {
                 let mut s = TokSums {
-                    se: 0.0,
+                    se: vec![0.0; np],
                     su: 0.0,
                     l1: 0.0,
                     e_sum: if use_aux { vec![0.0; d] } else { Vec::new() },
                 };
-                for (r, g) in gm.chunks_mut(d).enumerate() {
+                let mut acc = vec![0.0f32; d];
+                for (r, g_tok) in gm.chunks_mut(np * d).enumerate() {
                     let t = c * TOK_CHUNK + r;
                     let x = &batch[t * d..(t + 1) * d];
-                    g.copy_from_slice(&sae.b_dec);
+                    acc.copy_from_slice(&sae.b_dec);
                     let (idx, val) = main.row(t);
-                    for (&j, &z) in idx.iter().zip(val) {
-                        axpy(g, z, &w_dec[j as usize * d..(j as usize + 1) * d]);
-                        s.l1 += z as f64;
+                    let mut p = 0;
+                    for (g, e) in g_tok.chunks_mut(d).enumerate() {
+                        while p < idx.len() && (idx[p] as usize) < prefixes.ends[g] {
+                            let (j, z) = (idx[p] as usize, val[p]);
+                            axpy(&mut acc, z, &w_dec[j * d..(j + 1) * d]);
+                            s.l1 += z as f64;
+                            p += 1;
+                        }
+                        // e_g = x_hat_g - x.
+                        e.iter_mut()
+                            .zip(&acc)
+                            .zip(x)
+                            .for_each(|((ev, &a), &xv)| *ev = a - xv);
+                        s.se[g] += dot(e, e) as f64;
                     }
-                    // g = e = x_hat - x for now.
-                    g.iter_mut().zip(x).for_each(|(gv, xv)| *gv -= xv);
-                    s.se += dot(g, g) as f64;
+                    let full = &g_tok[(np - 1) * d..];
                     if use_aux {
                         s.e_sum
                             .iter_mut()
-                            .zip(g.iter())
+                            .zip(full.iter())
                             .for_each(|(a, &e)| *a += e as f64);
                         // u = r_aux - r = r_aux + e.
                         let u = &mut ga[r * d..(r + 1) * d];
-                        u.copy_from_slice(g);
+                        u.copy_from_slice(full);
                         let (aidx, aval) = aux.row(t);
                         for (&j, &a) in aidx.iter().zip(aval) {
                             axpy(u, a, &w_dec[j as usize * d..(j as usize + 1) * d]);
                         }
                         s.su += dot(u, u) as f64;
                     }
-                    g.iter_mut().for_each(|v| *v *= 2.0 * inv_n);
+                    // Output gradients, from the last prefix back.
+                    for g in (0..np).rev() {
+                        let (head, tail) = g_tok.split_at_mut((g + 1) * d);
+                        let e = &mut head[g * d..];
+                        e.iter_mut().for_each(|v| *v *= scales[g]);
+                        if g + 1 < np {
+                            e.iter_mut().zip(&tail[..d]).for_each(|(v, &w)| *v += w);
+                        }
+                    }
                 }
                 s
             })
             .collect();
         drop(g_aux_chunks);
         let mut total = TokSums {
-            se: 0.0,
+            se: vec![0.0; np],
             su: 0.0,
             l1: 0.0,
             e_sum: vec![0.0f64; if use_aux { d } else { 0 }],
         };
         for s in &sums {
-            total.se += s.se;
+            total.se.iter_mut().zip(&s.se).for_each(|(a, b)| *a += b);
             total.su += s.su;
             total.l1 += s.l1;
             total
@@ -688,16 +852,23 @@ impl Trainer {
                 .zip(&s.e_sum)
                 .for_each(|(a, b)| *a += b);
         }
-        let mse = total.se / n as f64;
+        let mse = total.se[np - 1] / n as f64;
+        let recon = total
+            .se
+            .iter()
+            .zip(&prefixes.weights)
+            .map(|(se, w)| w * se / n as f64)
+            .sum();
         let l1 = l1_coeff as f64 * total.l1 / n as f64;
         let aux_loss = if use_aux {
-            self.auxk_loss(&mut gbuf[n * d..], n, mse, &total)
+            self.auxk_loss(&mut gbuf[np * n * d..], n, mse, &total)
         } else {
             0.0
         };
         Residuals {
             gbuf,
             mse,
+            recon,
             l1,
             aux_loss,
         }
@@ -733,7 +904,13 @@ impl Trainer {
     /// active (and AuxK) entry, and b_dec's gradient (the decoder bias's
     /// `+ g` and the encoder input's `- W_enc gpre`), summed per chunk of
     /// tokens in a fixed order.
-    fn pre_activation_grads(&self, codes: &Codes, gbuf: &[f32], l1_coeff: f32) -> PreGrads {
+    fn pre_activation_grads(
+        &self,
+        codes: &Codes,
+        gbuf: &[f32],
+        l1_coeff: f32,
+        prefixes: &Prefixes,
+    ) -> PreGrads {
         let sae = &self.sae;
         let d = sae.cfg.d_in;
         let (n, use_aux) = (codes.n, codes.use_aux);
@@ -750,6 +927,7 @@ impl Trainer {
         let gm_parts = split_by(&mut gpre_main, &bounds_m);
         let ga_parts = split_by(&mut gpre_aux, &bounds_a);
         let l1_grad = l1_coeff * (1.0 / n as f32);
+        let np = prefixes.len();
         let (w_dec, w_enc_t) = (&sae.w_dec, &sae.w_enc_t);
         let bdec_parts: Vec<Vec<f32>> = gm_parts
             .into_par_iter()
@@ -761,19 +939,23 @@ impl Trainer {
                 let t1 = (t0 + TOK_CHUNK).min(n);
                 let (mut pm, mut pa) = (0, 0);
                 for t in t0..t1 {
-                    let g = &gbuf[t * d..(t + 1) * d];
-                    // Decoder bias: + g; encoder input (x - b_dec): - W_enc gpre.
-                    acc.iter_mut().zip(g).for_each(|(a, &v)| *a += v);
+                    let g_tok = &gbuf[t * np * d..(t + 1) * np * d];
+                    // Decoder bias (in every prefix, so the first prefix's
+                    // row, which sums them): + g; encoder input (x - b_dec):
+                    // - W_enc gpre.
+                    acc.iter_mut().zip(&g_tok[..d]).for_each(|(a, &v)| *a += v);
                     let (idx, _) = main.row(t);
                     for &j in idx {
                         let j = j as usize;
+                        let grp = if np > 1 { prefixes.group(j) } else { 0 };
+                        let g = &g_tok[grp * d..(grp + 1) * d];
                         let gp = dot(&w_dec[j * d..(j + 1) * d], g) + l1_grad;
                         gm[pm] = gp;
                         pm += 1;
                         axpy(&mut acc, -gp, &w_enc_t[j * d..(j + 1) * d]);
                     }
                     if use_aux {
-                        let h = &gbuf[(n + t) * d..(n + t + 1) * d];
+                        let h = &gbuf[(np * n + t) * d..(np * n + t + 1) * d];
                         let (aidx, _) = aux.row(t);
                         for &j in aidx {
                             let j = j as usize;
@@ -839,6 +1021,10 @@ impl Trainer {
                     stats.mean_c = c_sum / pairs as f64;
                     stats.mean_abs_cos_competing = pen.abs_cos_sum / pairs as f64;
                 }
+                (Some(pen), lambda)
+            }
+            Ortho::OrtSae { lambda, chunks } => {
+                let pen = chunk_penalty(w_dec, d, f, chunks, rng, lambda);
                 (Some(pen), lambda)
             }
         }
@@ -1017,6 +1203,14 @@ impl Trainer {
         self.rng = p.rng_after;
         self.step += 1;
         let mut stats = p.stats;
+        if let Some(m) = p.batch_min {
+            let lr = self.cfg.threshold_lr as f64;
+            let t = ((1.0 - lr) * self.sae.threshold[0] as f64 + lr * m as f64) as f32;
+            self.sae.threshold.iter_mut().for_each(|v| *v = t);
+        }
+        if let Some(&t) = self.sae.threshold.first() {
+            stats.threshold = t as f64;
+        }
         stats.dead_fraction = self
             .since_fired
             .iter()

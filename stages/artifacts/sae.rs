@@ -16,10 +16,11 @@ pub struct VariantSae {
     pub cfg_json: Value,
 }
 
-/// Reads the SAE of a train artifact folder.
-pub fn read(dir: &Path, variant: &str) -> Result<VariantSae> {
+/// Reads the SAE of a train (or external) artifact folder; errors name it
+/// as `<stage>/<variant>`.
+pub fn read(dir: &Path, stage: &str, variant: &str) -> Result<VariantSae> {
     let (sae, meta) =
-        load_saelens(dir).map_err(|e| anyhow!("train/{variant} ({}): {e:#}", dir.display()))?;
+        load_saelens(dir).map_err(|e| anyhow!("{stage}/{variant} ({}): {e:#}", dir.display()))?;
     let cfg_json: Value = std::fs::read_to_string(dir.join(CFG_FILE))
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok())
@@ -33,11 +34,18 @@ pub fn read(dir: &Path, variant: &str) -> Result<VariantSae> {
 }
 
 impl StageInput<'_> {
-    /// The SAE of `variant` (this unit's `train/<variant>` input). Not
-    /// cached: reading it costs far less than any benchmark, and a run over
-    /// many wide variants would otherwise hold them all.
+    /// The SAE of `variant`: this unit's `train/<variant>` input, or its
+    /// `external/<variant>` one for an SAE of bench.external. Not cached:
+    /// reading it costs far less than any benchmark, and a run over many
+    /// wide variants would otherwise hold them all.
     pub fn variant_sae(&self, variant: &str) -> Result<VariantSae> {
-        let key = self.input_key(&format!("train/{variant}"))?;
-        read(&self.store.artifact_dir("train", key), variant)
+        let external = format!("external/{variant}");
+        let stage = if self.planned.inputs.contains_key(&external) {
+            "external"
+        } else {
+            "train"
+        };
+        let key = self.input_key(&format!("{stage}/{variant}"))?;
+        read(&self.store.artifact_dir(stage, key), stage, variant)
     }
 }

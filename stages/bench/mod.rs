@@ -25,21 +25,33 @@ impl Stage for BenchStage {
         "the benchmarks (see below), one artifact per benchmark and variant"
     }
     fn deps(&self) -> &'static [&'static str] {
-        &["extract", "train", "letters", "datasets"]
+        &["extract", "train", "letters", "datasets", "external"]
     }
     fn units(&self, cfg: &Config, registry: &Registry) -> Result<Vec<Unit>> {
         let mut units = Vec::new();
         for bench in registry.selected_benchmarks(cfg) {
-            for v in cfg.variants() {
+            // Trained variants, then the external SAEs, each read the same way.
+            let saes = cfg
+                .variants()
+                .into_iter()
+                .map(|v| format!("train/{}", v.name))
+                .chain(
+                    cfg.bench
+                        .external
+                        .iter()
+                        .map(|e| format!("external/{}", e.name)),
+                );
+            for sae in saes {
+                let name = sae.split_once('/').map_or("", |p| p.1).to_string();
                 units.push(Unit {
-                    unit: Some(format!("{}/{}", bench.name(), v.name)),
+                    unit: Some(format!("{}/{name}", bench.name())),
                     config: bench.key_config(cfg),
                     uses: Some(
                         bench
                             .uses()
                             .iter()
                             .map(|u| u.to_string())
-                            .chain([format!("train/{}", v.name)])
+                            .chain([sae])
                             .collect(),
                     ),
                 });

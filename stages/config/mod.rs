@@ -159,7 +159,11 @@ impl Config {
                 );
             }
         }
-        variants::expand(&tr.base, &tr.variants)?;
+        let names: Vec<String> = variants::expand(&tr.base, &tr.variants)?
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        bench::external::validate(&self.bench.external, &names)?;
         self.compete.validate()?;
         self.bench.validate()?;
         self.report.validate()?;

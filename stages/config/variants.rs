@@ -11,6 +11,12 @@ pub enum OrthoKind {
     None,
     Uniform,
     Guided,
+    /// OrtSAE's chunk-wise max-cosine term (Korznikov et al. 2025).
+    Ortsae,
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }
 
 /// Everything that defines one SAE (besides the shared training schedule).
@@ -20,8 +26,12 @@ pub struct VariantSettings {
     pub kind: Architecture,
     /// Number of latents F.
     pub d_sae: usize,
-    /// Latents kept per token (topk).
+    /// Latents kept per token (topk; on average for batchtopk, matryoshka).
     pub k: usize,
+    /// Matryoshka's group sizes, summing to d_sae (absent for other kinds,
+    /// so that their cache keys do not change).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<usize>,
     /// L1 coefficient (relu_l1).
     #[serde(default)]
     pub l1_coeff: f64,
@@ -32,6 +42,9 @@ pub struct VariantSettings {
     /// Competition threshold of the guided term.
     #[serde(default)]
     pub tau: f64,
+    /// OrtSAE's number of chunks K (0 when ortho is not ortsae).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub chunks: usize,
     #[serde(default)]
     pub seed: u64,
 }
@@ -65,6 +78,8 @@ pub struct VariantSpec {
     #[serde(default)]
     pub k: Option<OneOrMany<usize>>,
     #[serde(default)]
+    pub groups: Option<Vec<usize>>,
+    #[serde(default)]
     pub l1_coeff: Option<OneOrMany<f64>>,
     #[serde(default)]
     pub ortho: Option<OrthoKind>,
@@ -72,6 +87,8 @@ pub struct VariantSpec {
     pub lambda: Option<OneOrMany<f64>>,
     #[serde(default)]
     pub tau: Option<OneOrMany<f64>>,
+    #[serde(default)]
+    pub chunks: Option<OneOrMany<usize>>,
     #[serde(default)]
     pub seed: Option<OneOrMany<u64>>,
 }
@@ -111,6 +128,9 @@ pub fn expand(base: &VariantSettings, specs: &[VariantSpec]) -> Result<Vec<Varia
         if let Some(o) = spec.ortho {
             s.ortho = o;
         }
+        if let Some(g) = &spec.groups {
+            s.groups = g.clone();
+        }
         let mut partial: Vec<(String, VariantSettings)> = vec![(spec.name.clone(), s)];
         macro_rules! sweep {
             ($field:ident) => {
@@ -143,6 +163,7 @@ pub fn expand(base: &VariantSettings, specs: &[VariantSpec]) -> Result<Vec<Varia
         sweep!(l1_coeff);
         sweep!(lambda);
         sweep!(tau);
+        sweep!(chunks);
         sweep!(seed);
         for (name, settings) in partial {
             validate(&settings, &origin)?;
@@ -166,8 +187,52 @@ fn validate(s: &VariantSettings, at: &str) -> Result<()> {
     if s.d_sae < 2 {
         bail!("{at}.d_sae = {}: expected at least 2 latents", s.d_sae);
     }
-    if s.kind == Architecture::TopK && (s.k == 0 || s.k >= s.d_sae) {
+    if !s.kind.trainable() {
+        bail!(
+            "{at}.kind = {}: coact reads {} SAEs (bench.external) but does not train them; expected one of {}",
+            s.kind,
+            s.kind,
+            Architecture::ALL
+                .into_iter()
+                .filter(|a| a.trainable())
+                .map(Architecture::name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if s.kind != Architecture::ReluL1 && (s.k == 0 || s.k >= s.d_sae) {
         bail!("{at}.k = {}: expected 1 <= k < d_sae = {}", s.k, s.d_sae);
+    }
+    if s.kind == Architecture::Matryoshka {
+        let sum: usize = s.groups.iter().sum();
+        if s.groups.is_empty() || s.groups.contains(&0) || sum != s.d_sae {
+            bail!(
+                "{at}.groups = {:?}: expected positive group sizes summing to d_sae = {} (they sum to {sum})",
+                s.groups,
+                s.d_sae
+            );
+        }
+    } else if !s.groups.is_empty() {
+        bail!(
+            "{at}.groups = {:?}: set, but kind is {} (groups are matryoshka's)",
+            s.groups,
+            s.kind
+        );
+    }
+    if s.ortho == OrthoKind::Ortsae {
+        if s.chunks == 0 || 2 * s.chunks > s.d_sae {
+            bail!(
+                "{at}.chunks = {}: expected 1 <= chunks <= d_sae / 2 = {} (each chunk needs 2 latents)",
+                s.chunks,
+                s.d_sae / 2
+            );
+        }
+    } else if s.chunks != 0 {
+        bail!(
+            "{at}.chunks = {}: set, but ortho is {:?} (chunks are ortsae's)",
+            s.chunks,
+            s.ortho
+        );
     }
     if s.kind == Architecture::ReluL1 && !(s.l1_coeff.is_finite() && s.l1_coeff > 0.0) {
         bail!(
@@ -186,7 +251,7 @@ fn validate(s: &VariantSettings, at: &str) -> Result<()> {
     }
     if s.ortho == OrthoKind::None && s.lambda != 0.0 {
         bail!(
-            "{at}.lambda = {}: set, but ortho is none (set ortho: uniform or guided)",
+            "{at}.lambda = {}: set, but ortho is none (set ortho: uniform, guided or ortsae)",
             s.lambda
         );
     }
@@ -202,10 +267,12 @@ mod tests {
             kind: Architecture::TopK,
             d_sae: 64,
             k: 8,
+            groups: Vec::new(),
             l1_coeff: 0.0,
             ortho: OrthoKind::None,
             lambda: 0.0,
             tau: 0.0,
+            chunks: 0,
             seed: 0,
         }
     }
@@ -262,9 +329,70 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("used twice"), "{e}");
-        let err = serde_yaml::from_str::<Vec<VariantSpec>>("- name: a\n  kind: jumprelu")
+        let err = serde_yaml::from_str::<Vec<VariantSpec>>("- name: a\n  kind: gated")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("jumprelu"), "{err}");
+        assert!(err.contains("gated") && err.contains("batchtopk"), "{err}");
+        // JumpReLU is a kind coact reads, not one it trains.
+        let e = expand(&base(), &spec("- name: a\n  kind: jumprelu"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("train.variants[0].kind = jumprelu") && e.contains("does not train"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn matryoshka_groups_and_ortsae_chunks_are_checked_against_d_sae() {
+        let ok = expand(
+            &base(),
+            &spec("- name: m\n  kind: matryoshka\n  groups: [8, 16, 40]\n- name: o\n  kind: batchtopk\n  ortho: ortsae\n  lambda: 0.25\n  chunks: [2, 4]"),
+        )
+        .unwrap();
+        assert_eq!(ok[0].settings.groups, vec![8, 16, 40]);
+        assert_eq!(ok[2].name, "o-chunks4");
+        assert_eq!(ok[2].settings.chunks, 4);
+        let e = expand(
+            &base(),
+            &spec("- name: m\n  kind: matryoshka\n  groups: [8, 16]"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("train.variants[0].groups = [8, 16]")
+                && e.contains("d_sae = 64")
+                && e.contains("sum to 24"),
+            "{e}"
+        );
+        let e = expand(&base(), &spec("- name: m\n  kind: matryoshka"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("groups = []"), "{e}");
+        let e = expand(&base(), &spec("- name: t\n  groups: [64]"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("kind is topk"), "{e}");
+        let e = expand(
+            &base(),
+            &spec("- name: o\n  ortho: ortsae\n  lambda: 0.1\n  chunks: 33"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("train.variants[0].chunks = 33") && e.contains("d_sae / 2 = 32"),
+            "{e}"
+        );
+        let e = expand(&base(), &spec("- name: o\n  ortho: ortsae\n  lambda: 0.1"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("chunks = 0"), "{e}");
+        let e = expand(
+            &base(),
+            &spec("- name: g\n  ortho: guided\n  lambda: 0.1\n  chunks: 2"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("chunks are ortsae's"), "{e}");
     }
 }

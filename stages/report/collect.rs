@@ -85,7 +85,40 @@ fn read_train(
     if data.variants.is_empty() {
         bail!("the report needs trained variants: the plan gives it no train/<variant> input");
     }
+    for (name, key) in units(inputs, "external/") {
+        let m = store.manifest("external", &key)?;
+        data.variants.push(external_info(&name, &m)?);
+    }
     Ok(())
+}
+
+/// An SAE of bench.external as a variant of the tables (no training curve,
+/// never a side of the verdicts).
+fn external_info(name: &str, m: &Manifest) -> Result<VariantInfo> {
+    let s = &m.summary;
+    let kind = s["kind"]
+        .as_str()
+        .and_then(Architecture::from_name)
+        .ok_or_else(|| anyhow!("external/{name} ({}): its summary has no kind", m.key))?;
+    let k = s["sae_kind"]
+        .as_object()
+        .and_then(|o| o.values().next())
+        .and_then(|v| v["k"].as_u64())
+        .unwrap_or(0);
+    Ok(VariantInfo {
+        name: name.to_string(),
+        kind,
+        d_sae: s["d_sae"].as_u64().unwrap_or(0),
+        k,
+        l1_coeff: 0.0,
+        groups: Vec::new(),
+        ortho: "none".into(),
+        lambda: 0.0,
+        tau: 0.0,
+        chunks: 0,
+        seed: 0,
+        external: true,
+    })
 }
 
 /// One benchmark's artifacts, each variant's tables summarised by the
@@ -168,11 +201,17 @@ fn variant_info(variant: &str, m: &Manifest) -> Result<VariantInfo> {
         d_sae: u("d_sae"),
         k: u("k"),
         l1_coeff: f("l1_coeff"),
+        groups: s["groups"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
+            .unwrap_or_default(),
         ortho: t("ortho"),
         // Older artifacts stored these through f32: round back to 6 digits.
         lambda: round6(f("lambda")),
         tau: round6(f("tau")),
+        chunks: u("chunks"),
         seed: u("seed"),
+        external: false,
     })
 }
 

@@ -43,21 +43,33 @@ pub struct VariantInfo {
     pub d_sae: u64,
     pub k: u64,
     pub l1_coeff: f64,
-    /// "none", "uniform" or "guided".
+    /// Matryoshka's group sizes (empty for other kinds).
+    pub groups: Vec<u64>,
+    /// "none", "uniform", "guided" or "ortsae".
     pub ortho: String,
     pub lambda: f64,
     pub tau: f64,
+    /// OrtSAE's chunk count (0 otherwise).
+    pub chunks: u64,
     pub seed: u64,
+    /// An SAE of bench.external (benchmarked, not trained here).
+    pub external: bool,
 }
 
 impl VariantInfo {
     /// The settings without the seed: variants that differ only by seed share it.
     pub fn group_key(&self) -> String {
+        if self.external {
+            return format!("external|{}", self.name);
+        }
         let mut s = format!("{}|d_sae {}", self.kind.name(), self.d_sae);
         if self.kind == Architecture::ReluL1 {
             s += &format!("|l1 {:.6}", self.l1_coeff);
         } else {
             s += &format!("|k {}", self.k);
+        }
+        if !self.groups.is_empty() {
+            s += &format!("|groups {:?}", self.groups);
         }
         s += &format!("|{}", self.ortho);
         if self.ortho != "none" {
@@ -66,29 +78,48 @@ impl VariantInfo {
         if self.ortho == "guided" {
             s += &format!("|tau {:.6}", self.tau);
         }
+        if self.ortho == "ortsae" {
+            s += &format!("|chunks {}", self.chunks);
+        }
         s
     }
 
     /// The settings in words, e.g. "TopK k 32, guided τ 0.1 λ 0.1".
     pub fn describe(&self) -> String {
-        let base = if self.kind == Architecture::ReluL1 {
-            format!("ReLU+L1 (l1 {})", num(self.l1_coeff))
-        } else {
-            format!("TopK k {}", self.k)
+        let base = match self.kind {
+            Architecture::ReluL1 => format!("ReLU+L1 (l1 {})", num(self.l1_coeff)),
+            Architecture::BatchTopK => format!("BatchTopK k {}", self.k),
+            Architecture::Matryoshka => format!(
+                "Matryoshka BatchTopK k {} (groups {})",
+                self.k,
+                self.groups
+                    .iter()
+                    .map(|g| g.to_string())
+                    .collect::<Vec<_>>()
+                    .join("+")
+            ),
+            Architecture::JumpRelu => "JumpReLU".to_string(),
+            Architecture::TopK => format!("TopK k {}", self.k),
         };
+        if self.external {
+            return format!("{base}, {} latents, external", self.d_sae);
+        }
         match self.ortho.as_str() {
             "guided" => format!("{base}, guided τ {} λ {}", num(self.tau), num(self.lambda)),
             "uniform" => format!("{base}, uniform λ {}", num(self.lambda)),
+            "ortsae" => format!("{base}, OrtSAE λ {} K {}", num(self.lambda), self.chunks),
             _ => base,
         }
     }
 
     pub(super) fn sort_key(&self) -> (u8, &'static str, i64, i64, u64) {
         let rank = match (self.ortho.as_str(), self.kind) {
+            _ if self.external => 5,
             ("none", Architecture::TopK) => 0,
             ("none", _) => 1,
             ("uniform", _) => 2,
-            _ => 3,
+            ("ortsae", _) => 3,
+            _ => 4,
         };
         (
             rank,

@@ -198,7 +198,11 @@ fn verdicts(h: &mut String, p: &Page) {
         );
     }
     if !verdicts.is_empty() {
-        h.push_str("<div class=\"scroll\"><table class=\"verdicts\">\n<thead><tr><th class=\"name\">Metric</th><th class=\"name\">Direction</th><th class=\"name\">Guided vs the TopK baseline</th><th class=\"name\">Guided vs uniform orthogonality</th></tr></thead>\n<tbody>\n");
+        h.push_str("<div class=\"scroll\"><table class=\"verdicts\">\n<thead><tr><th class=\"name\">Metric</th><th class=\"name\">Direction</th>");
+        for o in &data.verdict_groups().against {
+            let _ = write!(h, "<th class=\"name\">{}</th>", esc(&o.column));
+        }
+        h.push_str("</tr></thead>\n<tbody>\n");
     }
     for v in &verdicts {
         let _ = write!(

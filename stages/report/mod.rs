@@ -74,7 +74,7 @@ impl Stage for Report {
         "the comparison report: report.md, report.html, plots"
     }
     fn deps(&self) -> &'static [&'static str] {
-        &["train", "compete", "bench"]
+        &["train", "external", "compete", "bench"]
     }
     /// 3: the comparison's columns follow the benchmark registry (core's
     /// decoder-cosine and dead-latent columns moved beside its others).

@@ -200,11 +200,10 @@ pub fn group_of<'a>(groups: &'a [Group], data: &ReportData, name: &str) -> Optio
 /// naming the metrics of each outcome.
 pub fn verdict_summary(data: &ReportData) -> Vec<String> {
     let verdicts = data.verdicts();
+    let columns = data.verdict_groups().against;
     let mut out = Vec::new();
-    for (n, other) in ["the TopK baseline", "uniform orthogonality"]
-        .iter()
-        .enumerate()
-    {
+    for (n, col) in columns.iter().enumerate() {
+        let other = &col.name;
         let with = |o: Outcome| -> Vec<&str> {
             verdicts
                 .iter()
@@ -231,7 +230,11 @@ pub fn verdict_summary(data: &ReportData) -> Vec<String> {
         if parts.is_empty() {
             continue;
         }
-        out.push(format!("Against {other}, guided {}.", parts.join("; ")));
+        let who = match &col.guided {
+            Some(g) if col.column.starts_with("Guided on") => g.label.clone(),
+            _ => "guided".to_string(),
+        };
+        out.push(format!("Against {other}, {who} {}.", parts.join("; ")));
     }
     out
 }

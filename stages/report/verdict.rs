@@ -92,7 +92,10 @@ impl ReportData {
         let pick = |pred: &dyn Fn(&VariantInfo) -> bool, like: Option<&VariantInfo>| {
             groups
                 .iter()
-                .filter(|g| pred(&self.variants[g.members[0]]))
+                .filter(|g| {
+                    let v = &self.variants[g.members[0]];
+                    !v.external && pred(v)
+                })
                 .max_by_key(|g| {
                     let v = &self.variants[g.members[0]];
                     let same = like.is_some_and(|l| l.d_sae == v.d_sae && l.k == v.k);
@@ -101,17 +104,53 @@ impl ReportData {
                 })
                 .cloned()
         };
-        let guided = pick(&|v| v.ortho == "guided", None);
+        // Guided on TopK, the study's question; guided on another kind only
+        // when there is none on TopK.
+        let guided = pick(
+            &|v| v.ortho == "guided" && v.kind == Architecture::TopK,
+            None,
+        )
+        .or_else(|| pick(&|v| v.ortho == "guided", None));
         let like = guided.as_ref().map(|g| self.variants[g.members[0]].clone());
         let baseline = pick(
             &|v| v.ortho == "none" && v.kind == Architecture::TopK,
             like.as_ref(),
         );
         let uniform = pick(&|v| v.ortho == "uniform", like.as_ref());
+        // Every other kind, and OrtSAE, when the study has them.
+        let mut against = vec![
+            Opponent::new("the TopK baseline", guided.clone(), baseline.clone()),
+            Opponent::new("uniform orthogonality", guided.clone(), uniform.clone()),
+        ];
+        let others = [
+            (Architecture::BatchTopK, "BatchTopK"),
+            (Architecture::Matryoshka, "Matryoshka BatchTopK"),
+            (Architecture::ReluL1, "ReLU+L1"),
+        ];
+        for (kind, name) in others {
+            if let Some(o) = pick(&|v| v.ortho == "none" && v.kind == kind, like.as_ref()) {
+                against.push(Opponent::new(name, guided.clone(), Some(o)));
+            }
+        }
+        if let Some(o) = pick(&|v| v.ortho == "ortsae", like.as_ref()) {
+            against.push(Opponent::new("OrtSAE", guided.clone(), Some(o)));
+        }
+        // Guided on top of another kind, against that kind alone.
+        for (kind, name) in others {
+            let on = pick(&|v| v.ortho == "guided" && v.kind == kind, like.as_ref());
+            if let Some(on) = on.filter(|g| Some(&g.key) != guided.as_ref().map(|g| &g.key)) {
+                let lk = self.variants[on.members[0]].clone();
+                let plain = pick(&|v| v.ortho == "none" && v.kind == kind, Some(&lk));
+                let mut o = Opponent::new(name, Some(on), plain);
+                o.column = format!("Guided on {name} vs {name} alone");
+                against.push(o);
+            }
+        }
         VerdictGroups {
             guided,
             baseline,
             uniform,
+            against,
         }
     }
 
@@ -123,13 +162,11 @@ impl ReportData {
             .copied()
             .filter(|m| m.better != Better::Neither)
             .map(|m| {
-                let against = [
-                    ("the TopK baseline", &vg.baseline),
-                    ("uniform orthogonality", &vg.uniform),
-                ]
-                .into_iter()
-                .map(|(name, other)| self.compare(m, vg.guided.as_ref(), other.as_ref(), name))
-                .collect();
+                let against = vg
+                    .against
+                    .iter()
+                    .map(|o| self.compare(m, o.guided.as_ref(), o.other.as_ref(), &o.name))
+                    .collect();
                 MetricVerdict { metric: m, against }
             })
             .collect()
@@ -261,6 +298,33 @@ pub struct VerdictGroups {
     pub guided: Option<Group>,
     pub baseline: Option<Group>,
     pub uniform: Option<Group>,
+    /// The comparisons of the verdict table, in column order: the baseline
+    /// and uniform always, then each other kind and OrtSAE the study has,
+    /// then guided on another kind against that kind.
+    pub against: Vec<Opponent>,
+}
+
+/// One column of verdicts: a guided group against another group.
+#[derive(Debug, Clone)]
+pub struct Opponent {
+    /// The other side in words ("the TopK baseline", "OrtSAE").
+    pub name: String,
+    /// The column's title.
+    pub column: String,
+    pub guided: Option<Group>,
+    pub other: Option<Group>,
+}
+
+impl Opponent {
+    fn new(name: &str, guided: Option<Group>, other: Option<Group>) -> Opponent {
+        let short = name.strip_prefix("the ").unwrap_or(name);
+        Opponent {
+            name: name.to_string(),
+            column: format!("Guided vs {short}"),
+            guided,
+            other,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,6 +374,9 @@ pub(super) mod tests {
             lambda: if ortho == "none" { 0.0 } else { 0.1 },
             tau,
             seed,
+            groups: Vec::new(),
+            chunks: 0,
+            external: false,
         }
     }
 

@@ -22,6 +22,9 @@ fn variant(name: &str, kind: &str, ortho: &str, lambda: f64, tau: f64, seed: u64
         lambda,
         tau,
         seed,
+        groups: Vec::new(),
+        chunks: 0,
+        external: false,
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod absorption;
 pub mod core_eval;
 pub mod datasets;
+pub mod external;
 pub mod scr_tpp;
 pub mod sparse_probing;
 
@@ -28,6 +29,9 @@ pub struct BenchConfig {
     pub sparse_probing: sparse_probing::SparseProbingConfig,
     #[serde(default)]
     pub scr_tpp: scr_tpp::ScrTppConfig,
+    /// SAEs trained elsewhere, benchmarked beside the variants.
+    #[serde(default)]
+    pub external: Vec<external::ExternalSae>,
 }
 
 impl BenchConfig {

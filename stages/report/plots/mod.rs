@@ -83,6 +83,8 @@ pub(super) const GUIDED_PALETTE: &[(u8, u8, u8)] = &[
 ];
 pub(super) const BASELINE: RGBColor = RGBColor(40, 40, 40);
 pub(super) const UNIFORM: RGBColor = RGBColor(255, 127, 14);
+/// OrtSAE, the other orthogonal SAE: purple.
+pub(super) const ORTSAE: RGBColor = RGBColor(148, 103, 189);
 pub(super) const OTHER: RGBColor = RGBColor(140, 86, 75);
 pub(super) const SWEEP: RGBColor = RGBColor(31, 119, 180);
 pub(super) const GRID: RGBColor = RGBColor(225, 225, 225);
@@ -104,6 +106,7 @@ pub fn group_colors(data: &ReportData) -> BTreeMap<String, (u8, u8, u8)> {
             ("none", Architecture::TopK) => "baseline",
             ("none", _) => "other",
             ("uniform", _) => "uniform",
+            ("ortsae", _) => "ortsae",
             _ => "guided",
         };
         if main.as_ref() == Some(&g.key) {
@@ -116,6 +119,7 @@ pub fn group_colors(data: &ReportData) -> BTreeMap<String, (u8, u8, u8)> {
             "baseline" if first => (BASELINE.0, BASELINE.1, BASELINE.2),
             "other" if first => (OTHER.0, OTHER.1, OTHER.2),
             "uniform" if first => (UNIFORM.0, UNIFORM.1, UNIFORM.2),
+            "ortsae" if first => (ORTSAE.0, ORTSAE.1, ORTSAE.2),
             _ => {
                 let c = GUIDED_PALETTE[next % GUIDED_PALETTE.len()];
                 next += 1;
