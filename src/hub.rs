@@ -31,6 +31,13 @@ fn fetch(
     if let Some(path) = cache.repo(repo_spec.clone()).get(file) {
         return Ok(path);
     }
+    // Offline by request: fail now rather than after a network timeout.
+    if std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {
+        return Err(anyhow!(
+            "hub: '{file}' of '{repo}' (revision {revision}) is not in the Hugging Face cache and HF_HUB_OFFLINE is set. \
+             Download the file elsewhere and give its local path in the configuration instead"
+        ));
+    }
     let api = ApiBuilder::from_env()
         .with_progress(false)
         .build()

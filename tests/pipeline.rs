@@ -13,6 +13,8 @@ mod bench_core;
 mod bench_probing;
 #[path = "pipeline/compete.rs"]
 mod compete;
+#[path = "pipeline/external.rs"]
+mod external;
 #[path = "pipeline/plan_keys.rs"]
 mod plan_keys;
 #[path = "pipeline/report.rs"]

@@ -11,6 +11,10 @@ use std::path::Path;
 /// A trained variant: the SAE, its SAELens metadata and cfg.json as written.
 pub struct VariantSae {
     pub variant: String,
+    /// The stage it was read from: "train", or "external" (bench.external).
+    pub stage: &'static str,
+    /// Its artifact's key.
+    pub key: String,
     pub sae: Sae,
     pub meta: SaelensMeta,
     pub cfg_json: Value,
@@ -18,7 +22,7 @@ pub struct VariantSae {
 
 /// Reads the SAE of a train (or external) artifact folder; errors name it
 /// as `<stage>/<variant>`.
-pub fn read(dir: &Path, stage: &str, variant: &str) -> Result<VariantSae> {
+pub fn read(dir: &Path, stage: &'static str, key: &str, variant: &str) -> Result<VariantSae> {
     let (sae, meta) =
         load_saelens(dir).map_err(|e| anyhow!("{stage}/{variant} ({}): {e:#}", dir.display()))?;
     let cfg_json: Value = std::fs::read_to_string(dir.join(CFG_FILE))
@@ -27,6 +31,8 @@ pub fn read(dir: &Path, stage: &str, variant: &str) -> Result<VariantSae> {
         .unwrap_or(Value::Null);
     Ok(VariantSae {
         variant: variant.to_string(),
+        stage,
+        key: key.to_string(),
         sae,
         meta,
         cfg_json,
@@ -46,6 +52,6 @@ impl StageInput<'_> {
             "train"
         };
         let key = self.input_key(&format!("{stage}/{variant}"))?;
-        read(&self.store.artifact_dir(stage, key), stage, variant)
+        read(&self.store.artifact_dir(stage, key), stage, key, variant)
     }
 }

@@ -139,7 +139,9 @@ pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {
         .collect();
     let evaluable = report.letters_used >= ac.min_letters;
     let letters_manifest = input.store.manifest("letters", letters_key)?;
-    let train_manifest = input.artifact(&format!("train/{variant}"))?.manifest;
+    let train_manifest = input
+        .artifact(&format!("{}/{variant}", trained.stage))?
+        .manifest;
     let eval_json = json!({
         "eval_type_id": "absorption_first_letter",
         "eval_config": {

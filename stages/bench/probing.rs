@@ -64,7 +64,7 @@ pub(crate) fn encode_dataset(input: &StageInput, sae: &VariantSae, key: &str) ->
             sae.sae.cfg.d_in
         );
     }
-    let train_key = input.input_key(&format!("train/{}", sae.variant))?;
+    let train_key = &sae.key;
     let latents = input
         .cache
         .get_or_try_insert(&latents_cache_key(key, train_key), || {

@@ -146,12 +146,11 @@ fn read_inputs(input: &StageInput, variant: &str) -> Result<(VariantSae, Arc<Eva
     let layer = input.cfg.model.layer;
     let acts = input.activations()?;
     let extract_key = &acts.key;
-    let train_key = input.input_key(&format!("train/{variant}"))?;
-
     let vs = input.variant_sae(variant)?;
+    let (stage, train_key) = (vs.stage, vs.key.clone());
     if vs.meta.hook_name != hook_name(layer) {
         bail!(
-            "train/{train_key} ({variant}) was trained on {}, but model.layer = {layer} ({})",
+            "{stage}/{train_key} ({variant}) was trained on {}, but model.layer = {layer} ({})",
             vs.meta.hook_name,
             hook_name(layer)
         );
@@ -165,7 +164,7 @@ fn read_inputs(input: &StageInput, variant: &str) -> Result<(VariantSae, Arc<Eva
     let d = eval.d;
     if vs.sae.cfg.d_in != d {
         bail!(
-            "train/{train_key} ({variant}) has d_in = {}, but extract/{extract_key} holds d_model = {d}",
+            "{stage}/{train_key} ({variant}) has d_in = {}, but extract/{extract_key} holds d_model = {d}",
             vs.sae.cfg.d_in
         );
     }
