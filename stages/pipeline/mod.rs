@@ -7,6 +7,7 @@ pub mod benchmark;
 pub mod cache;
 pub mod clean;
 pub mod digest;
+pub mod estimate;
 pub mod fingerprint;
 pub mod lock;
 pub mod plan;

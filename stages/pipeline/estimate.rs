@@ -1,0 +1,199 @@
+//! Time estimates for what `coact run` would build, from the throughput of
+//! the artifacts already in the store (made on this machine, by any study
+//! sharing the data folder): seconds per token and block for extract,
+//! per token and latent for train (per orthogonality kind), per latent for
+//! compete and each benchmark, and the median time of the stages whose cost
+//! does not follow the config. An artifact kind never built has no estimate,
+//! and says so.
+
+use crate::config::Config;
+use crate::pipeline::plan::Planned;
+use crate::pipeline::store::{Manifest, Store};
+use std::collections::BTreeMap;
+
+/// Measured rates, by what they scale with.
+pub struct Estimator {
+    /// Seconds per token per transformer block run (extract).
+    extract: Option<f64>,
+    /// Seconds per training token per latent, by ortho kind ("" = any).
+    train: BTreeMap<String, f64>,
+    /// Seconds per latent, by `compete` or `bench/<benchmark>`.
+    per_latent: BTreeMap<String, f64>,
+    /// Median seconds, by stage.
+    flat: BTreeMap<String, f64>,
+    /// Tokens in the corpus, as the last tokenize counted them.
+    corpus_tokens: Option<f64>,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.retain(|x| x.is_finite() && *x > 0.0);
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
+}
+
+/// A train artifact's latents and ortho kind, from its config.
+fn train_shape(m: &Manifest) -> Option<(f64, String)> {
+    let s = &m.config["sae"];
+    Some((s["d_sae"].as_f64()?, s["ortho"].as_str()?.to_string()))
+}
+
+impl Estimator {
+    /// Reads every manifest of the store (unreadable ones are skipped).
+    pub fn measure(store: &Store, stages: &[&str]) -> Estimator {
+        let list = |s: &str| store.list(s).unwrap_or_default();
+        let trains = list("train");
+        let d_sae_of = |key: &str| {
+            trains
+                .iter()
+                .find(|m| m.key == key)
+                .and_then(train_shape)
+                .map(|s| s.0)
+        };
+        let extract = median(
+            list("extract")
+                .iter()
+                .filter_map(|m| {
+                    let tokens: f64 = m.summary["splits"]
+                        .as_object()?
+                        .values()
+                        .filter_map(|s| s["tokens"].as_f64())
+                        .sum();
+                    let blocks = m.summary["layer"].as_f64()? + 1.0;
+                    Some(m.elapsed_s / (tokens * blocks))
+                })
+                .collect(),
+        );
+        let mut by_ortho: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for m in &trains {
+            let (Some((d_sae, ortho)), Some(steps), Some(batch)) = (
+                train_shape(m),
+                m.summary["steps"].as_f64(),
+                m.summary["batch_size"].as_f64(),
+            ) else {
+                continue;
+            };
+            let rate = m.elapsed_s / (steps * batch * d_sae);
+            by_ortho.entry(ortho).or_default().push(rate);
+            by_ortho.entry(String::new()).or_default().push(rate);
+        }
+        let train = by_ortho
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, median(v)?)))
+            .collect();
+        let mut per_latent: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for stage in ["compete", "bench"] {
+            for m in list(stage) {
+                let Some(d_sae) = m
+                    .inputs
+                    .iter()
+                    .find(|(k, _)| k.starts_with("train/"))
+                    .and_then(|(_, key)| d_sae_of(key))
+                else {
+                    continue;
+                };
+                per_latent
+                    .entry(rate_name(stage, m.unit.as_deref()))
+                    .or_default()
+                    .push(m.elapsed_s / d_sae);
+            }
+        }
+        let per_latent = per_latent
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, median(v)?)))
+            .collect();
+        let flat = stages
+            .iter()
+            .filter_map(|s| {
+                Some((
+                    s.to_string(),
+                    median(list(s).iter().map(|m| m.elapsed_s).collect())?,
+                ))
+            })
+            .collect();
+        let corpus_tokens = list("tokenize")
+            .iter()
+            .max_by_key(|m| m.created_unix)
+            .and_then(|m| m.summary["corpus_tokens"].as_f64());
+        Estimator {
+            extract,
+            train,
+            per_latent,
+            flat,
+            corpus_tokens,
+        }
+    }
+
+    /// Seconds to build `p` under `cfg`, if anything comparable was measured.
+    pub fn seconds(&self, cfg: &Config, p: &Planned) -> Option<f64> {
+        let t = &cfg.tokenize;
+        let variant = |name: &str| cfg.variants().into_iter().find(|v| v.name == name);
+        match p.stage {
+            "extract" => {
+                let train = match t.train_tokens {
+                    Some(n) => n as f64,
+                    None => self.corpus_tokens? - t.eval_tokens as f64,
+                };
+                let tokens = t.eval_tokens as f64 + train.max(0.0);
+                Some(self.extract? * tokens * (cfg.model.layer as f64 + 1.0))
+            }
+            "train" => {
+                let v = variant(p.unit.as_deref()?)?;
+                let ortho = serde_json::to_value(v.settings.ortho).ok()?;
+                let rate = self
+                    .train
+                    .get(ortho.as_str().unwrap_or(""))
+                    .or_else(|| self.train.get(""))?;
+                let train = match t.train_tokens {
+                    Some(n) => n as f64,
+                    None => self.corpus_tokens? - t.eval_tokens as f64,
+                };
+                Some(rate * train * cfg.train.epochs as f64 * v.settings.d_sae as f64)
+            }
+            "compete" | "bench" => {
+                let unit = p.unit.as_deref()?;
+                let name = unit.rsplit('/').next()?;
+                let d_sae = variant(name).map(|v| v.settings.d_sae as f64)?;
+                Some(self.per_latent.get(&rate_name(p.stage, Some(unit)))? * d_sae)
+            }
+            s => self.flat.get(s).copied(),
+        }
+    }
+}
+
+/// `compete`, or `bench/<benchmark>` for a bench unit `<benchmark>/<variant>`.
+fn rate_name(stage: &str, unit: Option<&str>) -> String {
+    match (stage, unit.and_then(|u| u.split_once('/'))) {
+        ("bench", Some((bench, _))) => format!("bench/{bench}"),
+        _ => stage.to_string(),
+    }
+}
+
+/// "45 s", "12 min", "1.4 h".
+pub fn human(s: f64) -> String {
+    if s < 90.0 {
+        format!("{s:.0} s")
+    } else if s < 5400.0 {
+        format!("{:.0} min", s / 60.0)
+    } else {
+        format!("{:.1} h", s / 3600.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_ignore_non_positive_values_and_humans_read_the_units() {
+        assert_eq!(median(vec![3.0, 0.0, 1.0, 2.0, f64::NAN]), Some(2.0));
+        assert_eq!(median(vec![0.0]), None);
+        assert_eq!(human(45.2), "45 s");
+        assert_eq!(human(720.0), "12 min");
+        assert_eq!(human(7200.0), "2.0 h");
+        assert_eq!(rate_name("bench", Some("core/topk")), "bench/core");
+        assert_eq!(rate_name("compete", Some("topk")), "compete");
+    }
+}
