@@ -377,7 +377,9 @@ impl Weights {
         let mut w_dec = self.take(1, &[f, d])?;
         let mut b_enc = self.take(2, &[f])?;
         let b_dec = self.take(3, &[d])?;
-        let mut threshold = if cfg.kind.has_threshold() {
+        // A threshold compares the (rescaled) pre-activation, which the fold
+        // below leaves as it was, so it is not rescaled.
+        let threshold = if cfg.kind.has_threshold() {
             self.take(4, &[f])?
         } else {
             Vec::new()
@@ -399,9 +401,6 @@ impl Weights {
                     b_enc[j] *= n;
                     for r in 0..d {
                         w_enc[r * f + j] *= n;
-                    }
-                    if let Some(t) = threshold.get_mut(j) {
-                        *t *= n;
                     }
                 }
             }
