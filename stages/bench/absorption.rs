@@ -81,6 +81,13 @@ impl Benchmark for Absorption {
     fn tables(&self) -> &'static [&'static str] {
         super::absorption_summary::TABLES
     }
+    fn sample_size(&self, s: &serde_json::Value) -> Option<String> {
+        let left = s["letters_left_out"].as_array().map_or(0, |a| a.len());
+        Some(format!(
+            "{} first letters with a usable probe ({left} left out for a weak probe or too few words)",
+            s["letters_used"].as_u64()?
+        ))
+    }
     fn summarise(
         &self,
         _table: &str,

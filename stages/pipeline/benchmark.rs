@@ -27,6 +27,11 @@ pub trait Benchmark: Sync {
     fn tables(&self) -> &'static [&'static str];
     /// Adds what table `table` (one variant's rows) says to `into`.
     fn summarise(&self, table: &str, batches: &[RecordBatch], into: &mut Summary) -> Result<()>;
+    /// The sample its figures rest on, in words, from an artifact's
+    /// manifest summary (the report states it beside the numbers).
+    fn sample_size(&self, _summary: &Value) -> Option<String> {
+        None
+    }
 }
 
 /// Which way a metric is better.

@@ -147,6 +147,9 @@ fn read_benchmark(
                 continue;
             }
         };
+        if let Some(s) = bench.sample_size(&m.summary) {
+            data.samples.entry(name.to_string()).or_insert(s);
+        }
         let mut summary = Summary::default();
         let mut read_any = false;
         for table in bench.tables() {

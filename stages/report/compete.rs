@@ -3,6 +3,7 @@
 //! top pairs' example contexts and the feature dashboards.
 
 use super::collect::{only_variant, read_table};
+use super::data::{CosBin, C_BINS};
 use super::{
     CompetitionSummary, Competitor, ContextRow, LatentCard, PairExample, ReportConfig, ReportData,
 };
@@ -57,6 +58,8 @@ pub fn read_compete(
     let mut pair_rows: Vec<PairRow> = Vec::new();
     if let Some(batches) = pairs {
         pair_rows = read_pairs(&batches)?;
+        data.cos_by_c
+            .insert(variant.to_string(), cos_bins(&pair_rows));
         data.competing_cos.insert(
             variant.to_string(),
             pair_rows
@@ -131,6 +134,26 @@ fn read_pairs(batches: &[RecordBatch]) -> Result<Vec<PairRow>> {
         }
     }
     Ok(out)
+}
+
+/// Mean |decoder cosine| of the pairs in each c_ij bin ([`C_BINS`]).
+pub(super) fn cos_bins(pairs: &[PairRow]) -> Vec<CosBin> {
+    C_BINS
+        .windows(2)
+        .map(|w| {
+            let cos: Vec<f64> = pairs
+                .iter()
+                .filter(|p| p.2 >= w[0] && p.2 < w[1])
+                .map(|p| p.3.abs())
+                .collect();
+            CosBin {
+                lo: w[0],
+                hi: w[1].min(1.0),
+                pairs: cos.len(),
+                mean_abs_cos: cos.iter().sum::<f64>() / cos.len().max(1) as f64,
+            }
+        })
+        .collect()
 }
 
 /// One example context per top competing pair, in pair_rank order, at most

@@ -168,6 +168,19 @@ pub struct CurvePoint {
     pub dead_fraction: f64,
 }
 
+/// Co-firing pairs of one variant with c_ij in `[lo, hi)`: how many, and
+/// their mean |decoder cosine|.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CosBin {
+    pub lo: f64,
+    pub hi: f64,
+    pub pairs: usize,
+    pub mean_abs_cos: f64,
+}
+
+/// The c_ij bins of [`CosBin`]: the compete table starts at its smallest tau.
+pub const C_BINS: [f64; 5] = [0.0, 0.1, 0.2, 0.5, 1.0 + 1e-9];
+
 /// A variant's row of compete_summary at the report's histogram tau.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CompetitionSummary {
@@ -256,6 +269,10 @@ pub struct ReportData {
     pub absorption_letters: BTreeMap<String, BTreeMap<String, f64>>,
     /// variant -> decoder cosines of the pairs with c_ij >= histogram_tau.
     pub competing_cos: BTreeMap<String, Vec<f64>>,
+    /// Variant -> its co-firing pairs binned by c_ij ([`C_BINS`]).
+    pub cos_by_c: BTreeMap<String, Vec<CosBin>>,
+    /// Benchmark -> the size of the sample its figures rest on, in words.
+    pub samples: BTreeMap<String, String>,
     pub competition: BTreeMap<String, CompetitionSummary>,
     pub dashboards: BTreeMap<String, Vec<LatentCard>>,
     /// variant -> its top competing pairs, an example context each.

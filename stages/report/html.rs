@@ -226,6 +226,14 @@ fn verdicts(h: &mut String, p: &Page) {
     if !verdicts.is_empty() {
         h.push_str("</tbody></table></div>\n");
     }
+    let cav = caveats(data);
+    if !cav.is_empty() {
+        h.push_str("<h3>Sample sizes and caveats</h3>\n<ul class=\"small\">\n");
+        for c in cav {
+            let _ = writeln!(h, "<li>{}</li>", esc(&c));
+        }
+        h.push_str("</ul>\n");
+    }
 }
 
 /// The comparison table: one row per variant, the best of each column marked.
@@ -358,11 +366,45 @@ fn reference(h: &mut String, _: &Page) {
     h.push_str("</tbody></table>\n</div>\n");
 }
 
+/// Mean |decoder cosine| of co-firing pairs by c_ij, one row per setting:
+/// whether a kind's push (OrtSAE's uniform one, guided's targeted one)
+/// separates the pairs that co-fire most.
+fn cos_by_c_table(h: &mut String, p: &Page) {
+    let rows = cos_by_c_rows(p.data, &p.groups);
+    if rows.is_empty() {
+        return;
+    }
+    h.push_str("<p>Every setting's co-firing pairs, binned by c_ij: per bin the mean |cos| of their decoder directions and, in brackets, the pairs per seed. Lower |cos| in the right-hand bins means the dictionary separates the latents that compete most.</p>\n");
+    h.push_str("<div class=\"scroll\"><table>\n<thead><tr><th class=\"name\">Setting</th>");
+    let b = super::data::C_BINS;
+    for w in b.windows(2) {
+        let _ = write!(h, "<th>c_ij {:.2} to {:.2}</th>", w[0], w[1].min(1.0));
+    }
+    h.push_str("</tr></thead>\n<tbody>\n");
+    for (label, cells) in rows {
+        let _ = write!(h, "<tr><td class=\"name\">{}</td>", esc(&label));
+        for c in cells {
+            match c {
+                Some((n, cos)) => {
+                    let _ = write!(
+                        h,
+                        "<td>{cos:.3} <span class=\"detail\">({n:.0})</span></td>"
+                    );
+                }
+                None => h.push_str("<td>—</td>"),
+            }
+        }
+        h.push_str("</tr>\n");
+    }
+    h.push_str("</tbody></table></div>\n");
+}
+
 /// The competition summary at the report's tau.
 fn competition(h: &mut String, p: &Page) {
     let data = p.data;
     let cfg = p.cfg;
     h.push_str("<h2 id=\"competition\">Competition on the eval tokens</h2>\n");
+    cos_by_c_table(h, p);
     if data.competition.is_empty() {
         let why = data
             .not_run

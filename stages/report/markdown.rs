@@ -69,8 +69,34 @@ fn verdicts(m: &mut String, data: &ReportData) {
             let _ = writeln!(m, "  - vs {}: **{label}** ({})", c.other, c.detail);
         }
     }
-    if let Some(w) = scr_noise_warning(data) {
-        let _ = writeln!(m, "\n> **{w}**");
+    let cav = caveats(data);
+    if !cav.is_empty() {
+        m.push_str("\n### Sample sizes and caveats\n\n");
+        for c in cav {
+            let _ = writeln!(m, "- {c}");
+        }
+    }
+    let rows = cos_by_c_rows(data, &data.groups());
+    if !rows.is_empty() {
+        m.push_str("\n### Mean |decoder cosine| of co-firing pairs, by c_ij (pairs per seed in brackets)\n\n| Setting |");
+        for w in super::data::C_BINS.windows(2) {
+            let _ = write!(m, " c_ij {:.2} to {:.2} |", w[0], w[1].min(1.0));
+        }
+        m.push_str("\n|---|");
+        m.push_str(&"---|".repeat(super::data::C_BINS.len() - 1));
+        m.push('\n');
+        for (label, cells) in rows {
+            let _ = write!(m, "| {label} |");
+            for c in cells {
+                match c {
+                    Some((n, cos)) => {
+                        let _ = write!(m, " {cos:.3} ({n:.0}) |");
+                    }
+                    None => m.push_str(" — |"),
+                }
+            }
+            m.push('\n');
+        }
     }
 }
 

@@ -368,3 +368,69 @@ pub fn missing_plot_notes(data: &ReportData, plots: &[Plot]) -> Vec<String> {
     }
     out
 }
+
+/// SAEBench's maintainers' rule of thumb for when absorption means much:
+/// SAEs of at least this many latents (on models of 1B+ parameters).
+pub const ABSORPTION_MIN_WIDTH: u64 = 16384;
+
+/// What each benchmark's figures rest on and where this study is too small
+/// for one to mean much, from the data.
+pub fn caveats(data: &ReportData) -> Vec<String> {
+    let mut out: Vec<String> = data
+        .samples
+        .iter()
+        .map(|(bench, s)| format!("{bench}: {s}."))
+        .collect();
+    let widest = data
+        .variants
+        .iter()
+        .filter(|v| !v.external)
+        .map(|v| v.d_sae)
+        .max();
+    let has_absorption = data.values.values().any(|m| m.contains_key("absorption"));
+    if let Some(f) = widest.filter(|&f| has_absorption && f < ABSORPTION_MIN_WIDTH) {
+        out.push(format!(
+            "Absorption is weak evidence at this scale: SAEBench's maintainers note that it needs wide SAEs \
+             ({ABSORPTION_MIN_WIDTH}+ latents) on larger models (1B+ parameters) to separate architectures; \
+             the widest SAE trained here has {f} latents."
+        ));
+    }
+    out.extend(scr_noise_warning(data));
+    out
+}
+
+/// One row per setting (seeds pooled): its label and, per c_ij bin, the
+/// co-firing pairs per seed and their mean |decoder cosine|.
+pub fn cos_by_c_rows(
+    data: &ReportData,
+    groups: &[Group],
+) -> Vec<(String, Vec<Option<(f64, f64)>>)> {
+    let bins = super::data::C_BINS.len() - 1;
+    groups
+        .iter()
+        .filter_map(|g| {
+            let members: Vec<&Vec<super::data::CosBin>> = g
+                .members
+                .iter()
+                .filter_map(|&i| data.cos_by_c.get(&data.variants[i].name))
+                .collect();
+            if members.is_empty() {
+                return None;
+            }
+            let cells = (0..bins)
+                .map(|b| {
+                    let pairs: usize = members.iter().map(|m| m[b].pairs).sum();
+                    (pairs > 0).then(|| {
+                        let cos = members
+                            .iter()
+                            .map(|m| m[b].mean_abs_cos * m[b].pairs as f64)
+                            .sum::<f64>()
+                            / pairs as f64;
+                        (pairs as f64 / members.len() as f64, cos)
+                    })
+                })
+                .collect();
+            Some((g.label.clone(), cells))
+        })
+        .collect()
+}

@@ -452,4 +452,116 @@ pub(super) mod tests {
         assert_eq!(get("kl_div_score").outcome, Outcome::Missing);
         assert!(get("kl_div_score").text.contains("missing data"));
     }
+
+    fn of_kind(mut v: VariantInfo, kind: Architecture) -> VariantInfo {
+        v.kind = kind;
+        v
+    }
+
+    #[test]
+    fn guided_is_compared_with_every_other_kind_and_guided_on_a_kind_with_that_kind() {
+        let mut ext = v("scope", "none", 0.0, 0);
+        ext.external = true;
+        let mut ort = of_kind(v("ortsae", "ortsae", 0.0, 0), Architecture::BatchTopK);
+        ort.chunks = 4;
+        let data = data(vec![
+            v("topk", "none", 0.0, 0),
+            of_kind(v("batchtopk", "none", 0.0, 0), Architecture::BatchTopK),
+            of_kind(
+                v("batchtopk-seed1", "none", 0.0, 1),
+                Architecture::BatchTopK,
+            ),
+            of_kind(v("matryoshka", "none", 0.0, 0), Architecture::Matryoshka),
+            ort,
+            v("guided", "guided", 0.1, 0),
+            of_kind(
+                v("guided-batchtopk", "guided", 0.1, 0),
+                Architecture::BatchTopK,
+            ),
+            ext,
+        ]);
+        let vg = data.verdict_groups();
+        // Guided on TopK is the guided side, even with guided on BatchTopK there.
+        assert_eq!(vg.guided.as_ref().unwrap().label, "guided");
+        let cols: Vec<(&str, &str, Option<&str>)> = vg
+            .against
+            .iter()
+            .map(|o| {
+                (
+                    o.column.as_str(),
+                    o.guided.as_ref().unwrap().label.as_str(),
+                    o.other.as_ref().map(|g| g.label.as_str()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            cols,
+            [
+                ("Guided vs TopK baseline", "guided", Some("topk")),
+                ("Guided vs uniform orthogonality", "guided", None),
+                ("Guided vs BatchTopK", "guided", Some("batchtopk")),
+                (
+                    "Guided vs Matryoshka BatchTopK",
+                    "guided",
+                    Some("matryoshka")
+                ),
+                ("Guided vs OrtSAE", "guided", Some("ortsae")),
+                (
+                    "Guided on BatchTopK vs BatchTopK alone",
+                    "guided-batchtopk",
+                    Some("batchtopk")
+                ),
+            ]
+        );
+        // An external SAE is in the tables but never a side of a verdict.
+        assert!(vg
+            .against
+            .iter()
+            .all(|o| o.other.as_ref().is_none_or(|g| g.label != "scope")));
+        assert_eq!(data.verdicts()[0].against.len(), 6);
+    }
+
+    #[test]
+    fn caveats_state_sample_sizes_and_the_absorption_width_rule() {
+        let mut d = data(vec![v("topk", "none", 0.0, 0)]);
+        assert!(crate::report::sections::caveats(&d).is_empty());
+        d.samples.insert("core".into(), "CE over 8 tokens".into());
+        d.values
+            .entry("topk".into())
+            .or_default()
+            .insert("absorption".into(), 0.1);
+        let c = crate::report::sections::caveats(&d);
+        assert_eq!(c[0], "core: CE over 8 tokens.");
+        assert!(
+            c[1].contains("widest SAE trained here has 64 latents"),
+            "{c:?}"
+        );
+        d.variants[0].d_sae = 16384;
+        assert_eq!(crate::report::sections::caveats(&d).len(), 1);
+    }
+
+    #[test]
+    fn co_firing_pairs_are_binned_by_c_and_pooled_over_seeds() {
+        let mut d = data(vec![
+            v("topk", "none", 0.0, 0),
+            v("topk-seed1", "none", 0.0, 1),
+        ]);
+        let a = crate::report::compete::cos_bins(&[
+            (0, 1, 0.05, 0.2, None),
+            (0, 2, 0.15, -0.4, None),
+            (1, 2, 1.0, 0.6, None),
+        ]);
+        assert_eq!(a.iter().map(|b| b.pairs).collect::<Vec<_>>(), [1, 1, 0, 1]);
+        assert!((a[1].mean_abs_cos - 0.4).abs() < 1e-12);
+        let b = crate::report::compete::cos_bins(&[(3, 4, 0.12, 0.0, None)]);
+        d.cos_by_c.insert("topk".into(), a);
+        d.cos_by_c.insert("topk-seed1".into(), b);
+        let rows = crate::report::sections::cos_by_c_rows(&d, &d.groups());
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].0, "topk");
+        // Bin 0.1-0.2: |cos| 0.4 and 0.0 over two seeds, one pair each.
+        assert_eq!(rows[0].1[1], Some((1.0, 0.2)));
+        assert_eq!(rows[0].1[2], None);
+        assert_eq!(rows[0].1[3], Some((0.5, 0.6)));
+    }
 }

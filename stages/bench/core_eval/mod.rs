@@ -322,6 +322,15 @@ impl Benchmark for Core {
     fn metrics(&self) -> &'static [crate::pipeline::benchmark::MetricDef] {
         summary::METRIC_DEFS
     }
+    fn sample_size(&self, s: &serde_json::Value) -> Option<String> {
+        let m = &s["metrics"];
+        Some(format!(
+            "CE and KL over {} next-token predictions ({} sequences); reconstruction, L0 and dead latents over {} eval tokens",
+            m["ce_tokens"].as_f64()?,
+            s["ce_sequences"].as_u64()?,
+            m["eval_tokens"].as_f64()?
+        ))
+    }
     fn tables(&self) -> &'static [&'static str] {
         summary::TABLES
     }
