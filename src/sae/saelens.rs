@@ -1,13 +1,19 @@
 //! SAELens-compatible folders: `cfg.json` + `sae_weights.safetensors`.
 //!
-//! Field names follow SAELens 6 (`sae_lens/saes/sae.py`, `topk_sae.py`):
-//! top level `architecture` ("topk" | "standard"), `d_in`, `d_sae`, `k`
-//! (topk), `dtype`, `device`, `apply_b_dec_to_input`,
-//! `normalize_activations`, `reshape_activations`, and `metadata` with
-//! `model_name`, `hook_name`, `hook_layer`, `context_size`, `prepend_bos`,
-//! `dataset_path`. The same metadata keys are repeated at the top level for
-//! older readers (SAELens < 6, SAEBench), which ignore unknown fields.
-//! Weights: `W_enc` [d_in, d_sae], `W_dec` [d_sae, d_in], `b_enc`, `b_dec`.
+//! Field names follow SAELens 6 (`sae_lens/saes/sae.py`, `topk_sae.py`,
+//! `jumprelu_sae.py`): top level `architecture` ("topk" | "standard" |
+//! "jumprelu"; coact's BatchTopK and Matryoshka SAEs are saved, as SAELens
+//! saves its own, in their JumpReLU inference form with the learned
+//! threshold), `d_in`, `d_sae`, `k` (topk), `dtype`, `device`,
+//! `apply_b_dec_to_input`, `normalize_activations`, `reshape_activations`,
+//! and `metadata` with `model_name`, `hook_name`, `hook_layer`,
+//! `context_size`, `prepend_bos`, `dataset_path`. The same metadata keys are
+//! repeated at the top level for older readers (SAELens < 6, SAEBench),
+//! which ignore unknown fields, with `activation_fn` (and SAELens 5's
+//! `activation_fn_str`) and `activation_fn_kwargs` (`{"k": k}` for TopK),
+//! which SAELens 5 reads instead of `architecture`. Weights: `W_enc` [d_in,
+//! d_sae], `W_dec` [d_sae, d_in], `b_enc`, `b_dec`, and `threshold` [d_sae]
+//! for JumpReLU.
 
 use std::collections::HashMap;
 use std::path::Path;

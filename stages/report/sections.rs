@@ -399,12 +399,12 @@ pub fn caveats(data: &ReportData) -> Vec<String> {
     out
 }
 
+/// A setting's label and, per c_ij bin, (pairs per seed, mean |cos|).
+pub type CosRow = (String, Vec<Option<(f64, f64)>>);
+
 /// One row per setting (seeds pooled): its label and, per c_ij bin, the
 /// co-firing pairs per seed and their mean |decoder cosine|.
-pub fn cos_by_c_rows(
-    data: &ReportData,
-    groups: &[Group],
-) -> Vec<(String, Vec<Option<(f64, f64)>>)> {
+pub fn cos_by_c_rows(data: &ReportData, groups: &[Group]) -> Vec<CosRow> {
     let bins = super::data::C_BINS.len() - 1;
     groups
         .iter()
