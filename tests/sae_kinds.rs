@@ -4,6 +4,9 @@
 //! penalty against every partition, validation, SAELens / Gemma Scope IO and
 //! checkpoints.
 
+#[path = "sae_support/mod.rs"]
+mod sae_support;
+
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -12,6 +15,7 @@ use coact::sae::{
     load_saelens, save_saelens, Ortho, Sae, SaeConfig, SaeKind, SaelensMeta, SparseCodes,
     StepStats, Trainer, TrainerConfig,
 };
+use sae_support::{check, ALL, P};
 use safetensors::tensor::{Dtype, TensorView};
 
 // ---------------------------------------------------------------------------
@@ -174,82 +178,6 @@ fn signature(t: &Trainer, x: &[f32]) -> Vec<Vec<usize>> {
         s.extend(cos_ranks(&t.sae().w_dec, c.d_in, c.d_sae));
     }
     s
-}
-
-#[derive(Clone, Copy, Debug)]
-enum P {
-    WEnc,
-    WDec,
-    BEnc,
-    BDec,
-}
-
-const ALL: [P; 4] = [P::WEnc, P::WDec, P::BEnc, P::BDec];
-
-fn param(s: &mut Sae, p: P) -> &mut Vec<f32> {
-    match p {
-        P::WEnc => &mut s.w_enc_t,
-        P::WDec => &mut s.w_dec,
-        P::BEnc => &mut s.b_enc,
-        P::BDec => &mut s.b_dec,
-    }
-}
-
-/// Checks the chosen tensors' entries (optionally only some latents) against
-/// central differences of the total loss. A coordinate whose +-eps
-/// perturbation changes the selection, AuxK's selection or (OrtSAE) a cosine
-/// ranking is skipped: the loss jumps or kinks there. Returns (checked, skipped).
-///
-/// Tolerance (as tests/sae_grad.rs): the loss is f32 arithmetic with f64
-/// sums, about 1e-6 relative per evaluation on losses of order 1-10, so the
-/// central difference with eps 2e-3 carries ~1e-3 absolute rounding noise;
-/// truncation is O(eps^2). 2e-3 absolute + 2% relative is well above both
-/// and far below a missing or wrongly scaled term.
-fn check(t: &mut Trainer, x: &[f32], params: &[P], latents: Option<&[usize]>) -> (usize, usize) {
-    let d = t.sae().cfg.d_in;
-    let (_, g) = t.loss_and_grads(x).unwrap();
-    let base = signature(t, x);
-    let eps = 2e-3f32;
-    let (mut checked, mut skipped) = (0, 0);
-    for &p in params {
-        let an = match p {
-            P::WEnc => &g.w_enc_t,
-            P::WDec => &g.w_dec,
-            P::BEnc => &g.b_enc,
-            P::BDec => &g.b_dec,
-        };
-        for (idx, &a) in an.iter().enumerate() {
-            let latent = match p {
-                P::WEnc | P::WDec => Some(idx / d),
-                P::BEnc => Some(idx),
-                P::BDec => None,
-            };
-            if let (Some(ls), Some(l)) = (latents, latent) {
-                if !ls.contains(&l) {
-                    continue;
-                }
-            }
-            let orig = param(t.sae_mut(), p)[idx];
-            param(t.sae_mut(), p)[idx] = orig + eps;
-            let lp = t.loss_and_grads(x).unwrap().0.loss;
-            let sp = signature(t, x);
-            param(t.sae_mut(), p)[idx] = orig - eps;
-            let lm = t.loss_and_grads(x).unwrap().0.loss;
-            let sm = signature(t, x);
-            param(t.sae_mut(), p)[idx] = orig;
-            if sp != base || sm != base {
-                skipped += 1;
-                continue;
-            }
-            let fd = ((lp - lm) / (2.0 * eps as f64)) as f32;
-            assert!(
-                (fd - a).abs() <= 2e-3 + 2e-2 * a.abs().max(fd.abs()),
-                "{p:?}[{idx}]: finite difference {fd} vs analytic {a}"
-            );
-            checked += 1;
-        }
-    }
-    (checked, skipped)
 }
 
 /// Dense f64 reference of the batch kinds' loss (no AuxK, no orthogonality)
@@ -415,7 +343,7 @@ fn batch_topk_gradient() {
     let (st, _) = t.loss_and_grads(&x).unwrap();
     assert!(st.mse > 0.0 && st.aux == 0.0 && st.ortho == 0.0);
     assert_eq!(st.l0, 2.0, "batch L0 is k on average");
-    let (checked, skipped) = check(&mut t, &x, &ALL, None);
+    let (checked, skipped) = check(&mut t, &x, &ALL, None, signature);
     assert!(
         checked >= 110 && skipped <= 16,
         "{checked} checked, {skipped} skipped"
@@ -466,7 +394,13 @@ fn batch_topk_auxk_gradient_on_dead_latents_outside_the_selection() {
         reached.iter().all(|j| in_aux.contains(j)),
         "{reached:?} vs AuxK's {in_aux:?}"
     );
-    let (checked, _) = check(&mut t, &x, &[P::WEnc, P::WDec, P::BEnc], Some(&outside));
+    let (checked, _) = check(
+        &mut t,
+        &x,
+        &[P::WEnc, P::WDec, P::BEnc],
+        Some(&outside),
+        signature,
+    );
     assert!(checked > 2 * d * reached.len(), "{checked} checked");
 }
 
@@ -487,7 +421,7 @@ fn matryoshka_gradient_and_summed_prefix_losses() {
         "the prefixes should add distinct, real amounts: {:?}",
         r.prefix_mse
     );
-    let (checked, skipped) = check(&mut t, &x, &ALL, None);
+    let (checked, skipped) = check(&mut t, &x, &ALL, None, signature);
     assert!(
         checked >= 110 && skipped <= 16,
         "{checked} checked, {skipped} skipped"
@@ -522,7 +456,7 @@ fn ortsae_gradient_at_a_fixed_partition() {
         .zip(&gp.w_dec)
         .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(diff > 0.05, "ortho gradient too small to test: {diff}");
-    let (checked, skipped) = check(&mut t, &x, &ALL, None);
+    let (checked, skipped) = check(&mut t, &x, &ALL, None, signature);
     assert!(
         checked >= 120 && skipped <= 40,
         "{checked} checked, {skipped} skipped"
@@ -563,7 +497,7 @@ fn guided_on_batch_topk_uses_the_batch_lists_and_has_the_right_gradient() {
         }
     }
     assert_eq!(st.competing_pairs, pairs);
-    let (checked, skipped) = check(&mut t, &x, &ALL, None);
+    let (checked, skipped) = check(&mut t, &x, &ALL, None, signature);
     assert!(
         checked >= 110 && skipped <= 16,
         "{checked} checked, {skipped} skipped"

@@ -222,6 +222,19 @@ impl Config {
     }
 }
 
+/// A name that becomes part of file names and table values: `at.name` must
+/// be letters, digits, '-', '_' or '.'.
+pub(crate) fn check_name(at: &str, name: &str) -> Result<()> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        bail!("{at}.name = '{name}': expected letters, digits, '-', '_' or '.'");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

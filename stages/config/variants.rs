@@ -110,17 +110,7 @@ pub fn expand(base: &VariantSettings, specs: &[VariantSpec]) -> Result<Vec<Varia
     let mut out: Vec<Variant> = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
         let origin = format!("train.variants[{i}]");
-        if spec.name.is_empty()
-            || !spec
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            bail!(
-                "{origin}.name = '{}': expected letters, digits, '-', '_' or '.'",
-                spec.name
-            );
-        }
+        super::check_name(&origin, &spec.name)?;
         let mut s = base.clone();
         if let Some(k) = spec.kind {
             s.kind = k;

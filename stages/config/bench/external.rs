@@ -30,17 +30,7 @@ pub struct ExternalSae {
 pub fn validate(list: &[ExternalSae], variants: &[String]) -> Result<()> {
     for (i, e) in list.iter().enumerate() {
         let at = format!("bench.external[{i}]");
-        if e.name.is_empty()
-            || !e
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            bail!(
-                "{at}.name = '{}': expected letters, digits, '-', '_' or '.'",
-                e.name
-            );
-        }
+        crate::config::check_name(&at, &e.name)?;
         if list[..i].iter().any(|o| o.name == e.name) {
             bail!("{at}.name = '{}': used twice in bench.external", e.name);
         }
