@@ -166,10 +166,21 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
         .into_iter()
         .find(|v| v.name == unit)
         .context("variant vanished from the config")?;
+    // Read once per run for all variants (1 Mi tokens x 640 floats is 2.7
+    // GB, ~20 s to decode), freed after the last variant's unit.
+    let extract_key = input.input_key("extract")?.to_string();
     let spinner = input.progress.spinner("reading train activations");
-    let (x, d, extract_summary) = load_train_tokens(input)?;
+    let tokens = input
+        .cache
+        .get_or_try_insert(&format!("train/tokens/{extract_key}"), || {
+            load_train_tokens(input)
+        })?;
     spinner.finish_and_clear();
-    let mut batches = Batches::new(input, &variant, &x, d)?;
+    if cfg.variants().last().is_some_and(|v| v.name == unit) {
+        input.cache.evict(&format!("train/tokens/{extract_key}"));
+    }
+    let (x, d, extract_summary) = (&tokens.0, tokens.1, &tokens.2);
+    let mut batches = Batches::new(input, &variant, x, d)?;
     let (n, batch, total, scale) = (batches.n, batches.batch, batches.total(), batches.scale);
     let tc = trainer_config(cfg, &variant, total, batch)?;
     let compute = tc.compute;
@@ -178,13 +189,16 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
     let mut buf = Vec::with_capacity(batch * d);
     let (mut trainer, mut log) = resume_or_start(input, unit, tc, sc, &mut batches, &mut buf)?;
     train_steps(input, unit, &mut trainer, &mut log, &mut batches, &mut buf)?;
-    let rows = save(input, unit, trainer, scale, &extract_summary, &log)?;
+    let rows = save(input, unit, trainer, scale, extract_summary, &log)?;
 
     let tail = &log[log.len().saturating_sub(10)..];
     let mean = |f: &dyn Fn(&StepStats) -> f64| {
         tail.iter().map(|r| f(&r.stats)).sum::<f64>() / tail.len() as f64
     };
-    let tokens_per_s = log.iter().map(|r| r.tokens_per_s).sum::<f64>() / log.len() as f64;
+    // Tokens over the summed step times (a mean of per-step rates would
+    // overweight the fast steps).
+    let step_s: f64 = log.iter().map(|r| batch as f64 / r.tokens_per_s).sum();
+    let tokens_per_s = (log.len() * batch) as f64 / step_s.max(1e-9);
     input.progress.note(format!(
         "train/{unit}: {total} steps of {batch}, final mse {:.4} (scaled), L0 {:.1}, dead {:.3}, {:.0} tokens/s",
         mean(&|s| s.mse),

@@ -70,11 +70,28 @@ pub fn verdict_intro(data: &ReportData) -> String {
         ),
         None => format!("{what}: <i>not in this study</i>"),
     };
+    let others: Vec<String> = vg
+        .against
+        .iter()
+        .map(|o| {
+            let other = desc(&o.other, &o.name);
+            match &o.guided {
+                Some(g) if o.column.starts_with("Guided on") => {
+                    format!("{} against {other}", desc(&Some(g.clone()), "guided"))
+                }
+                _ => other,
+            }
+        })
+        .collect();
+    let k = vg
+        .guided
+        .as_ref()
+        .map(|g| data.variants[g.members[0]].k)
+        .unwrap_or(0);
     format!(
-        "{}, compared with {} and with {}.",
+        "{}, compared with: {}. Every kind keeps k = {k} latents: per token for TopK, on average over a training batch for the batch kinds (their learned inference threshold gives the L0 in the table).",
         desc(&vg.guided, "Guided orthogonality"),
-        desc(&vg.baseline, "the TopK baseline"),
-        desc(&vg.uniform, "uniform orthogonality"),
+        others.join("; ")
     )
 }
 

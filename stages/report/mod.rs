@@ -76,10 +76,10 @@ impl Stage for Report {
     fn deps(&self) -> &'static [&'static str] {
         &["train", "external", "compete", "bench"]
     }
-    /// 3: the comparison's columns follow the benchmark registry (core's
-    /// decoder-cosine and dead-latent columns moved beside its others).
+    /// 3: the comparison's columns follow the benchmark registry; 4: verdict columns for every kind, sample sizes and caveats, the
+    /// c_ij-binned cosine table, external SAEs as rows.
     fn format_version(&self) -> u32 {
-        3
+        4
     }
     fn units(&self, cfg: &Config, _: &Registry) -> Result<Vec<Unit>> {
         Ok(Unit::single(key_config(cfg)))

@@ -132,18 +132,26 @@ impl ReportData {
                 against.push(Opponent::new(name, guided.clone(), Some(o)));
             }
         }
-        if let Some(o) = pick(&|v| v.ortho == "ortsae", like.as_ref()) {
-            against.push(Opponent::new("OrtSAE", guided.clone(), Some(o)));
+        let ortsae = pick(&|v| v.ortho == "ortsae", like.as_ref());
+        if let Some(o) = &ortsae {
+            against.push(Opponent::new("OrtSAE", guided.clone(), Some(o.clone())));
         }
-        // Guided on top of another kind, against that kind alone.
+        // Guided on top of another kind, against that kind alone and against
+        // OrtSAE on the same kind (the like-for-like orthogonal comparison).
         for (kind, name) in others {
             let on = pick(&|v| v.ortho == "guided" && v.kind == kind, like.as_ref());
             if let Some(on) = on.filter(|g| Some(&g.key) != guided.as_ref().map(|g| &g.key)) {
                 let lk = self.variants[on.members[0]].clone();
                 let plain = pick(&|v| v.ortho == "none" && v.kind == kind, Some(&lk));
-                let mut o = Opponent::new(name, Some(on), plain);
+                let mut o = Opponent::new(name, Some(on.clone()), plain);
                 o.column = format!("Guided on {name} vs {name} alone");
                 against.push(o);
+                let same_base = pick(&|v| v.ortho == "ortsae" && v.kind == kind, Some(&lk));
+                if let Some(ort) = same_base {
+                    let mut o = Opponent::new(&format!("OrtSAE on {name}"), Some(on), Some(ort));
+                    o.column = format!("Guided on {name} vs OrtSAE on {name}");
+                    against.push(o);
+                }
             }
         }
         VerdictGroups {
@@ -511,6 +519,11 @@ pub(super) mod tests {
                     "guided-batchtopk",
                     Some("batchtopk")
                 ),
+                (
+                    "Guided on BatchTopK vs OrtSAE on BatchTopK",
+                    "guided-batchtopk",
+                    Some("ortsae")
+                ),
             ]
         );
         // An external SAE is in the tables but never a side of a verdict.
@@ -518,7 +531,7 @@ pub(super) mod tests {
             .against
             .iter()
             .all(|o| o.other.as_ref().is_none_or(|g| g.label != "scope")));
-        assert_eq!(data.verdicts()[0].against.len(), 6);
+        assert_eq!(data.verdicts()[0].against.len(), 7);
     }
 
     #[test]
