@@ -83,8 +83,8 @@ pub(super) const GUIDED_PALETTE: &[(u8, u8, u8)] = &[
 ];
 pub(super) const BASELINE: RGBColor = RGBColor(40, 40, 40);
 pub(super) const UNIFORM: RGBColor = RGBColor(255, 127, 14);
-/// OrtSAE, the other orthogonal SAE: purple.
-pub(super) const ORTSAE: RGBColor = RGBColor(148, 103, 189);
+/// OrtSAE, the other orthogonal SAE: a violet red no guided group gets.
+pub(super) const ORTSAE: RGBColor = RGBColor(199, 21, 133);
 pub(super) const OTHER: RGBColor = RGBColor(140, 86, 75);
 pub(super) const SWEEP: RGBColor = RGBColor(31, 119, 180);
 pub(super) const GRID: RGBColor = RGBColor(225, 225, 225);

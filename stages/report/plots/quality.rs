@@ -81,6 +81,17 @@ pub(super) fn l0_plot(data: &ReportData, out: &Path) -> Result<Option<Plot>> {
                 .light_line_style(WHITE)
                 .draw()
                 .map_err(perr)?;
+            let front = pareto_front(&pts);
+            if front.len() > 1 {
+                chart
+                    .draw_series(DashedLineSeries::new(
+                        front,
+                        6,
+                        4,
+                        RGBColor(120, 120, 120).stroke_width(2),
+                    ))
+                    .map_err(perr)?;
+            }
             chart
                 .draw_series(
                     pts.iter()
@@ -94,6 +105,43 @@ pub(super) fn l0_plot(data: &ReportData, out: &Path) -> Result<Option<Plot>> {
     Ok(Some(Plot {
         file: file.into(),
         title: "L0 against explained variance and CE score".into(),
-        caption: "Every variant, one dot each (seeds of a setting share a colour). Up and to the left is better: more reconstruction for fewer active latents.".into(),
+        caption: "Every variant, one dot each (seeds of a setting share a colour); the dashed line is the Pareto front, the SAEs no other beats on both L0 and the score. Up and to the left is better: more reconstruction for fewer active latents.".into(),
     }))
+}
+
+/// The points no other point beats on both axes (lower L0, higher score),
+/// by L0 ascending.
+fn pareto_front(pts: &[(f64, f64, RGBColor)]) -> Vec<(f64, f64)> {
+    let mut by_l0: Vec<(f64, f64)> = pts.iter().map(|p| (p.0, p.1)).collect();
+    // Ascending L0; at equal L0 the best score first.
+    by_l0.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.total_cmp(&a.1)));
+    let mut front: Vec<(f64, f64)> = Vec::new();
+    for p in by_l0 {
+        if front.last().is_none_or(|l| p.1 > l.1) {
+            front.push(p);
+        }
+    }
+    front
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_front_keeps_what_nothing_beats_on_both_axes() {
+        let c = RGBColor(0, 0, 0);
+        let pts = [
+            (32.0, 0.90, c),
+            (30.0, 0.89, c),
+            (32.0, 0.91, c),
+            (31.0, 0.85, c),
+            (37.0, 0.60, c),
+            (29.0, 0.88, c),
+        ];
+        assert_eq!(
+            pareto_front(&pts),
+            vec![(29.0, 0.88), (30.0, 0.89), (32.0, 0.91)]
+        );
+    }
 }
