@@ -59,6 +59,15 @@ impl SaeKind {
         }
     }
 
+    /// The batch kinds' k (BatchTopK, Matryoshka): they select over the
+    /// whole batch in training.
+    pub fn batch_k(&self) -> Option<usize> {
+        match self {
+            SaeKind::BatchTopK { k } | SaeKind::Matryoshka { k, .. } => Some(*k),
+            _ => None,
+        }
+    }
+
     /// Whether inference thresholds each latent ([`Sae::threshold`]).
     pub fn has_threshold(&self) -> bool {
         matches!(

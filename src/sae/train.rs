@@ -588,7 +588,7 @@ impl Trainer {
             SaeKind::JumpRelu => bail!("a jumprelu SAE is read, not trained"),
         };
         let mut codes = self.encode(batch, n, select);
-        if let Some(k) = kind.k().filter(|_| !matches!(kind, SaeKind::TopK { .. })) {
+        if let Some(k) = kind.batch_k() {
             self.batch_topk(&mut codes, k, candidate_cap(k, f));
         }
         let prefixes = Prefixes::of(kind, f);
