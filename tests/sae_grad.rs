@@ -19,40 +19,7 @@ fn data(n: usize, seed: u64) -> Vec<f32> {
 }
 
 fn trainer(kind: SaeKind, ortho: Ortho, aux: Option<(usize, u64)>) -> Trainer {
-    let mut cfg = TrainerConfig::new(100, 8);
-    cfg.ortho = ortho;
-    cfg.seed = 5;
-    match aux {
-        Some((k_aux, dead_after)) => {
-            cfg.aux_k = Some(k_aux);
-            cfg.dead_after_tokens = dead_after;
-            cfg.aux_coeff = 1.0;
-        }
-        None => cfg.aux_coeff = 0.0,
-    }
-    let sae_cfg = SaeConfig {
-        d_in: D,
-        d_sae: F,
-        kind,
-    };
-    let mut t = Trainer::new(cfg, sae_cfg, &data(16, 1)).unwrap();
-    // Move away from the symmetric init: random encoder, biases, decoder.
-    let mut r = SplitMix64::new(9);
-    let s = t.sae_mut();
-    s.w_enc_t
-        .iter_mut()
-        .for_each(|v| *v = 0.6 * r.normal() as f32);
-    s.b_enc
-        .iter_mut()
-        .for_each(|v| *v = 0.2 * r.normal() as f32);
-    s.w_dec
-        .iter_mut()
-        .for_each(|v| *v += 0.3 * r.normal() as f32);
-    s.normalize_decoder_rows();
-    s.b_dec
-        .iter_mut()
-        .for_each(|v| *v = 0.3 * r.normal() as f32);
-    t
+    sae_support::trainer(D, F, kind, ortho, aux)
 }
 
 /// Every entry checked: these tests choose inputs whose selection no +-eps

@@ -15,7 +15,7 @@ use coact::sae::{
     load_saelens, save_saelens, Ortho, Sae, SaeConfig, SaeKind, SaelensMeta, SparseCodes,
     StepStats, Trainer, TrainerConfig,
 };
-use sae_support::{check, ALL, P};
+use sae_support::{check, trainer, ALL, P};
 use safetensors::tensor::{Dtype, TensorView};
 
 // ---------------------------------------------------------------------------
@@ -29,45 +29,6 @@ fn gauss(n: usize, d: usize, seed: u64, scale: f32) -> Vec<f32> {
 
 fn dot64(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
-}
-
-/// A trainer on a tiny SAE (d_in `d`, `f` latents) moved away from the
-/// symmetric init (random encoder, biases, decoder), as tests/sae_grad.rs does.
-/// `aux`: Some((k_aux, dead_after_tokens)) turns AuxK on with coefficient 1.
-fn trainer(d: usize, f: usize, kind: SaeKind, ortho: Ortho, aux: Option<(usize, u64)>) -> Trainer {
-    let mut cfg = TrainerConfig::new(100, 8);
-    cfg.ortho = ortho;
-    cfg.seed = 5;
-    match aux {
-        Some((k_aux, dead_after)) => {
-            cfg.aux_k = Some(k_aux);
-            cfg.dead_after_tokens = dead_after;
-            cfg.aux_coeff = 1.0;
-        }
-        None => cfg.aux_coeff = 0.0,
-    }
-    let sae_cfg = SaeConfig {
-        d_in: d,
-        d_sae: f,
-        kind,
-    };
-    let mut t = Trainer::new(cfg, sae_cfg, &gauss(16, d, 1, 1.0)).unwrap();
-    let mut r = SplitMix64::new(9);
-    let s = t.sae_mut();
-    s.w_enc_t
-        .iter_mut()
-        .for_each(|v| *v = 0.6 * r.normal() as f32);
-    s.b_enc
-        .iter_mut()
-        .for_each(|v| *v = 0.2 * r.normal() as f32);
-    s.w_dec
-        .iter_mut()
-        .for_each(|v| *v += 0.3 * r.normal() as f32);
-    s.normalize_decoder_rows();
-    s.b_dec
-        .iter_mut()
-        .for_each(|v| *v = 0.3 * r.normal() as f32);
-    t
 }
 
 /// Per token, the (latent, value) pairs a selection keeps, latents ascending.

@@ -1,6 +1,7 @@
 //! Finite-difference gradient checks shared by the SAE tests.
 
-use coact::sae::{Sae, Trainer};
+use coact::rng::SplitMix64;
+use coact::sae::{Ortho, Sae, SaeConfig, SaeKind, Trainer, TrainerConfig};
 
 /// One of the SAE's parameter tensors.
 #[derive(Clone, Copy, Debug)]
@@ -84,4 +85,53 @@ pub fn check<S: PartialEq>(
         }
     }
     (checked, skipped)
+}
+
+/// A trainer on a tiny SAE (d_in `d`, `f` latents) moved away from the
+/// symmetric init (random encoder, biases, decoder), as the gradient tests need
+/// (no tie, no symmetric selection). The init sample is `16 x d` standard
+/// normals of seed 1.
+/// `aux`: Some((k_aux, dead_after_tokens)) turns AuxK on with coefficient 1.
+pub fn trainer(
+    d: usize,
+    f: usize,
+    kind: SaeKind,
+    ortho: Ortho,
+    aux: Option<(usize, u64)>,
+) -> Trainer {
+    let mut r = SplitMix64::new(1);
+    let init: Vec<f32> = (0..16 * d).map(|_| r.normal() as f32).collect();
+    let mut cfg = TrainerConfig::new(100, 8);
+    cfg.ortho = ortho;
+    cfg.seed = 5;
+    match aux {
+        Some((k_aux, dead_after)) => {
+            cfg.aux_k = Some(k_aux);
+            cfg.dead_after_tokens = dead_after;
+            cfg.aux_coeff = 1.0;
+        }
+        None => cfg.aux_coeff = 0.0,
+    }
+    let sae_cfg = SaeConfig {
+        d_in: d,
+        d_sae: f,
+        kind,
+    };
+    let mut t = Trainer::new(cfg, sae_cfg, &init).unwrap();
+    let mut r = SplitMix64::new(9);
+    let s = t.sae_mut();
+    s.w_enc_t
+        .iter_mut()
+        .for_each(|v| *v = 0.6 * r.normal() as f32);
+    s.b_enc
+        .iter_mut()
+        .for_each(|v| *v = 0.2 * r.normal() as f32);
+    s.w_dec
+        .iter_mut()
+        .for_each(|v| *v += 0.3 * r.normal() as f32);
+    s.normalize_decoder_rows();
+    s.b_dec
+        .iter_mut()
+        .for_each(|v| *v = 0.3 * r.normal() as f32);
+    t
 }
