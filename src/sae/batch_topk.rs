@@ -8,7 +8,11 @@
 //! missing values could belong to the selection, so those tokens (and only
 //! those) are encoded again with every positive value. Expanding them can
 //! only raise the cut, so every other full token's missing values stay below
-//! it: one round makes the selection exact.
+//! it: one round makes the selection exact. With the bf16 encoder
+//! (`train.compute: bf16`) bf16 values choose each token's candidates, as
+//! they choose TopK's latents, and a list that lost entries when refined to
+//! f32 no longer counts as full: the selection is then exact over the
+//! candidates, not over every latent.
 
 use super::model::SparseCodes;
 
