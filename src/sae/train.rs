@@ -5,8 +5,10 @@
 //! [`super::norm_scaling_factor`]):
 //! 1. encoder: chunked gemm `(x - b_dec) W_enc + b_enc` fused with the top-k
 //!    selection (and, when latents are dead, the top-k_aux among dead ones);
+//!    the batch kinds then cut the batch to its k n best (`batch_topk`);
 //! 2. decoder and residual per token as a gather over the active rows;
-//!    `L_recon = mean_t ||x_hat_t - x_t||^2`;
+//!    `L_recon = mean_t ||x_hat_t - x_t||^2`, for Matryoshka summed over the
+//!    nested prefixes (each prefix's x_hat from its latents and b_dec);
 //! 3. AuxK (dictionary_learning / OpenAI): dead latents' top-k_aux relu'd
 //!    pre-activations reconstruct the (detached) residual `x - x_hat` through
 //!    W_dec without bias; `L_aux = mean_t ||r_aux - r||^2 / mean_t ||r - mean(r)||^2`;
@@ -14,18 +16,21 @@
 //!    `dead_after_tokens` tokens *before* this batch (as SAELens; dictionary_learning
 //!    also counts the current batch);
 //! 4. ReLU-L1: `l1_coeff * mean_t sum_i z_ti` (unit decoder rows);
-//! 5. orthogonality (see [`Ortho`]);
+//! 5. orthogonality (see [`Ortho`]: uniform, guided, OrtSAE's chunks);
 //! 6. gradients as gathers/scatters over the active entries: per token the
 //!    gradient w.r.t. each active pre-activation and the b_dec part; per latent
 //!    (in a fixed order of tokens) its W_dec row, W_enc column and b_enc;
 //! 7. the decoder gradient's component along each row is removed, then one
 //!    fused pass per latent applies Adam (no weight decay) to its decoder row,
-//!    encoder column and bias and renormalises the decoder row; b_dec last.
+//!    encoder column and bias and renormalises the decoder row; b_dec last;
+//! 8. the batch kinds move their inference threshold towards the smallest
+//!    activation the batch kept (`TrainerConfig::threshold_lr`).
 //!
 //! Each phase is one private method of [`Trainer`] (`encode`, `residuals`,
 //! `auxk_loss`, `ortho_penalty`, `pre_activation_grads`, then
-//! `latent_entries` and `latent_grads`, and `update_latents`), called in
-//! that order by `prepare` (everything before the parameters change) and
+//! `latent_entries` and `latent_grads`, `update_latents` and `advance`), called in
+//! that order by `prepare` (everything before the parameters change; the
+//! batch selection is `batch_topk`) and
 //! [`Trainer::step`].
 //!
 //! Nothing depends on thread scheduling: every reduction has a fixed order,
