@@ -273,7 +273,7 @@ pub struct Sae {
     pub w_dec: Vec<f32>,
     pub b_enc: Vec<f32>,
     pub b_dec: Vec<f32>,
-    /// Inference threshold per latent, [d_sae], for the kinds that have one
+    /// Inference threshold per latent, `[d_sae]`, for the kinds that have one
     /// ([`SaeKind::has_threshold`]; a BatchTopK SAE's is one learned value
     /// repeated); empty otherwise.
     pub threshold: Vec<f32>,
@@ -366,7 +366,7 @@ impl Sae {
     }
 
     /// Builds an SAE from SAELens-oriented weights: `w_enc` [d_in, d_sae],
-    /// `w_dec` [d_sae, d_in]; `threshold` [d_sae] for the threshold kinds,
+    /// `w_dec` [d_sae, d_in]; `threshold` `[d_sae]` for the threshold kinds,
     /// empty for the others.
     pub fn from_saelens(
         cfg: SaeConfig,
