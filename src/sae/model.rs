@@ -116,12 +116,12 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    /// Every tag, in declaration order.
+    /// Every tag: TopK, the batch kinds, ReLU-L1, then JumpReLU (read only).
     pub const ALL: [Architecture; 5] = [
         Architecture::TopK,
-        Architecture::ReluL1,
         Architecture::BatchTopK,
         Architecture::Matryoshka,
+        Architecture::ReluL1,
         Architecture::JumpRelu,
     ];
 
@@ -139,6 +139,18 @@ impl Architecture {
     /// The tag named `name`, if any.
     pub fn from_name(name: &str) -> Option<Architecture> {
         Architecture::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    /// The kind in words, for reports: "TopK", "ReLU+L1", "BatchTopK",
+    /// "Matryoshka BatchTopK", "JumpReLU".
+    pub fn title(self) -> &'static str {
+        match self {
+            Architecture::TopK => "TopK",
+            Architecture::ReluL1 => "ReLU+L1",
+            Architecture::BatchTopK => "BatchTopK",
+            Architecture::Matryoshka => "Matryoshka BatchTopK",
+            Architecture::JumpRelu => "JumpReLU",
+        }
     }
 
     /// Whether coact can train this kind (JumpReLU is read, not trained).

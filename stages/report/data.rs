@@ -88,7 +88,6 @@ impl VariantInfo {
     pub fn describe(&self) -> String {
         let base = match self.kind {
             Architecture::ReluL1 => format!("ReLU+L1 (l1 {})", num(self.l1_coeff)),
-            Architecture::BatchTopK => format!("BatchTopK k {}", self.k),
             Architecture::Matryoshka => format!(
                 "Matryoshka BatchTopK k {} (groups {})",
                 self.k,
@@ -98,8 +97,10 @@ impl VariantInfo {
                     .collect::<Vec<_>>()
                     .join("+")
             ),
-            Architecture::JumpRelu => "JumpReLU".to_string(),
-            Architecture::TopK => format!("TopK k {}", self.k),
+            Architecture::JumpRelu => self.kind.title().to_string(),
+            Architecture::TopK | Architecture::BatchTopK => {
+                format!("{} k {}", self.kind.title(), self.k)
+            }
         };
         if self.external {
             return format!("{base}, {} latents, external", self.d_sae);

@@ -122,12 +122,13 @@ impl ReportData {
             Opponent::new("the TopK baseline", guided.clone(), baseline.clone()),
             Opponent::new("uniform orthogonality", guided.clone(), uniform.clone()),
         ];
-        let others = [
-            (Architecture::BatchTopK, "BatchTopK"),
-            (Architecture::Matryoshka, "Matryoshka BatchTopK"),
-            (Architecture::ReluL1, "ReLU+L1"),
-        ];
-        for (kind, name) in others {
+        // Every trained kind but TopK, the baseline.
+        let others: Vec<(Architecture, &str)> = Architecture::ALL
+            .into_iter()
+            .filter(|&a| a.trainable() && a != Architecture::TopK)
+            .map(|a| (a, a.title()))
+            .collect();
+        for &(kind, name) in &others {
             if let Some(o) = pick(&|v| v.ortho == "none" && v.kind == kind, like.as_ref()) {
                 against.push(Opponent::new(name, guided.clone(), Some(o)));
             }
@@ -138,7 +139,7 @@ impl ReportData {
         }
         // Guided on top of another kind, against that kind alone and against
         // OrtSAE on the same kind (the like-for-like orthogonal comparison).
-        for (kind, name) in others {
+        for &(kind, name) in &others {
             let on = pick(&|v| v.ortho == "guided" && v.kind == kind, like.as_ref());
             if let Some(on) = on.filter(|g| Some(&g.key) != guided.as_ref().map(|g| &g.key)) {
                 let lk = self.variants[on.members[0]].clone();
