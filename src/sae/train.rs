@@ -594,7 +594,7 @@ impl Trainer {
         };
         let mut codes = self.encode(batch, n, select);
         if let Some(k) = kind.batch_k() {
-            self.batch_topk(&mut codes, k, candidate_cap(k, f));
+            self.batch_topk(&mut codes, k);
         }
         let prefixes = Prefixes::of(kind, f);
         ensure!(
@@ -718,12 +718,14 @@ impl Trainer {
         }
     }
 
-    /// Phase 1b, the batch kinds: cuts each token's `cap` candidates down to
-    /// the batch's `k * n` best, after encoding in full the tokens whose
-    /// cut-off candidates might belong to them (see [`super::batch_topk`]).
-    fn batch_topk(&self, codes: &mut Codes, k: usize, cap: usize) {
+    /// Phase 1b, the batch kinds: cuts each token's candidates (the encoder's
+    /// top `candidate_cap`) down to the batch's `k * n` best, after encoding
+    /// in full the tokens whose cut-off candidates might belong to them (see
+    /// [`super::batch_topk`]).
+    fn batch_topk(&self, codes: &mut Codes, k: usize) {
         let budget = k * codes.n;
-        let d = self.sae.cfg.d_in;
+        let (d, f) = (self.sae.cfg.d_in, self.sae.cfg.d_sae);
+        let cap = candidate_cap(k, f);
         let expand = tokens_to_expand(&codes.main, cap, budget);
         if !expand.is_empty() {
             let xs: Vec<f32> = expand

@@ -126,17 +126,23 @@ impl Estimator {
         }
     }
 
+    /// The train split's tokens: `tokenize.train_tokens`, or (null) the rest
+    /// of the corpus as the last tokenize counted it.
+    fn train_tokens(&self, cfg: &Config) -> Option<f64> {
+        let t = &cfg.tokenize;
+        Some(match t.train_tokens {
+            Some(n) => n as f64,
+            None => (self.corpus_tokens? - t.eval_tokens as f64).max(0.0),
+        })
+    }
+
     /// Seconds to build `p` under `cfg`, if anything comparable was measured.
     pub fn seconds(&self, cfg: &Config, p: &Planned) -> Option<f64> {
         let t = &cfg.tokenize;
         let variant = |name: &str| cfg.variants().into_iter().find(|v| v.name == name);
         match p.stage {
             "extract" => {
-                let train = match t.train_tokens {
-                    Some(n) => n as f64,
-                    None => self.corpus_tokens? - t.eval_tokens as f64,
-                };
-                let tokens = t.eval_tokens as f64 + train.max(0.0);
+                let tokens = t.eval_tokens as f64 + self.train_tokens(cfg)?;
                 Some(self.extract? * tokens * (cfg.model.layer as f64 + 1.0))
             }
             "train" => {
@@ -146,11 +152,11 @@ impl Estimator {
                     .train
                     .get(ortho.as_str().unwrap_or(""))
                     .or_else(|| self.train.get(""))?;
-                let train = match t.train_tokens {
-                    Some(n) => n as f64,
-                    None => self.corpus_tokens? - t.eval_tokens as f64,
-                };
-                Some(rate * train * cfg.train.epochs as f64 * v.settings.d_sae as f64)
+                Some(
+                    rate * self.train_tokens(cfg)?
+                        * cfg.train.epochs as f64
+                        * v.settings.d_sae as f64,
+                )
             }
             "compete" | "bench" => {
                 let unit = p.unit.as_deref()?;
