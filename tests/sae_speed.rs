@@ -1,6 +1,7 @@
 //! Speed of the SAE step (ignored by default):
 //! `cargo test -p coact --test sae_speed -- --ignored --nocapture`.
 
+use std::hash::{Hash, Hasher};
 use std::time::Instant;
 
 use coact::linalg::Compute;
@@ -8,7 +9,14 @@ use coact::rng::SplitMix64;
 use coact::sae::{Ortho, Sae, SaeConfig, SaeKind, Trainer, TrainerConfig};
 
 const D: usize = 640;
-const B: usize = 4096;
+
+/// Tokens per step: 4096, or SAE_SPEED_B (the default study trains at 2048).
+fn batch() -> usize {
+    std::env::var("SAE_SPEED_B")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4096)
+}
 
 /// Sparse-ish structured activations: each token mixes 16 of 2048 fixed
 /// random directions, plus noise, scaled to unit mean squared norm.
@@ -52,7 +60,8 @@ fn step_speed() {
         info.cpu.model,
         info.cpu.flags()
     );
-    let x = data(B, 1);
+    let b = batch();
+    let x = data(b, 1);
     let steps: usize = std::env::var("SAE_SPEED_STEPS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -67,6 +76,9 @@ fn step_speed() {
     };
     // SAE_SPEED_TAU0=0 skips the tau 0 run.
     let tau0 = std::env::var("SAE_SPEED_TAU0").map_or(true, |v| v != "0");
+    // SAE_SPEED_AUXK=1 counts every latent as dead, so AuxK (k_aux = d_in / 2)
+    // runs every step, as in a study where most latents die early.
+    let auxk = std::env::var("SAE_SPEED_AUXK").is_ok_and(|v| v == "1");
     let mut modes = vec![Compute::F32];
     if info.cpu.has_bf16() {
         modes.push(Compute::Bf16);
@@ -79,8 +91,11 @@ fn step_speed() {
                     d_sae: f,
                     kind: SaeKind::TopK { k },
                 };
-                let mut cfg = TrainerConfig::new(1000, B);
+                let mut cfg = TrainerConfig::new(1000, b);
                 cfg.compute = compute;
+                if auxk {
+                    cfg.dead_after_tokens = 0;
+                }
                 let mut plain = Trainer::new(cfg.clone(), sae_cfg.clone(), &x[..256 * D]).unwrap();
                 let tp = time_steps(&mut plain, &x, steps);
                 cfg.ortho = Ortho::Guided {
@@ -94,11 +109,12 @@ fn step_speed() {
                 let tp2 = time_steps(&mut plain, &x, steps);
                 let tp = 0.5 * (tp + tp2);
                 println!(
-                    "F {f:5} k {k:2} B {B} {compute:4}: plain {:7.1} ms/step ({:7.1} then {:7.1}) {:8.0} tok/s | guided tau 0.1 {:7.1} ms, +{:6.1} ms ({:.3}x, {} pairs)",
+                    "F {f:5} k {k:2} B {b}{} {compute:4}: plain {:7.1} ms/step ({:7.1} then {:7.1}) {:8.0} tok/s | guided tau 0.1 {:7.1} ms, +{:6.1} ms ({:.3}x, {} pairs)",
+                    if auxk { " AuxK" } else { "" },
                     tp * 1e3,
                     (2.0 * tp - tp2) * 1e3,
                     tp2 * 1e3,
-                    B as f64 / tp,
+                    b as f64 / tp,
                     tg * 1e3,
                     (tg - tp) * 1e3,
                     tg / tp,
@@ -130,7 +146,8 @@ fn step_speed() {
 #[ignore]
 fn encoder_matmul_vs_candle() {
     use candle_core::{Device, Tensor};
-    let x = data(B, 2);
+    let b = batch();
+    let x = data(b, 2);
     for f in [4096usize, 16384] {
         let sae = Sae::init(
             SaeConfig {
@@ -141,20 +158,20 @@ fn encoder_matmul_vs_candle() {
             0,
         )
         .unwrap();
-        let flops = 2.0 * B as f64 * D as f64 * f as f64;
-        sae.pre_activations(&x, B).unwrap();
+        let flops = 2.0 * b as f64 * D as f64 * f as f64;
+        sae.pre_activations(&x, b).unwrap();
         let reps = 3;
         let t0 = Instant::now();
         for _ in 0..reps {
-            std::hint::black_box(sae.pre_activations(&x, B).unwrap());
+            std::hint::black_box(sae.pre_activations(&x, b).unwrap());
         }
         let ours = t0.elapsed().as_secs_f64() / reps as f64;
         let t0 = Instant::now();
         for _ in 0..reps {
-            std::hint::black_box(sae.encode(&x, B).unwrap());
+            std::hint::black_box(sae.encode(&x, b).unwrap());
         }
         let enc = t0.elapsed().as_secs_f64() / reps as f64;
-        let xt = Tensor::from_slice(&x, (B, D), &Device::Cpu).unwrap();
+        let xt = Tensor::from_slice(&x, (b, D), &Device::Cpu).unwrap();
         let wt = Tensor::from_slice(&sae.w_enc(), (D, f), &Device::Cpu).unwrap();
         xt.matmul(&wt).unwrap();
         let t0 = Instant::now();
@@ -163,7 +180,7 @@ fn encoder_matmul_vs_candle() {
         }
         let candle = t0.elapsed().as_secs_f64() / reps as f64;
         println!(
-            "encoder [{B} x {D}] x [{D} x {f}]: coact chunked gemm {:.1} ms = {:.1} GFLOP/s; with top-k {:.1} ms; candle matmul {:.1} ms = {:.1} GFLOP/s",
+            "encoder [{b} x {D}] x [{D} x {f}]: coact chunked gemm {:.1} ms = {:.1} GFLOP/s; with top-k {:.1} ms; candle matmul {:.1} ms = {:.1} GFLOP/s",
             ours * 1e3,
             flops / ours / 1e9,
             enc * 1e3,
@@ -179,7 +196,8 @@ fn encoder_matmul_vs_candle() {
 #[ignore]
 fn cofire_speed() {
     use coact::sae::cofire::{batch_pairs, batch_partners, batch_token_pairs, guided_penalty};
-    let x = data(B, 1);
+    let b = batch();
+    let x = data(b, 1);
     let list = |var: &str| -> Vec<usize> {
         std::env::var(var).map_or(vec![], |v| {
             v.split(',').map(|s| s.trim().parse().unwrap()).collect()
@@ -202,7 +220,7 @@ fn cofire_speed() {
                 0,
             )
             .unwrap();
-            let codes = sae.encode(&x, B).unwrap();
+            let codes = sae.encode(&x, b).unwrap();
             let reps = 3;
             let time = |g: &mut dyn FnMut()| {
                 g();
@@ -228,5 +246,108 @@ fn cofire_speed() {
                 "F {f:5} k {k:2}: guided penalty + gradient {t_full:6.1} ms (batch_token_pairs {t_tok:6.1} ms); batch_partners {t_part:6.1} ms, batch_pairs {t_pairs:6.1} ms; {pairs} pairs"
             );
         }
+    }
+}
+
+/// The step on real activations, where AuxK sees the latents that really
+/// die: `SAE_SPEED_DATA` is a raw little-endian f32 file of rows of 640
+/// values (scaled to unit mean squared norm, shuffled), for example rows of
+/// `data/extract/<key>/train-*.parquet`. Trains TopK at F 4096, k 32, B 2048
+/// (the default study) with dead after 48 Ki tokens, and times every step
+/// after `SAE_SPEED_WARMUP` (100) steps, when most dead latents have died.
+/// `cargo test -p coact --test sae_speed -- --ignored --nocapture real_step_speed`
+#[test]
+#[ignore]
+fn real_step_speed() {
+    let Ok(path) = std::env::var("SAE_SPEED_DATA") else {
+        println!("SAE_SPEED_DATA not set: real_step_speed skipped");
+        return;
+    };
+    let bytes = std::fs::read(&path).unwrap();
+    let x: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let b = 2048;
+    let steps = x.len() / D / b;
+    let warm: usize = std::env::var("SAE_SPEED_WARMUP")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100);
+    assert!(steps > warm, "{path}: {steps} batches of {b}, need > {warm}");
+    let ortho = match std::env::var("SAE_SPEED_ORTHO").as_deref() {
+        Ok("guided") => Ortho::Guided {
+            lambda: 0.1,
+            tau: 0.1,
+        },
+        _ => Ortho::None,
+    };
+    let mut cfg = TrainerConfig::new(steps, b);
+    cfg.dead_after_tokens = 49152;
+    cfg.ortho = ortho.clone();
+    if coact::linalg::backend_info().cpu.has_bf16() {
+        cfg.compute = Compute::Bf16;
+    }
+    let sae_cfg = SaeConfig {
+        d_in: D,
+        d_sae: 4096,
+        kind: SaeKind::TopK { k: 32 },
+    };
+    let mut t = Trainer::new(cfg, sae_cfg, &x[..4096 * D]).unwrap();
+    let mut timed = 0.0;
+    let mut last = None;
+    for s in 0..steps {
+        let batch = &x[s * b * D..(s + 1) * b * D];
+        let t0 = Instant::now();
+        let st = t.step(batch).unwrap();
+        if s >= warm {
+            timed += t0.elapsed().as_secs_f64();
+        }
+        last = Some(st);
+    }
+    let st = last.unwrap();
+    println!(
+        "real data, TopK F 4096 k 32 B {b} {ortho:?} {:?}: {:.1} ms/step over steps {warm}..{steps} | mse {:.4} dead {:.3} aux {:.3}",
+        t.config().compute,
+        timed / (steps - warm) as f64 * 1e3,
+        st.mse,
+        st.dead_fraction,
+        st.aux
+    );
+}
+
+#[test]
+#[ignore]
+fn hashes() {
+    let d = 64;
+    let n = 256;
+    let mut r = SplitMix64::new(5);
+    let x: Vec<f32> = (0..n * 20 * d).map(|_| r.normal() as f32 * 0.2).collect();
+    let kinds: Vec<(&str, SaeKind, Ortho)> = vec![
+        ("topk", SaeKind::TopK { k: 8 }, Ortho::None),
+        ("relu", SaeKind::ReluL1 { l1_coeff: 0.01 }, Ortho::None),
+        ("btk", SaeKind::BatchTopK { k: 8 }, Ortho::None),
+        ("mat", SaeKind::Matryoshka { k: 8, groups: vec![64, 128, 320] }, Ortho::None),
+        ("guided", SaeKind::TopK { k: 8 }, Ortho::Guided { lambda: 0.1, tau: 0.1 }),
+        ("uniform", SaeKind::TopK { k: 8 }, Ortho::Uniform { lambda: 0.1, pairs: 512 }),
+        ("ortsae", SaeKind::BatchTopK { k: 8 }, Ortho::OrtSae { lambda: 0.25, chunks: 4 }),
+    ];
+    for (name, kind, ortho) in kinds {
+        let mut cfg = TrainerConfig::new(15, n);
+        cfg.dead_after_tokens = 512;
+        cfg.ortho = ortho;
+        let sc = SaeConfig { d_in: d, d_sae: 512, kind };
+        let mut t = Trainer::new(cfg, sc, &x[..n * d]).unwrap();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for s in 0..15 {
+            let st = t.step(&x[s * n * d..(s + 1) * n * d]).unwrap();
+            st.loss.to_bits().hash(&mut h);
+            st.aux.to_bits().hash(&mut h);
+        }
+        let sae = t.sae();
+        for v in sae.w_dec.iter().chain(&sae.w_enc_t).chain(&sae.b_enc).chain(&sae.b_dec) {
+            v.to_bits().hash(&mut h);
+        }
+        println!("HASH {name} {:016x}", h.finish());
     }
 }

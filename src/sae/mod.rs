@@ -28,6 +28,7 @@ pub mod cofire;
 mod model;
 mod ortho;
 mod ortsae;
+mod rows;
 mod saelens;
 mod topk;
 mod train;

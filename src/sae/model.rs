@@ -7,6 +7,8 @@ use anyhow::{bail, ensure, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+pub(crate) use super::rows::{axpy, dot};
+use super::rows::{prefetch, PREFETCH_AHEAD};
 use super::topk::{select_topk, select_topk_row, TopKScratch};
 use crate::linalg::{self, Trans};
 use crate::rng::SplitMix64;
@@ -546,105 +548,6 @@ impl Sae {
     }
 }
 
-/// `y += a x`. Uses AVX2/FMA when the CPU has it (explicit intrinsics, so
-/// the hot loops are vectorised even in the dev profile, where this crate is
-/// built at opt-level 1); the order of operations is fixed either way.
-#[inline]
-pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if simd::available() {
-        // SAFETY: AVX2 and FMA were detected at run time.
-        unsafe { simd::axpy(y, a, x) };
-        return;
-    }
-    for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += a * xi;
-    }
-}
-
-/// `a . b` with a fixed summation order (AVX2/FMA when available).
-#[inline]
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if simd::available() {
-        // SAFETY: AVX2 and FMA were detected at run time.
-        return unsafe { simd::dot(a, b) };
-    }
-    let mut acc = [0.0f32; 8];
-    let ca = a.chunks_exact(8);
-    let cb = b.chunks_exact(8);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut s = (acc[0] + acc[4]) + (acc[1] + acc[5]) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
-}
-
-#[cfg(target_arch = "x86_64")]
-mod simd {
-    use std::arch::x86_64::*;
-    use std::sync::OnceLock;
-
-    pub fn available() -> bool {
-        static HAS: OnceLock<bool> = OnceLock::new();
-        *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let mut acc0 = _mm256_setzero_ps();
-        let mut acc1 = _mm256_setzero_ps();
-        let mut i = 0;
-        while i + 16 <= n {
-            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
-            acc1 = _mm256_fmadd_ps(
-                _mm256_loadu_ps(pa.add(i + 8)),
-                _mm256_loadu_ps(pb.add(i + 8)),
-                acc1,
-            );
-            i += 16;
-        }
-        if i + 8 <= n {
-            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
-            i += 8;
-        }
-        let mut lanes = [0.0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc0, acc1));
-        let mut s = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
-            + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
-        while i < n {
-            s += a[i] * b[i];
-            i += 1;
-        }
-        s
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-        let n = y.len().min(x.len());
-        let (py, px) = (y.as_mut_ptr(), x.as_ptr());
-        let va = _mm256_set1_ps(a);
-        let mut i = 0;
-        while i + 8 <= n {
-            let r = _mm256_fmadd_ps(va, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i)));
-            _mm256_storeu_ps(py.add(i), r);
-            i += 8;
-        }
-        while i < n {
-            y[i] += a * x[i];
-            i += 1;
-        }
-    }
-}
-
 pub(crate) fn normalize_rows(w: &mut [f32], d: usize) {
     w.par_chunks_mut(d * 64).for_each(|c| {
         for row in c.chunks_mut(d) {
@@ -799,9 +702,13 @@ pub(crate) fn encode_centered(
 /// the centred row `x`; with `positive_only`, drops those that are not > 0.
 fn refine_exact(sae: &Sae, x: &[f32], sel: &mut Vec<(u32, f32)>, positive_only: bool) {
     let d = sae.cfg.d_in;
-    for e in sel.iter_mut() {
-        let j = e.0 as usize;
-        e.1 = sae.b_enc[j] + dot(x, &sae.w_enc_t[j * d..(j + 1) * d]);
+    for i in 0..sel.len() {
+        if let Some(&(ahead, _)) = sel.get(i + PREFETCH_AHEAD) {
+            let a = ahead as usize;
+            prefetch(&sae.w_enc_t[a * d..(a + 1) * d]);
+        }
+        let j = sel[i].0 as usize;
+        sel[i].1 = sae.b_enc[j] + dot(x, &sae.w_enc_t[j * d..(j + 1) * d]);
     }
     if positive_only {
         sel.retain(|e| e.1 > 0.0);

@@ -48,6 +48,7 @@ use super::model::{
 };
 use super::ortho::{pairs_to_blocks, partner_penalty, token_penalty, PairPenalty};
 use super::ortsae::chunk_penalty;
+use super::rows::{gather_rows, prefetch, PackedRows, PREFETCH_AHEAD};
 use crate::linalg::{self, Compute};
 use crate::rng::SplitMix64;
 
@@ -58,6 +59,9 @@ const EPS: f32 = 1e-8;
 const TOK_CHUNK: usize = 64;
 /// Latents per task in the per-latent update pass.
 const LAT_CHUNK: usize = 32;
+/// Tokens per task of the AuxK reconstruction's gather: each task streams
+/// the whole packed decoder through L2 once, so larger tasks read less.
+const AUX_GATHER_TOKENS: usize = 256;
 
 /// Orthogonality term added to the loss with weight `lambda`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -291,6 +295,7 @@ struct Prepared {
     entries: Vec<Entry>,
     fired: Vec<bool>,
     ortho: Option<PairPenalty>,
+    grad_b_enc: Vec<f32>,
     grad_b_dec: Vec<f32>,
     rng_after: SplitMix64,
     /// The batch kinds: the smallest value the batch selection kept.
@@ -314,6 +319,9 @@ pub struct Trainer {
     pub(super) v_bdec: Vec<f32>,
     pub(super) since_fired: Vec<u64>,
     pub(super) pool: ScratchPool,
+    /// The latents' gradient rows (decoder then encoder, `[2 f, d]`), kept
+    /// between steps so that each step does not fault in fresh pages.
+    grad_rows: Vec<f32>,
 }
 
 fn split_by<'a, T>(mut v: &'a mut [T], bounds: &[usize]) -> Vec<&'a mut [T]> {
@@ -405,7 +413,7 @@ struct Residuals {
 }
 
 /// Phase 6a's output: d loss / d pre-activation per entry of the main and
-/// AuxK codes, and b_dec's gradient.
+/// AuxK codes, and the decoder-bias half of b_dec's gradient.
 struct PreGrads {
     main: Vec<f32>,
     aux: Vec<f32>,
@@ -480,6 +488,30 @@ fn latent_entries(f: usize, codes: &Codes, pre: &PreGrads, prefixes: &Prefixes) 
     }
 }
 
+impl LatentLists {
+    /// Latent j's encoder-bias gradient, its entries' sum in token order.
+    fn bias_grad(&self, j: usize) -> f32 {
+        let mut gb = 0.0f32;
+        for e in &self.entries[self.entry_start[j]..self.entry_start[j + 1]] {
+            gb += e.gpre;
+        }
+        gb
+    }
+}
+
+/// The encoder input's part of b_dec's gradient: the input is `x - b_dec`,
+/// so it is `- sum_j gb_j W_enc[:, j]` with gb_j the bias gradient (the sum
+/// of latent j's pre-activation gradients), one row per latent instead of
+/// one per entry. Latents in order, each skipped when its gb is 0.
+fn encoder_input_grad(grad_b_dec: &mut [f32], w_enc_t: &[f32], grad_b_enc: &[f32]) {
+    let d = grad_b_dec.len();
+    for (j, &gb) in grad_b_enc.iter().enumerate() {
+        if gb != 0.0 {
+            axpy(grad_b_dec, -gb, &w_enc_t[j * d..(j + 1) * d]);
+        }
+    }
+}
+
 /// `pairs` latent pairs `(i, j)`, `i < j`, drawn uniformly with replacement
 /// among the pairs of distinct latents (none when f < 2).
 fn uniform_pairs(rng: &mut SplitMix64, f: usize, pairs: usize) -> Vec<(u32, u32)> {
@@ -547,6 +579,7 @@ impl Trainer {
             v_bdec: vec![0.0; d],
             since_fired: vec![0; f],
             pool: ScratchPool::default(),
+            grad_rows: Vec::new(),
             sae,
         }
     }
@@ -605,6 +638,9 @@ impl Trainer {
         let res = self.residuals(batch, &codes, l1_coeff, &prefixes);
         let pre = self.pre_activation_grads(&codes, &res.gbuf, l1_coeff, &prefixes);
         let lists = latent_entries(f, &codes, &pre, &prefixes);
+        let grad_b_enc: Vec<f32> = (0..f).map(|j| lists.bias_grad(j)).collect();
+        let mut grad_b_dec = pre.b_dec;
+        encoder_input_grad(&mut grad_b_dec, &self.sae.w_enc_t, &grad_b_enc);
 
         let mut rng = self.rng.clone();
         let mut stats = StepStats {
@@ -630,7 +666,8 @@ impl Trainer {
             entries: lists.entries,
             fired: lists.fired,
             ortho,
-            grad_b_dec: pre.b_dec,
+            grad_b_enc,
+            grad_b_dec,
             rng_after: rng,
             batch_min: codes.batch_min,
             stats,
@@ -802,6 +839,9 @@ impl Trainer {
                     let mut p = 0;
                     for (g, e) in g_tok.chunks_mut(d).enumerate() {
                         while p < idx.len() && (idx[p] as usize) < prefixes.ends[g] {
+                            if let Some(&ahead) = idx.get(p + PREFETCH_AHEAD) {
+                                prefetch(&w_dec[ahead as usize * d..(ahead as usize + 1) * d]);
+                            }
                             let (j, z) = (idx[p] as usize, val[p]);
                             axpy(&mut acc, z, &w_dec[j * d..(j + 1) * d]);
                             s.l1 += z as f64;
@@ -820,14 +860,8 @@ impl Trainer {
                             .iter_mut()
                             .zip(full.iter())
                             .for_each(|(a, &e)| *a += e as f64);
-                        // u = r_aux - r = r_aux + e.
-                        let u = &mut ga[r * d..(r + 1) * d];
-                        u.copy_from_slice(full);
-                        let (aidx, aval) = aux.row(t);
-                        for (&j, &a) in aidx.iter().zip(aval) {
-                            axpy(u, a, &w_dec[j as usize * d..(j as usize + 1) * d]);
-                        }
-                        s.su += dot(u, u) as f64;
+                        // u = r_aux - r = r_aux + e: e here, r_aux below.
+                        ga[r * d..(r + 1) * d].copy_from_slice(full);
                     }
                     // Output gradients, from the last prefix back.
                     for g in (0..np).rev() {
@@ -843,6 +877,24 @@ impl Trainer {
             })
             .collect();
         drop(g_aux_chunks);
+        let mut sums = sums;
+        if use_aux {
+            // r_aux, latent rows gathered tile by tile (bit for bit the
+            // per-token axpy loop), then ||u||^2 per chunk as above.
+            let packed = PackedRows::new(w_dec, d);
+            let term = |p: usize| (aux.indices[p] as usize, aux.values[p]);
+            g_aux
+                .par_chunks_mut(AUX_GATHER_TOKENS * d)
+                .enumerate()
+                .for_each(|(c, u)| {
+                    let t0 = c * AUX_GATHER_TOKENS;
+                    let rows = u.len() / d;
+                    packed.gather(u, &aux.indptr[t0..=t0 + rows], &term, true);
+                });
+            sums.par_iter_mut()
+                .zip(g_aux.par_chunks(TOK_CHUNK * d))
+                .for_each(|(s, u)| s.su = u.chunks(d).map(|u| dot(u, u) as f64).sum());
+        }
         let mut total = TokSums {
             se: vec![0.0; np],
             su: 0.0,
@@ -908,9 +960,10 @@ impl Trainer {
     }
 
     /// Phase 6a, gradients per token: d loss / d pre-activation of each
-    /// active (and AuxK) entry, and b_dec's gradient (the decoder bias's
-    /// `+ g` and the encoder input's `- W_enc gpre`), summed per chunk of
-    /// tokens in a fixed order.
+    /// active (and AuxK) entry, and the decoder bias's part of b_dec's
+    /// gradient (`+ g`), summed per chunk of tokens in a fixed order (the
+    /// encoder input's part comes with the bias gradients, see
+    /// [`encoder_input_grad`]).
     fn pre_activation_grads(
         &self,
         codes: &Codes,
@@ -935,7 +988,7 @@ impl Trainer {
         let ga_parts = split_by(&mut gpre_aux, &bounds_a);
         let l1_grad = l1_coeff * (1.0 / n as f32);
         let np = prefixes.len();
-        let (w_dec, w_enc_t) = (&sae.w_dec, &sae.w_enc_t);
+        let w_dec = &sae.w_dec;
         let bdec_parts: Vec<Vec<f32>> = gm_parts
             .into_par_iter()
             .zip(ga_parts)
@@ -948,28 +1001,31 @@ impl Trainer {
                 for t in t0..t1 {
                     let g_tok = &gbuf[t * np * d..(t + 1) * np * d];
                     // Decoder bias (in every prefix, so the first prefix's
-                    // row, which sums them): + g; encoder input (x - b_dec):
-                    // - W_enc gpre.
+                    // row, which sums them): + g.
                     acc.iter_mut().zip(&g_tok[..d]).for_each(|(a, &v)| *a += v);
                     let (idx, _) = main.row(t);
-                    for &j in idx {
+                    for (p, &j) in idx.iter().enumerate() {
+                        if let Some(&ahead) = idx.get(p + PREFETCH_AHEAD) {
+                            let a = ahead as usize;
+                            prefetch(&w_dec[a * d..(a + 1) * d]);
+                        }
                         let j = j as usize;
                         let grp = if np > 1 { prefixes.group(j) } else { 0 };
                         let g = &g_tok[grp * d..(grp + 1) * d];
-                        let gp = dot(&w_dec[j * d..(j + 1) * d], g) + l1_grad;
-                        gm[pm] = gp;
+                        gm[pm] = dot(&w_dec[j * d..(j + 1) * d], g) + l1_grad;
                         pm += 1;
-                        axpy(&mut acc, -gp, &w_enc_t[j * d..(j + 1) * d]);
                     }
                     if use_aux {
                         let h = &gbuf[(np * n + t) * d..(np * n + t + 1) * d];
                         let (aidx, _) = aux.row(t);
-                        for &j in aidx {
+                        for (p, &j) in aidx.iter().enumerate() {
+                            if let Some(&ahead) = aidx.get(p + PREFETCH_AHEAD) {
+                                let a = ahead as usize;
+                                prefetch(&w_dec[a * d..(a + 1) * d]);
+                            }
                             let j = j as usize;
-                            let gp = dot(&w_dec[j * d..(j + 1) * d], h);
-                            ga[pa] = gp;
+                            ga[pa] = dot(&w_dec[j * d..(j + 1) * d], h);
                             pa += 1;
-                            axpy(&mut acc, -gp, &w_enc_t[j * d..(j + 1) * d]);
                         }
                     }
                 }
@@ -1037,23 +1093,29 @@ impl Trainer {
         }
     }
 
-    /// Gradients of latent j's decoder row, encoder column and encoder bias.
-    fn latent_grads(&self, p: &Prepared, j: usize, gd: &mut [f32], ge: &mut [f32]) -> f32 {
+    /// Phase 6c, every latent's decoder-row and encoder-column gradients
+    /// (`gd`, `ge`: `[f, d]`, overwritten): its entries' sums in token order,
+    /// then the decoder row's orthogonality gradient.
+    fn latent_grads(&self, p: &Prepared, gd: &mut [f32], ge: &mut [f32]) {
         let d = self.sae.cfg.d_in;
-        gd.iter_mut().for_each(|v| *v = 0.0);
-        ge.iter_mut().for_each(|v| *v = 0.0);
-        let mut gb = 0.0f32;
-        for e in &p.entries[p.entry_start[j]..p.entry_start[j + 1]] {
-            let r = e.grow as usize;
-            let t = e.tok as usize;
-            axpy(gd, e.coef, &p.gbuf[r * d..(r + 1) * d]);
-            axpy(ge, e.gpre, &p.xc[t * d..(t + 1) * d]);
-            gb += e.gpre;
+        let (starts, entries) = (&p.entry_start, &p.entries);
+        gather_rows(gd, d, starts, &p.gbuf, |i| {
+            (entries[i].grow as usize, entries[i].coef)
+        });
+        gather_rows(ge, d, starts, &p.xc, |i| {
+            (entries[i].tok as usize, entries[i].gpre)
+        });
+        if let Some(o) = p.ortho.as_ref() {
+            gd.par_chunks_mut(LAT_CHUNK * d)
+                .enumerate()
+                .for_each(|(c, rows)| {
+                    for (r, g) in rows.chunks_mut(d).enumerate() {
+                        if let Some(o) = o.grad.row(c * LAT_CHUNK + r) {
+                            g.iter_mut().zip(o).for_each(|(a, b)| *a += b);
+                        }
+                    }
+                });
         }
-        if let Some(o) = p.ortho.as_ref().and_then(|o| o.grad.row(j)) {
-            gd.iter_mut().zip(o).for_each(|(a, b)| *a += b);
-        }
-        gb
     }
 
     /// The loss parts and dense gradients at the current parameters, without
@@ -1067,13 +1129,8 @@ impl Trainer {
             b_enc: vec![0.0; f],
             b_dec: p.grad_b_dec.clone(),
         };
-        for j in 0..f {
-            let (gd, ge) = (
-                &mut g.w_dec[j * d..(j + 1) * d],
-                &mut g.w_enc_t[j * d..(j + 1) * d],
-            );
-            g.b_enc[j] = self.latent_grads(&p, j, gd, ge);
-        }
+        self.latent_grads(&p, &mut g.w_dec, &mut g.w_enc_t);
+        g.b_enc.copy_from_slice(&p.grad_b_enc);
         Ok((p.stats, g))
     }
 
@@ -1111,31 +1168,23 @@ impl Trainer {
     /// its row, applies Adam to the decoder row, encoder column and bias,
     /// and renormalises the decoder row.
     fn update_latents(&mut self, p: &Prepared, step_size: f32, inv_sqrt_bc2: f32) {
-        let d = self.sae.cfg.d_in;
-        // Fused per-latent pass. Temporarily move the tensors out of self so
-        // that `self` can be borrowed immutably for the gradient gathers.
-        let mut w_dec = std::mem::take(&mut self.sae.w_dec);
-        let mut w_enc = std::mem::take(&mut self.sae.w_enc_t);
-        let mut b_enc = std::mem::take(&mut self.sae.b_enc);
-        let (mut m_dec, mut v_dec) = (
-            std::mem::take(&mut self.m_dec),
-            std::mem::take(&mut self.v_dec),
-        );
-        let (mut m_enc, mut v_enc) = (
-            std::mem::take(&mut self.m_enc),
-            std::mem::take(&mut self.v_enc),
-        );
-        let (mut m_benc, mut v_benc) = (
-            std::mem::take(&mut self.m_benc),
-            std::mem::take(&mut self.v_benc),
-        );
+        let (d, f) = (self.sae.cfg.d_in, self.sae.cfg.d_sae);
+        let mut grads = std::mem::take(&mut self.grad_rows);
+        grads.resize(2 * f * d, 0.0);
+        let (gd_all, ge_all) = grads.split_at_mut(f * d);
+        self.latent_grads(p, gd_all, ge_all);
+        // Fused per-latent pass over the parameters and their Adam moments.
+        let sae = &mut self.sae;
+        let (w_dec, w_enc, b_enc) = (&mut sae.w_dec, &mut sae.w_enc_t, &mut sae.b_enc);
+        let (m_dec, v_dec) = (&mut self.m_dec, &mut self.v_dec);
+        let (m_enc, v_enc) = (&mut self.m_enc, &mut self.v_enc);
+        let (m_benc, v_benc) = (&mut self.m_benc, &mut self.v_benc);
         {
-            let this = &*self;
             let pr = p;
             let cd = LAT_CHUNK * d;
             (
-                w_dec.par_chunks_mut(cd),
-                m_dec.par_chunks_mut(cd),
+                (w_dec.par_chunks_mut(cd), gd_all.par_chunks_mut(cd)),
+                (ge_all.par_chunks(cd), m_dec.par_chunks_mut(cd)),
                 v_dec.par_chunks_mut(cd),
                 w_enc.par_chunks_mut(cd),
                 m_enc.par_chunks_mut(cd),
@@ -1146,25 +1195,25 @@ impl Trainer {
             )
                 .into_par_iter()
                 .enumerate()
-                .for_each(|(c, (wd, md, vd, we, me, ve, be, mbe, vbe))| {
-                    let mut gd = vec![0.0f32; d];
-                    let mut ge = vec![0.0f32; d];
+                .for_each(|(c, ((wd, gds), (ges, md), vd, we, me, ve, be, mbe, vbe))| {
                     for r in 0..be.len() {
                         let j = c * LAT_CHUNK + r;
-                        let gb = this.latent_grads(pr, j, &mut gd, &mut ge);
+                        let gb = pr.grad_b_enc[j];
+                        let gd = &mut gds[r * d..(r + 1) * d];
+                        let ge = &ges[r * d..(r + 1) * d];
                         let row = &mut wd[r * d..(r + 1) * d];
                         // Remove the component along the (unit) decoder row.
                         let nn = dot(row, row);
                         if nn > 0.0 {
-                            let a = dot(&gd, row) / nn;
-                            axpy(&mut gd, -a, row);
+                            let a = dot(gd, row) / nn;
+                            axpy(gd, -a, row);
                         }
                         let sl = r * d..(r + 1) * d;
                         adam(
                             row,
                             &mut md[sl.clone()],
                             &mut vd[sl.clone()],
-                            &gd,
+                            gd,
                             step_size,
                             inv_sqrt_bc2,
                         );
@@ -1177,7 +1226,7 @@ impl Trainer {
                             &mut we[sl.clone()],
                             &mut me[sl.clone()],
                             &mut ve[sl],
-                            &ge,
+                            ge,
                             step_size,
                             inv_sqrt_bc2,
                         );
@@ -1192,11 +1241,7 @@ impl Trainer {
                     }
                 });
         }
-        self.sae.w_dec = w_dec;
-        self.sae.w_enc_t = w_enc;
-        self.sae.b_enc = b_enc;
-        (self.m_dec, self.v_dec, self.m_enc, self.v_enc) = (m_dec, v_dec, m_enc, v_enc);
-        (self.m_benc, self.v_benc) = (m_benc, v_benc);
+        self.grad_rows = grads;
     }
 
     /// After the update: the dead-latent counters, RNG and step move on;

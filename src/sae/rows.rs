@@ -1,0 +1,309 @@
+//! The row kernels of the sparse passes: `y += a x`, `a . b`, a prefetch of
+//! a row the next iterations will read, and [`gather_rows`], many sums of
+//! scattered rows at once. The SAE step reads scattered rows (a decoder row
+//! per active latent, an output-gradient row per entry) from buffers larger
+//! than L2: prefetching a few rows ahead hides the latency the hardware's
+//! stream prefetcher cannot (each row is a new stream), and `gather_rows`
+//! goes column tile by column tile so that the tile of every source row
+//! stays in L2 while all the sums read it.
+
+use rayon::prelude::*;
+
+/// `y += a x`. Uses AVX2/FMA when the CPU has it (explicit intrinsics, so
+/// the hot loops are vectorised even in the dev profile, where this crate is
+/// built at opt-level 1); the order of operations is fixed either way.
+#[inline]
+pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd::available() {
+        // SAFETY: AVX2 and FMA were detected at run time.
+        unsafe { simd::axpy(y, a, x) };
+        return;
+    }
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += a * xi;
+    }
+}
+
+/// `a . b` with a fixed summation order (AVX2/FMA when available).
+#[inline]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if simd::available() {
+        // SAFETY: AVX2 and FMA were detected at run time.
+        return unsafe { simd::dot(a, b) };
+    }
+    let mut acc = [0.0f32; 8];
+    let ca = a.chunks_exact(8);
+    let cb = b.chunks_exact(8);
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s = (acc[0] + acc[4]) + (acc[1] + acc[5]) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// How many rows ahead the sparse loops prefetch: far enough to cover a
+/// miss to L3 or memory, near enough that the rows are still cached on use.
+pub(crate) const PREFETCH_AHEAD: usize = 2;
+
+/// Asks the cache for `row` (every 64-byte line), ahead of its use; a no-op
+/// off x86-64. A prefetch never faults, so any slice is fine.
+#[inline]
+pub(crate) fn prefetch(row: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let p = row.as_ptr() as *const i8;
+        let bytes = std::mem::size_of_val(row);
+        let mut off = 0;
+        while off < bytes {
+            // SAFETY: prefetch has no architectural effect and cannot fault;
+            // the pointer stays within (or one line past) the slice.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off)) };
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = row;
+}
+
+/// Columns per tile of [`PackedRows`]: 4 AVX registers of accumulators; a
+/// tile of 4096 source rows is 512 KiB, within L2.
+const TILE: usize = 32;
+
+/// Output rows per parallel task of [`gather_rows`] (each task reads every
+/// source tile once, so fewer, larger tasks read less).
+const GATHER_BLOCK: usize = 512;
+
+/// Source rows repacked for [`PackedRows::gather`]: the columns the vector
+/// path handles, tile-major (`[tile][row][TILE]`), so that a tile's rows are
+/// contiguous (in place their stride, d floats, 2560 bytes at d 640, folds
+/// them onto a fraction of L2's sets), and the source for the other columns.
+pub(crate) struct PackedRows<'a> {
+    src: &'a [f32],
+    d: usize,
+    n_rows: usize,
+    /// Columns summed with FMA, as `axpy` does (d rounded down to 8 with
+    /// AVX2/FMA, else 0); the rest add a separate product, as `axpy`'s
+    /// scalar tail.
+    vec_cols: usize,
+    packed: Vec<f32>,
+}
+
+impl<'a> PackedRows<'a> {
+    /// `src`: rows of `d` floats. Packs in parallel, one tile per task.
+    pub(crate) fn new(src: &'a [f32], d: usize) -> PackedRows<'a> {
+        assert!(d > 0 && src.len().is_multiple_of(d), "PackedRows: rows of d");
+        #[cfg(target_arch = "x86_64")]
+        let vec_cols = if simd::available() { d - d % 8 } else { 0 };
+        #[cfg(not(target_arch = "x86_64"))]
+        let vec_cols = 0;
+        let n_rows = src.len() / d;
+        let tiles = vec_cols.div_ceil(TILE);
+        let mut packed = vec![0.0f32; tiles * n_rows * TILE];
+        if n_rows > 0 {
+            packed
+                .par_chunks_mut(n_rows * TILE)
+                .enumerate()
+                .for_each(|(t, dst)| {
+                    let c0 = t * TILE;
+                    let w = TILE.min(vec_cols - c0);
+                    for (r, row) in dst.chunks_mut(TILE).enumerate() {
+                        row[..w].copy_from_slice(&src[r * d + c0..r * d + c0 + w]);
+                    }
+                });
+        }
+        PackedRows {
+            src,
+            d,
+            n_rows,
+            vec_cols,
+            packed,
+        }
+    }
+
+    /// For each output row i (`out`: `[starts.len() - 1, d]`): the sum over
+    /// positions p in `starts[i]..starts[i + 1]` of `a * src[row]`, with
+    /// `(row, a) = term(p)`, written over `out[i]` or, with `add`, added to
+    /// it. Each element is summed in position order with the operations of
+    /// repeated [`axpy`] (onto zero, or onto out's value), so the result is
+    /// that of the per-row loop bit for bit, however the work is split.
+    pub(crate) fn gather(
+        &self,
+        out: &mut [f32],
+        starts: &[usize],
+        term: &(impl Fn(usize) -> (usize, f32) + Sync),
+        add: bool,
+    ) {
+        let d = self.d;
+        let m = starts.len().saturating_sub(1);
+        assert_eq!(out.len(), m * d, "gather: out must be [{m}, {d}]");
+        let tiles = self.vec_cols.div_ceil(TILE);
+        for t in 0..tiles {
+            let c0 = t * TILE;
+            let w = TILE.min(self.vec_cols - c0);
+            let tile = &self.packed[t * self.n_rows * TILE..(t + 1) * self.n_rows * TILE];
+            for i in 0..m {
+                let dst = &mut out[i * d + c0..i * d + c0 + w];
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX2 and FMA were detected (tiles > 0 only then);
+                // gather_tile checks each row against the tile's length.
+                unsafe {
+                    simd::gather_tile(dst, starts[i]..starts[i + 1], tile, term, add)
+                };
+                #[cfg(not(target_arch = "x86_64"))]
+                let _ = (dst, tile);
+            }
+        }
+        for i in 0..m {
+            let dst = &mut out[i * d + self.vec_cols..(i + 1) * d];
+            if !add {
+                dst.iter_mut().for_each(|v| *v = 0.0);
+            }
+            for p in starts[i]..starts[i + 1] {
+                let (row, a) = term(p);
+                let x = &self.src[row * d + self.vec_cols..(row + 1) * d];
+                for (y, &xv) in dst.iter_mut().zip(x) {
+                    *y += a * xv;
+                }
+            }
+        }
+    }
+}
+
+/// [`PackedRows::gather`] of `src` into `out` (overwritten), in parallel
+/// over blocks of output rows.
+pub(crate) fn gather_rows(
+    out: &mut [f32],
+    d: usize,
+    starts: &[usize],
+    src: &[f32],
+    term: impl Fn(usize) -> (usize, f32) + Sync,
+) {
+    let m = starts.len().saturating_sub(1);
+    assert_eq!(out.len(), m * d, "gather_rows: out must be [{m}, {d}]");
+    if d == 0 || m == 0 {
+        return;
+    }
+    let packed = PackedRows::new(src, d);
+    out.par_chunks_mut(GATHER_BLOCK * d)
+        .enumerate()
+        .for_each(|(b, block)| {
+            let i0 = b * GATHER_BLOCK;
+            let rows = block.len() / d;
+            packed.gather(block, &starts[i0..=i0 + rows], &term, false);
+        });
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+    use std::sync::OnceLock;
+
+    pub fn available() -> bool {
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 16 <= n {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+            acc1 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i + 8)),
+                _mm256_loadu_ps(pb.add(i + 8)),
+                acc1,
+            );
+            i += 16;
+        }
+        if i + 8 <= n {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+            i += 8;
+        }
+        let mut lanes = [0.0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc0, acc1));
+        let mut s = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+            + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+        while i < n {
+            s += a[i] * b[i];
+            i += 1;
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+        let n = y.len().min(x.len());
+        let (py, px) = (y.as_mut_ptr(), x.as_ptr());
+        let va = _mm256_set1_ps(a);
+        let mut i = 0;
+        while i + 8 <= n {
+            let r = _mm256_fmadd_ps(va, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i)));
+            _mm256_storeu_ps(py.add(i), r);
+            i += 8;
+        }
+        while i < n {
+            y[i] += a * x[i];
+            i += 1;
+        }
+    }
+
+    /// One tile of [`super::PackedRows::gather`]: `dst` (w <= TILE
+    /// columns, a multiple of 8) gets the sum over positions of the terms'
+    /// rows of the packed `tile` (rows of TILE floats), onto zero or, with
+    /// `add`, onto its own values.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gather_tile(
+        dst: &mut [f32],
+        positions: std::ops::Range<usize>,
+        tile: &[f32],
+        term: &impl Fn(usize) -> (usize, f32),
+        add: bool,
+    ) {
+        const TILE: usize = super::TILE;
+        let lanes = dst.len() / 8;
+        let base = tile.as_ptr();
+        let mut acc = [_mm256_setzero_ps(); TILE / 8];
+        if add {
+            for (q, v) in acc.iter_mut().enumerate().take(lanes) {
+                *v = _mm256_loadu_ps(dst.as_ptr().add(8 * q));
+            }
+        }
+        if lanes == TILE / 8 {
+            for p in positions {
+                let (row, a) = term(p);
+                assert!((row + 1) * TILE <= tile.len(), "gather: row {row} out of range");
+                let src = base.add(row * TILE);
+                let va = _mm256_set1_ps(a);
+                for (q, v) in acc.iter_mut().enumerate() {
+                    *v = _mm256_fmadd_ps(va, _mm256_loadu_ps(src.add(8 * q)), *v);
+                }
+            }
+        } else {
+            for p in positions {
+                let (row, a) = term(p);
+                assert!((row + 1) * TILE <= tile.len(), "gather: row {row} out of range");
+                let src = base.add(row * TILE);
+                let va = _mm256_set1_ps(a);
+                for (q, v) in acc.iter_mut().enumerate().take(lanes) {
+                    *v = _mm256_fmadd_ps(va, _mm256_loadu_ps(src.add(8 * q)), *v);
+                }
+            }
+        }
+        for (q, v) in acc.iter().enumerate().take(lanes) {
+            _mm256_storeu_ps(dst.as_mut_ptr().add(8 * q), *v);
+        }
+    }
+}
