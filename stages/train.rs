@@ -122,8 +122,10 @@ impl Stage for Train {
     }
     /// 2: cfg.json carries `activation_fn` / `activation_fn_kwargs` (so
     /// SAELens 5 loads a TopK SAE as TopK) and coact's training kind.
+    /// 3: b_dec's gradient sums its encoder part per latent (the same
+    /// gradient, rounded differently), so the trained bytes change.
     fn format_version(&self) -> u32 {
-        2
+        3
     }
     fn resumable(&self) -> bool {
         true

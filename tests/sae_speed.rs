@@ -1,7 +1,6 @@
 //! Speed of the SAE step (ignored by default):
 //! `cargo test -p coact --test sae_speed -- --ignored --nocapture`.
 
-use std::hash::{Hash, Hasher};
 use std::time::Instant;
 
 use coact::linalg::Compute;
@@ -274,7 +273,10 @@ fn real_step_speed() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(100);
-    assert!(steps > warm, "{path}: {steps} batches of {b}, need > {warm}");
+    assert!(
+        steps > warm,
+        "{path}: {steps} batches of {b}, need > {warm}"
+    );
     let ortho = match std::env::var("SAE_SPEED_ORTHO").as_deref() {
         Ok("guided") => Ortho::Guided {
             lambda: 0.1,
@@ -314,40 +316,4 @@ fn real_step_speed() {
         st.dead_fraction,
         st.aux
     );
-}
-
-#[test]
-#[ignore]
-fn hashes() {
-    let d = 64;
-    let n = 256;
-    let mut r = SplitMix64::new(5);
-    let x: Vec<f32> = (0..n * 20 * d).map(|_| r.normal() as f32 * 0.2).collect();
-    let kinds: Vec<(&str, SaeKind, Ortho)> = vec![
-        ("topk", SaeKind::TopK { k: 8 }, Ortho::None),
-        ("relu", SaeKind::ReluL1 { l1_coeff: 0.01 }, Ortho::None),
-        ("btk", SaeKind::BatchTopK { k: 8 }, Ortho::None),
-        ("mat", SaeKind::Matryoshka { k: 8, groups: vec![64, 128, 320] }, Ortho::None),
-        ("guided", SaeKind::TopK { k: 8 }, Ortho::Guided { lambda: 0.1, tau: 0.1 }),
-        ("uniform", SaeKind::TopK { k: 8 }, Ortho::Uniform { lambda: 0.1, pairs: 512 }),
-        ("ortsae", SaeKind::BatchTopK { k: 8 }, Ortho::OrtSae { lambda: 0.25, chunks: 4 }),
-    ];
-    for (name, kind, ortho) in kinds {
-        let mut cfg = TrainerConfig::new(15, n);
-        cfg.dead_after_tokens = 512;
-        cfg.ortho = ortho;
-        let sc = SaeConfig { d_in: d, d_sae: 512, kind };
-        let mut t = Trainer::new(cfg, sc, &x[..n * d]).unwrap();
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        for s in 0..15 {
-            let st = t.step(&x[s * n * d..(s + 1) * n * d]).unwrap();
-            st.loss.to_bits().hash(&mut h);
-            st.aux.to_bits().hash(&mut h);
-        }
-        let sae = t.sae();
-        for v in sae.w_dec.iter().chain(&sae.w_enc_t).chain(&sae.b_enc).chain(&sae.b_dec) {
-            v.to_bits().hash(&mut h);
-        }
-        println!("HASH {name} {:016x}", h.finish());
-    }
 }

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub(crate) use super::rows::{axpy, dot};
-use super::rows::{prefetch, PREFETCH_AHEAD};
+use super::rows::{dots_by_row, DotsScratch};
 use super::topk::{select_topk, select_topk_row, TopKScratch};
 use crate::linalg::{self, Trans};
 use crate::rng::SplitMix64;
@@ -303,6 +303,7 @@ pub(crate) struct EncScratch {
     pre: Vec<f32>,
     topk: TopKScratch,
     sel: Vec<(u32, f32)>,
+    dots: DotsScratch,
 }
 
 /// Reusable per-task buffers for the encoder (pre-activations of one chunk).
@@ -635,7 +636,12 @@ pub(crate) fn encode_centered(
             let mut main: Part = (Vec::with_capacity(m), Vec::new(), Vec::new());
             let mut aux: Option<Part> =
                 dead.map(|_| (Vec::with_capacity(m), Vec::new(), Vec::new()));
-            let EncScratch { pre, topk, sel } = &mut s;
+            let EncScratch {
+                pre,
+                topk,
+                sel,
+                dots,
+            } = &mut s;
             for r in 0..m {
                 let row = &pre[r * f..(r + 1) * f];
                 sel.clear();
@@ -656,10 +662,6 @@ pub(crate) fn encode_centered(
                             .map(|(j, (&v, _))| (j as u32, v)),
                     ),
                 }
-                let x = &xs[r * d..(r + 1) * d];
-                if exact {
-                    refine_exact(sae, x, sel, !matches!(select, Select::TopKExact(_)));
-                }
                 main.0.push(sel.len());
                 main.1.extend(sel.iter().map(|e| e.0));
                 main.2.extend(sel.iter().map(|e| e.1.max(0.0)));
@@ -672,13 +674,14 @@ pub(crate) fn encode_centered(
                         topk,
                         sel,
                     );
-                    if exact {
-                        refine_exact(sae, x, sel, true);
-                    }
                     a.0.push(sel.len());
                     a.1.extend(sel.iter().map(|e| e.0));
                     a.2.extend(sel.iter().map(|e| e.1));
                 }
+            }
+            if exact {
+                let main_positive = !matches!(select, Select::TopKExact(_));
+                refine_exact(sae, xs, &mut main, main_positive, aux.as_mut(), dots);
             }
             pool.give(s);
             (main, aux)
@@ -698,21 +701,67 @@ pub(crate) fn encode_centered(
     }
 }
 
-/// Replaces each selected latent's value by its exact f32 pre-activation for
-/// the centred row `x`; with `positive_only`, drops those that are not > 0.
-fn refine_exact(sae: &Sae, x: &[f32], sel: &mut Vec<(u32, f32)>, positive_only: bool) {
+/// Replaces each selected latent's value (main, and AuxK's when given) by
+/// its exact f32 pre-activation for the chunk's centred rows `xs`, dropping
+/// those not > 0 (from main only with `main_positive`); main's values are
+/// then clamped at 0 as in the f32 path. The dot products go decoder row by
+/// row over the chunk ([`dots_by_row`]).
+fn refine_exact(
+    sae: &Sae,
+    xs: &[f32],
+    main: &mut (Vec<usize>, Vec<u32>, Vec<f32>),
+    main_positive: bool,
+    aux: Option<&mut (Vec<usize>, Vec<u32>, Vec<f32>)>,
+    scratch: &mut DotsScratch,
+) {
     let d = sae.cfg.d_in;
-    for i in 0..sel.len() {
-        if let Some(&(ahead, _)) = sel.get(i + PREFETCH_AHEAD) {
-            let a = ahead as usize;
-            prefetch(&sae.w_enc_t[a * d..(a + 1) * d]);
+    let nm = main.1.len();
+    let mut empty = (Vec::new(), Vec::new(), Vec::new());
+    let aux = aux.unwrap_or(&mut empty);
+    // The chunk row of each position: main's tokens, then AuxK's.
+    let rows_of = |lens: &[usize]| -> Vec<u32> {
+        let tok = |(t, &len): (usize, &usize)| std::iter::repeat_n(t as u32, len);
+        lens.iter().enumerate().flat_map(tok).collect()
+    };
+    let mut toks = rows_of(&main.0);
+    toks.extend(rows_of(&aux.0));
+    let mut vals = vec![0.0f32; nm + aux.1.len()];
+    let row_of = |p: usize| (if p < nm { main.1[p] } else { aux.1[p - nm] }) as usize;
+    dots_by_row(
+        &mut vals,
+        &sae.w_enc_t,
+        xs,
+        d,
+        row_of,
+        |p| toks[p] as usize,
+        scratch,
+    );
+    let (main_vals, aux_vals) = vals.split_at(nm);
+    let keep = |part: &mut (Vec<usize>, Vec<u32>, Vec<f32>),
+                exact: &[f32],
+                positive: bool,
+                clamp: bool| {
+        let (mut w, mut p) = (0, 0);
+        for len in part.0.iter_mut() {
+            let mut kept = 0;
+            for _ in 0..*len {
+                let j = part.1[p];
+                let v = sae.b_enc[j as usize] + exact[p];
+                p += 1;
+                if !positive || v > 0.0 {
+                    part.1[w] = j;
+                    part.2[w] = if clamp { v.max(0.0) } else { v };
+                    w += 1;
+                    kept += 1;
+                }
+            }
+            *len = kept;
         }
-        let j = sel[i].0 as usize;
-        sel[i].1 = sae.b_enc[j] + dot(x, &sae.w_enc_t[j * d..(j + 1) * d]);
-    }
-    if positive_only {
-        sel.retain(|e| e.1 > 0.0);
-    }
+        part.1.truncate(w);
+        part.2.truncate(w);
+    };
+    keep(main, main_vals, main_positive, true);
+    keep(aux, aux_vals, true, false);
 }
 
 /// Activation scale used by coact: `s = 1 / sqrt(E ||x||^2)` over the sample

@@ -48,7 +48,7 @@ use super::model::{
 };
 use super::ortho::{pairs_to_blocks, partner_penalty, token_penalty, PairPenalty};
 use super::ortsae::chunk_penalty;
-use super::rows::{gather_rows, prefetch, PackedRows, PREFETCH_AHEAD};
+use super::rows::{dots_by_row, gather_rows, prefetch, DotsScratch, PackedRows, PREFETCH_AHEAD};
 use crate::linalg::{self, Compute};
 use crate::rng::SplitMix64;
 
@@ -62,6 +62,10 @@ const LAT_CHUNK: usize = 32;
 /// Tokens per task of the AuxK reconstruction's gather: each task streams
 /// the whole packed decoder through L2 once, so larger tasks read less.
 const AUX_GATHER_TOKENS: usize = 256;
+/// Tokens per group of the pre-activation gradients' dot products: their
+/// output-gradient rows (one per prefix, plus AuxK's) stay in L2 while the
+/// decoder rows stream past once per group.
+const DOT_TOKENS: usize = 128;
 
 /// Orthogonality term added to the loss with weight `lambda`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -973,61 +977,72 @@ impl Trainer {
     ) -> PreGrads {
         let sae = &self.sae;
         let d = sae.cfg.d_in;
-        let (n, use_aux) = (codes.n, codes.use_aux);
+        let n = codes.n;
         let (main, aux) = (&codes.main, &codes.aux);
-        let n_chunks = n.div_ceil(TOK_CHUNK);
         let mut gpre_main = vec![0.0f32; main.indices.len()];
         let mut gpre_aux = vec![0.0f32; aux.indices.len()];
-        let bounds_m: Vec<usize> = (0..=n_chunks)
-            .map(|c| main.indptr[(c * TOK_CHUNK).min(n)])
-            .collect();
-        let bounds_a: Vec<usize> = (0..=n_chunks)
-            .map(|c| aux.indptr[(c * TOK_CHUNK).min(n)])
-            .collect();
-        let gm_parts = split_by(&mut gpre_main, &bounds_m);
-        let ga_parts = split_by(&mut gpre_aux, &bounds_a);
+        let n_groups = n.div_ceil(DOT_TOKENS);
+        let bounds = |c: &SparseCodes| -> Vec<usize> {
+            (0..=n_groups)
+                .map(|g| c.indptr[(g * DOT_TOKENS).min(n)])
+                .collect()
+        };
+        let gm_parts = split_by(&mut gpre_main, &bounds(main));
+        let ga_parts = split_by(&mut gpre_aux, &bounds(aux));
         let l1_grad = l1_coeff * (1.0 / n as f32);
         let np = prefixes.len();
         let w_dec = &sae.w_dec;
-        let bdec_parts: Vec<Vec<f32>> = gm_parts
+        // d loss / d pre-activation = w_dec[j] . (the output gradient of
+        // the entry's prefix, or AuxK's), decoder row by decoder row within
+        // each group of tokens.
+        gm_parts
             .into_par_iter()
             .zip(ga_parts)
             .enumerate()
-            .map(|(c, (gm, ga))| {
+            .for_each_init(DotsScratch::default, |scratch, (g, (gm, ga))| {
+                let t0 = g * DOT_TOKENS;
+                let t1 = (t0 + DOT_TOKENS).min(n);
+                let (m0, a0) = (main.indptr[t0], aux.indptr[t0]);
+                let (nm, na) = (gm.len(), ga.len());
+                let mut toks = Vec::with_capacity(nm + na);
+                for c in [main, aux] {
+                    for t in t0..t1 {
+                        toks.extend(std::iter::repeat_n(t as u32, c.indptr[t + 1] - c.indptr[t]));
+                    }
+                }
+                let latent = |p: usize| {
+                    (if p < nm {
+                        main.indices[m0 + p]
+                    } else {
+                        aux.indices[a0 + p - nm]
+                    }) as usize
+                };
+                let grad_row = |p: usize| {
+                    let t = toks[p] as usize;
+                    if p >= nm {
+                        np * n + t
+                    } else if np > 1 {
+                        t * np + prefixes.group(latent(p))
+                    } else {
+                        t
+                    }
+                };
+                let mut vals = vec![0.0f32; nm + na];
+                dots_by_row(&mut vals, w_dec, gbuf, d, latent, grad_row, scratch);
+                for (o, &v) in gm.iter_mut().zip(&vals[..nm]) {
+                    *o = v + l1_grad;
+                }
+                ga.copy_from_slice(&vals[nm..]);
+            });
+        // Decoder bias (in every prefix, so the first prefix's row, which
+        // sums them): + g, per chunk of tokens.
+        let bdec_parts: Vec<Vec<f32>> = (0..n.div_ceil(TOK_CHUNK))
+            .into_par_iter()
+            .map(|c| {
                 let mut acc = vec![0.0f32; d];
-                let t0 = c * TOK_CHUNK;
-                let t1 = (t0 + TOK_CHUNK).min(n);
-                let (mut pm, mut pa) = (0, 0);
-                for t in t0..t1 {
-                    let g_tok = &gbuf[t * np * d..(t + 1) * np * d];
-                    // Decoder bias (in every prefix, so the first prefix's
-                    // row, which sums them): + g.
-                    acc.iter_mut().zip(&g_tok[..d]).for_each(|(a, &v)| *a += v);
-                    let (idx, _) = main.row(t);
-                    for (p, &j) in idx.iter().enumerate() {
-                        if let Some(&ahead) = idx.get(p + PREFETCH_AHEAD) {
-                            let a = ahead as usize;
-                            prefetch(&w_dec[a * d..(a + 1) * d]);
-                        }
-                        let j = j as usize;
-                        let grp = if np > 1 { prefixes.group(j) } else { 0 };
-                        let g = &g_tok[grp * d..(grp + 1) * d];
-                        gm[pm] = dot(&w_dec[j * d..(j + 1) * d], g) + l1_grad;
-                        pm += 1;
-                    }
-                    if use_aux {
-                        let h = &gbuf[(np * n + t) * d..(np * n + t + 1) * d];
-                        let (aidx, _) = aux.row(t);
-                        for (p, &j) in aidx.iter().enumerate() {
-                            if let Some(&ahead) = aidx.get(p + PREFETCH_AHEAD) {
-                                let a = ahead as usize;
-                                prefetch(&w_dec[a * d..(a + 1) * d]);
-                            }
-                            let j = j as usize;
-                            ga[pa] = dot(&w_dec[j * d..(j + 1) * d], h);
-                            pa += 1;
-                        }
-                    }
+                for t in c * TOK_CHUNK..((c + 1) * TOK_CHUNK).min(n) {
+                    let g = &gbuf[t * np * d..t * np * d + d];
+                    acc.iter_mut().zip(g).for_each(|(a, &v)| *a += v);
                 }
                 acc
             })
@@ -1195,51 +1210,53 @@ impl Trainer {
             )
                 .into_par_iter()
                 .enumerate()
-                .for_each(|(c, ((wd, gds), (ges, md), vd, we, me, ve, be, mbe, vbe))| {
-                    for r in 0..be.len() {
-                        let j = c * LAT_CHUNK + r;
-                        let gb = pr.grad_b_enc[j];
-                        let gd = &mut gds[r * d..(r + 1) * d];
-                        let ge = &ges[r * d..(r + 1) * d];
-                        let row = &mut wd[r * d..(r + 1) * d];
-                        // Remove the component along the (unit) decoder row.
-                        let nn = dot(row, row);
-                        if nn > 0.0 {
-                            let a = dot(gd, row) / nn;
-                            axpy(gd, -a, row);
+                .for_each(
+                    |(c, ((wd, gds), (ges, md), vd, we, me, ve, be, mbe, vbe))| {
+                        for r in 0..be.len() {
+                            let j = c * LAT_CHUNK + r;
+                            let gb = pr.grad_b_enc[j];
+                            let gd = &mut gds[r * d..(r + 1) * d];
+                            let ge = &ges[r * d..(r + 1) * d];
+                            let row = &mut wd[r * d..(r + 1) * d];
+                            // Remove the component along the (unit) decoder row.
+                            let nn = dot(row, row);
+                            if nn > 0.0 {
+                                let a = dot(gd, row) / nn;
+                                axpy(gd, -a, row);
+                            }
+                            let sl = r * d..(r + 1) * d;
+                            adam(
+                                row,
+                                &mut md[sl.clone()],
+                                &mut vd[sl.clone()],
+                                gd,
+                                step_size,
+                                inv_sqrt_bc2,
+                            );
+                            let nrm = dot(row, row).sqrt();
+                            if nrm > 0.0 {
+                                let inv = 1.0 / nrm;
+                                row.iter_mut().for_each(|v| *v *= inv);
+                            }
+                            adam(
+                                &mut we[sl.clone()],
+                                &mut me[sl.clone()],
+                                &mut ve[sl],
+                                ge,
+                                step_size,
+                                inv_sqrt_bc2,
+                            );
+                            adam(
+                                &mut be[r..r + 1],
+                                &mut mbe[r..r + 1],
+                                &mut vbe[r..r + 1],
+                                &[gb],
+                                step_size,
+                                inv_sqrt_bc2,
+                            );
                         }
-                        let sl = r * d..(r + 1) * d;
-                        adam(
-                            row,
-                            &mut md[sl.clone()],
-                            &mut vd[sl.clone()],
-                            gd,
-                            step_size,
-                            inv_sqrt_bc2,
-                        );
-                        let nrm = dot(row, row).sqrt();
-                        if nrm > 0.0 {
-                            let inv = 1.0 / nrm;
-                            row.iter_mut().for_each(|v| *v *= inv);
-                        }
-                        adam(
-                            &mut we[sl.clone()],
-                            &mut me[sl.clone()],
-                            &mut ve[sl],
-                            ge,
-                            step_size,
-                            inv_sqrt_bc2,
-                        );
-                        adam(
-                            &mut be[r..r + 1],
-                            &mut mbe[r..r + 1],
-                            &mut vbe[r..r + 1],
-                            &[gb],
-                            step_size,
-                            inv_sqrt_bc2,
-                        );
-                    }
-                });
+                    },
+                );
         }
         self.grad_rows = grads;
     }
