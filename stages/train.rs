@@ -94,16 +94,21 @@ pub fn sae_config(v: &Variant, d_in: usize) -> SaeConfig {
 /// The train split's non-BOS activations ([n, d]) of an extract artifact.
 pub fn load_train_tokens(input: &StageInput) -> Result<(Vec<f32>, usize, serde_json::Value)> {
     let acts = input.activations()?;
-    let (all, special, d) = acts.read("train")?;
+    let (mut x, special, d) = acts.read("train")?;
     if d == 0 {
         bail!("extract/{}: no train activations", acts.key);
     }
-    let mut x = Vec::with_capacity(all.len());
-    for (row, is_special) in all.chunks_exact(d).zip(&special) {
+    // Drop the BOS rows in place (the matrix is GBs; no second copy).
+    let mut kept = 0;
+    for (r, &is_special) in special.iter().enumerate() {
         if !is_special {
-            x.extend_from_slice(row);
+            if kept != r {
+                x.copy_within(r * d..(r + 1) * d, kept * d);
+            }
+            kept += 1;
         }
     }
+    x.truncate(kept * d);
     Ok((x, d, acts.summary))
 }
 

@@ -84,21 +84,48 @@ pub fn write_shard(path: &Path, batch: &RecordBatch) -> Result<()> {
 
 /// Activations of one split as a dense row-major matrix, f32, with the
 /// token's is_special flag; for the stages that train and evaluate on them.
+/// Reads only those two columns, batch by batch, into a matrix sized once
+/// from the shards' footers (the train split is GBs: no regrowth copies).
 pub fn read_activations(
     dir: &Path,
     files: &[String],
     split: &str,
 ) -> Result<(Vec<f32>, Vec<bool>, usize)> {
-    let mut data = Vec::new();
-    let mut special = Vec::new();
-    let mut d = 0usize;
+    let mut readers = Vec::new();
+    let mut total_rows = 0usize;
     for f in files.iter().filter(|f| f.starts_with(&format!("{split}-"))) {
-        for batch in crate::artifacts::parquet_io::read_all(&dir.join(f))? {
+        let path = dir.join(f);
+        let file =
+            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+            .with_context(|| format!("{}: not a Parquet file", path.display()))?;
+        total_rows += builder.metadata().file_metadata().num_rows() as usize;
+        let roots = ["activation", "is_special"]
+            .iter()
+            .map(|name| {
+                builder
+                    .schema()
+                    .index_of(name)
+                    .with_context(|| format!("{}: no {name} column", path.display()))
+            })
+            .collect::<Result<Vec<usize>>>()?;
+        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+        readers.push((f, builder.with_projection(mask).build()?));
+    }
+    let mut data = Vec::new();
+    let mut special = Vec::with_capacity(total_rows);
+    let mut d = 0usize;
+    for (f, reader) in readers {
+        for batch in reader {
+            let batch = batch.with_context(|| format!("reading {f}"))?;
             let col = batch
                 .column_by_name("activation")
                 .context("no activation column")?
                 .as_fixed_size_list();
             d = col.value_length() as usize;
+            if data.capacity() == 0 {
+                data.reserve_exact(total_rows * d);
+            }
             let values = col.values();
             match values.data_type() {
                 DataType::Float32 => data.extend_from_slice(

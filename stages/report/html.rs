@@ -657,9 +657,6 @@ fn notes(h: &mut String, p: &Page) {
     }
     h.push_str("<li>Sparse probing: mean test accuracy over datasets, tasks and seeds. SCR: SAEBench's headline (scr_metric, the direction it selects per dataset pair), mean over dataset pairs and seeds; without scr_metric rows, the mean of both directions. TPP: total metric (own-class drop minus mean other-class drop), mean over datasets and seeds.</li>\n");
     let _ = writeln!(h, "<li>{}</li>", esc(SEED_RULE));
-    if let Some(w) = scr_noise_warning(data) {
-        let _ = writeln!(h, "<li class=\"notrun\"><b>{}</b></li>", esc(&w));
-    }
     h.push_str("</ul>\n");
     if !data.notes.is_empty() {
         h.push_str("<h3>Problems reading the inputs</h3>\n<ul class=\"small notrun\">\n");
