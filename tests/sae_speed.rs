@@ -251,9 +251,11 @@ fn cofire_speed() {
 /// The step on real activations, where AuxK sees the latents that really
 /// die: `SAE_SPEED_DATA` is a raw little-endian f32 file of rows of 640
 /// values (scaled to unit mean squared norm, shuffled), for example rows of
-/// `data/extract/<key>/train-*.parquet`. Trains TopK at F 4096, k 32, B 2048
-/// (the default study) with dead after 48 Ki tokens, and times every step
-/// after `SAE_SPEED_WARMUP` (100) steps, when most dead latents have died.
+/// `data/extract/<key>/train-*.parquet`. Trains TopK (or, with
+/// `SAE_SPEED_KIND=batchtopk`, BatchTopK; with `SAE_SPEED_ORTHO=guided`,
+/// guided) at F 4096, k 32, B 2048 (the default study) with dead after 48 Ki
+/// tokens, and times every step after `SAE_SPEED_WARMUP` (100) steps, once
+/// AuxK is running.
 /// `cargo test -p coact --test sae_speed -- --ignored --nocapture real_step_speed`
 #[test]
 #[ignore]
@@ -290,10 +292,15 @@ fn real_step_speed() {
     if coact::linalg::backend_info().cpu.has_bf16() {
         cfg.compute = Compute::Bf16;
     }
+    // SAE_SPEED_KIND=batchtopk trains BatchTopK instead.
+    let kind = match std::env::var("SAE_SPEED_KIND").as_deref() {
+        Ok("batchtopk") => SaeKind::BatchTopK { k: 32 },
+        _ => SaeKind::TopK { k: 32 },
+    };
     let sae_cfg = SaeConfig {
         d_in: D,
         d_sae: 4096,
-        kind: SaeKind::TopK { k: 32 },
+        kind: kind.clone(),
     };
     let mut t = Trainer::new(cfg, sae_cfg, &x[..4096 * D]).unwrap();
     let mut timed = 0.0;
@@ -309,7 +316,7 @@ fn real_step_speed() {
     }
     let st = last.unwrap();
     println!(
-        "real data, TopK F 4096 k 32 B {b} {ortho:?} {:?}: {:.1} ms/step over steps {warm}..{steps} | mse {:.4} dead {:.3} aux {:.3}",
+        "real data, {kind:?} F 4096 B {b} {ortho:?} {:?}: {:.1} ms/step over steps {warm}..{steps} | mse {:.4} dead {:.3} aux {:.3}",
         t.config().compute,
         timed / (steps - warm) as f64 * 1e3,
         st.mse,
