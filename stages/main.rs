@@ -89,10 +89,28 @@ fn run_stages_help() -> String {
 }
 
 fn main() {
+    keep_freed_memory();
     let cli = Cli::parse();
     if let Err(e) = real_main(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// Each SAE step allocates and frees tens of MB of buffers (5-25 MB each).
+/// glibc returns such blocks to the kernel on free and takes fresh zeroed
+/// pages on the next allocation: 4.4 M page faults in one 1 Mi-token
+/// training run. Serving them from the heap and not trimming it cuts that
+/// to 0.7 M (the time saved, a few percent, is within this machine's
+/// run-to-run noise). Values are unaffected.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; it is called
+    // before any other thread exists.
+    unsafe {
+        // glibc's cap on the mmap threshold (32 MiB on 64-bit).
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
 }
 
