@@ -377,6 +377,31 @@ mod simd {
         }
     }
 
+    /// `acc[..L] += a * row` over the positions' terms, rows of the packed
+    /// `tile`, in position order.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn sum_rows<const L: usize>(
+        acc: &mut [__m256; 4],
+        positions: std::ops::Range<usize>,
+        tile: &[f32],
+        term: &impl Fn(usize) -> (usize, f32),
+    ) {
+        const TILE: usize = super::TILE;
+        let base = tile.as_ptr();
+        for p in positions {
+            let (row, a) = term(p);
+            assert!(
+                (row + 1) * TILE <= tile.len(),
+                "gather: row {row} out of range"
+            );
+            let src = base.add(row * TILE);
+            let va = _mm256_set1_ps(a);
+            for (q, v) in acc.iter_mut().enumerate().take(L) {
+                *v = _mm256_fmadd_ps(va, _mm256_loadu_ps(src.add(8 * q)), *v);
+            }
+        }
+    }
+
     /// One tile of [`super::PackedRows::gather`]: `dst` (w <= TILE
     /// columns, a multiple of 8) gets the sum over positions of the terms'
     /// rows of the packed `tile` (rows of TILE floats), onto zero or, with
@@ -391,39 +416,18 @@ mod simd {
     ) {
         const TILE: usize = super::TILE;
         let lanes = dst.len() / 8;
-        let base = tile.as_ptr();
         let mut acc = [_mm256_setzero_ps(); TILE / 8];
         if add {
             for (q, v) in acc.iter_mut().enumerate().take(lanes) {
                 *v = _mm256_loadu_ps(dst.as_ptr().add(8 * q));
             }
         }
-        if lanes == TILE / 8 {
-            for p in positions {
-                let (row, a) = term(p);
-                assert!(
-                    (row + 1) * TILE <= tile.len(),
-                    "gather: row {row} out of range"
-                );
-                let src = base.add(row * TILE);
-                let va = _mm256_set1_ps(a);
-                for (q, v) in acc.iter_mut().enumerate() {
-                    *v = _mm256_fmadd_ps(va, _mm256_loadu_ps(src.add(8 * q)), *v);
-                }
-            }
-        } else {
-            for p in positions {
-                let (row, a) = term(p);
-                assert!(
-                    (row + 1) * TILE <= tile.len(),
-                    "gather: row {row} out of range"
-                );
-                let src = base.add(row * TILE);
-                let va = _mm256_set1_ps(a);
-                for (q, v) in acc.iter_mut().enumerate().take(lanes) {
-                    *v = _mm256_fmadd_ps(va, _mm256_loadu_ps(src.add(8 * q)), *v);
-                }
-            }
+        // A constant lane count per call, so that the inner loop unrolls.
+        match lanes {
+            4 => sum_rows::<4>(&mut acc, positions, tile, term),
+            3 => sum_rows::<3>(&mut acc, positions, tile, term),
+            2 => sum_rows::<2>(&mut acc, positions, tile, term),
+            _ => sum_rows::<1>(&mut acc, positions, tile, term),
         }
         for (q, v) in acc.iter().enumerate().take(lanes) {
             _mm256_storeu_ps(dst.as_mut_ptr().add(8 * q), *v);
