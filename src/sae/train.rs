@@ -823,7 +823,7 @@ impl Trainer {
             .iter()
             .map(|&w| w as f32 * (2.0 * inv_n))
             .collect();
-        let sums: Vec<TokSums> = g_main
+        let mut sums: Vec<TokSums> = g_main
             .par_chunks_mut(TOK_CHUNK * np * d)
             .zip(g_aux_chunks.par_iter_mut())
             .enumerate()
@@ -881,7 +881,6 @@ impl Trainer {
             })
             .collect();
         drop(g_aux_chunks);
-        let mut sums = sums;
         if use_aux {
             // r_aux, latent rows gathered tile by tile (bit for bit the
             // per-token axpy loop), then ||u||^2 per chunk as above.
