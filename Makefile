@@ -53,13 +53,16 @@ test: setup
 # Speed benchmarks: figures printed, ratios measured within one run.
 # The matrix backend (CPU flags, each path's peak, coact's shapes as shares of
 # it), the bf16 forward's accuracy, the SAE step (f32 and bf16, guided over
-# plain), the Gemma forward (f32 and bf16), the compete stage's co-firing pass;
+# plain; fresh, then with AuxK on), the Gemma forward (f32 and bf16), the
+# compete stage's co-firing pass;
 # then, where present, the peers of ../shared/peers (numpy's OpenBLAS peak).
 PEERS ?= ../shared/peers
 bench: setup
 	cargo test -p coact --test linalg -- --ignored --nocapture gemm_rates
 	cargo test -p coact --test lm_bf16 -- --nocapture
 	cargo test -p coact --test sae_speed --test lm_speed --test competition -- --ignored --nocapture --test-threads 1
+	@echo "The step with AuxK on every step (every latent counted dead), as in a run where most latents die:"
+	SAE_SPEED_AUXK=1 SAE_SPEED_F=4096 SAE_SPEED_K=32 SAE_SPEED_TAU0=0 cargo test -p coact --test sae_speed -- --ignored --nocapture step_speed
 	@if [ -f $(PEERS)/gemm_peak.py ] && python3 -c 'import numpy' 2>/dev/null; then \
 	  echo "numpy OpenBLAS f32 GFLOP/s, [4096,640]x[640,4096] and square 2048:"; \
 	  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python3 $(PEERS)/gemm_peak.py; \
