@@ -7,8 +7,7 @@ use anyhow::{bail, ensure, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-pub(crate) use super::rows::{axpy, dot};
-use super::rows::{dots_by_row, DotsScratch};
+use super::rows::{axpy, dot, dots_by_row, DotsScratch};
 use super::topk::{select_topk, select_topk_row, TopKScratch};
 use crate::linalg::{self, Trans};
 use crate::rng::SplitMix64;

@@ -29,7 +29,7 @@
 use rayon::prelude::*;
 
 use super::cofire::{PartnerBlock, TokenPairs, PARTNER_BLOCK};
-use super::model::dot;
+use super::rows::dot;
 
 /// Gradient rows for the latents that appear in at least one pair.
 #[derive(Debug, Default)]

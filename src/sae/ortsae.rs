@@ -18,8 +18,8 @@
 
 use rayon::prelude::*;
 
-use super::model::{axpy, dot};
 use super::ortho::{take_buffer, PairPenalty, SparseRowGrad};
+use super::rows::{axpy, dot};
 use crate::linalg::{self, Trans};
 use crate::rng::SplitMix64;
 

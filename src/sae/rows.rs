@@ -1,11 +1,13 @@
 //! The row kernels of the sparse passes: `y += a x`, `a . b`, a prefetch of
-//! a row the next iterations will read, and [`gather_rows`], many sums of
-//! scattered rows at once. The SAE step reads scattered rows (a decoder row
-//! per active latent, an output-gradient row per entry) from buffers larger
-//! than L2: prefetching a few rows ahead hides the latency the hardware's
-//! stream prefetcher cannot (each row is a new stream), and `gather_rows`
-//! goes column tile by column tile so that the tile of every source row
-//! stays in L2 while all the sums read it.
+//! a row the next iterations will read, [`gather_rows`] (many sums of
+//! scattered rows at once) and [`dots_by_row`] (many dot products with
+//! scattered rows). The SAE step reads scattered rows (a decoder row per
+//! active latent, an output-gradient row per entry) from buffers larger than
+//! L2: prefetching a few rows ahead hides the latency the hardware's stream
+//! prefetcher cannot (each row is a new stream), `gather_rows` goes column
+//! tile by column tile so that the tile of every source row stays in L2
+//! while all the sums read it, and `dots_by_row` reads each row once for all
+//! the products that need it.
 
 use rayon::prelude::*;
 
@@ -47,6 +49,15 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
         s += x * y;
     }
     s
+}
+
+/// Whether the AVX2/FMA kernels run (x86-64 with both, detected at run
+/// time); the scalar loops otherwise.
+fn vector_path() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return simd::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// How many rows ahead the sparse loops prefetch: far enough to cover a
@@ -104,10 +115,7 @@ impl<'a> PackedRows<'a> {
             d > 0 && src.len().is_multiple_of(d),
             "PackedRows: rows of d"
         );
-        #[cfg(target_arch = "x86_64")]
-        let vec_cols = if simd::available() { d - d % 8 } else { 0 };
-        #[cfg(not(target_arch = "x86_64"))]
-        let vec_cols = 0;
+        let vec_cols = if vector_path() { d - d % 8 } else { 0 };
         let n_rows = src.len() / d;
         let tiles = vec_cols.div_ceil(TILE);
         let mut packed = vec![0.0f32; tiles * n_rows * TILE];
@@ -252,10 +260,7 @@ pub(crate) fn dots_by_row(
         let v = vec_of(p as usize);
         &vecs[v * d..(v + 1) * d]
     };
-    #[cfg(target_arch = "x86_64")]
-    let four = simd::available();
-    #[cfg(not(target_arch = "x86_64"))]
-    let four = false;
+    let four = vector_path();
     while let Some(j) = cur {
         cur = rows_used.next();
         if let Some(a) = cur {
@@ -272,6 +277,7 @@ pub(crate) fn dots_by_row(
             }
             ps = &ps[4..];
         }
+        #[cfg(not(target_arch = "x86_64"))]
         let _ = four;
         for &p in ps {
             out[p as usize] = dot(vec(p), row);

@@ -43,12 +43,14 @@ use serde::{Deserialize, Serialize};
 use super::batch_topk::{batch_select, candidate_cap, replace_rows, tokens_to_expand};
 use super::cofire::{batch_partners, batch_token_pairs, token_pairs_len};
 use super::model::{
-    axpy, dot, encode_centered, geometric_median, EncoderWeights, Sae, SaeConfig, SaeKind,
-    ScratchPool, Select, SparseCodes,
+    encode_centered, geometric_median, EncoderWeights, Sae, SaeConfig, SaeKind, ScratchPool,
+    Select, SparseCodes,
 };
 use super::ortho::{pairs_to_blocks, partner_penalty, token_penalty, PairPenalty};
 use super::ortsae::chunk_penalty;
-use super::rows::{dots_by_row, gather_rows, prefetch, DotsScratch, PackedRows, PREFETCH_AHEAD};
+use super::rows::{
+    axpy, dot, dots_by_row, gather_rows, prefetch, DotsScratch, PackedRows, PREFETCH_AHEAD,
+};
 use crate::linalg::{self, Compute};
 use crate::rng::SplitMix64;
 
