@@ -219,3 +219,50 @@ fn ce_and_kl_scores() {
     close(ce_loss_score(2.0, 4.0, 4.0), 0.0);
     close(kl_div_score(1.0, 1.0), 0.0);
 }
+
+/// The vectorised log-softmax and KL agree with plain f64 arithmetic on
+/// vocabulary-sized rows (not a multiple of the lanes or blocks), spread
+/// over a wide range of logits as a real unembedding's are.
+#[test]
+fn log_softmax_and_kl_match_f64_on_large_rows() {
+    let vocab = 100_003;
+    let mut state = 7u64;
+    let mut next = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 40) as f64 / (1u64 << 24) as f64) as f32
+    };
+    let logits: Vec<f32> = (0..2 * vocab).map(|_| 40.0 * next() - 25.0).collect();
+    let mut lp = logits.clone();
+    log_softmax_rows(&mut lp, vocab).unwrap();
+    for (row, got) in logits.chunks(vocab).zip(lp.chunks(vocab)) {
+        let max = row.iter().fold(f64::MIN, |a, &v| a.max(v as f64));
+        let lse = max
+            + row
+                .iter()
+                .map(|&v| (v as f64 - max).exp())
+                .sum::<f64>()
+                .ln();
+        for (&x, &g) in row.iter().zip(got) {
+            assert!(
+                (g as f64 - (x as f64 - lse)).abs() < 1e-5,
+                "{g} vs {}",
+                x as f64 - lse
+            );
+        }
+    }
+    let (p, q) = (&lp[..vocab], &lp[vocab..]);
+    let want: f64 = p
+        .iter()
+        .zip(q)
+        .map(|(&a, &b)| (a as f64).exp() * (a as f64 - b as f64))
+        .sum();
+    let got = kl_divergence(p, q);
+    assert!(
+        want > 1.0 && ((got - want) / want).abs() < 1e-5,
+        "{got} vs {want}"
+    );
+    assert_eq!(kl_divergence(p, p), 0.0);
+    assert_eq!(kl_divergence_rows(&lp, &lp, vocab).unwrap(), vec![0.0, 0.0]);
+}

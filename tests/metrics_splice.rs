@@ -8,8 +8,8 @@ use candle_core::{Device, Tensor};
 use coact::lm::{Gemma, ModelSource};
 use coact::metrics::core_eval::mean;
 use coact::metrics::splice::{
-    counted_rows, keep_rows, log_probs, patched_losses, sae_patch, splice_losses, zero_patch,
-    CountedRows, Original, Patch,
+    counted_rows, log_probs, patched_losses, sae_patch, splice_losses, zero_patch, CountedRows,
+    Original, Patch,
 };
 use coact::sae::{Sae, SaeConfig, SaeKind};
 use lm_support::{argmax, Tiny};
@@ -58,18 +58,6 @@ fn counted_rows_leave_out_special_positions_and_the_last_ce_position() {
     assert!(counted_rows(&[a, &b[..3]], &[sa, &sb[..3]]).is_err());
     assert!(counted_rows(&[a, b], &[sa]).is_err());
     assert!(counted_rows(&[], &[]).is_err());
-}
-
-#[test]
-fn keep_rows_keeps_the_listed_rows_in_order() {
-    let m: Vec<f32> = (0..12).map(|v| v as f32).collect(); // [4, 3]
-    assert_eq!(
-        keep_rows(m.clone(), &[1, 3], 3),
-        vec![3., 4., 5., 9., 10., 11.]
-    );
-    assert_eq!(keep_rows(m.clone(), &[0, 1, 2, 3], 3), m);
-    assert_eq!(keep_rows(m.clone(), &[2], 3), vec![6., 7., 8.]);
-    assert!(keep_rows(m, &[], 3).is_empty());
 }
 
 #[test]
@@ -193,18 +181,21 @@ fn a_shared_original_gives_the_one_call_losses_and_must_match_its_sequences() {
     let (seqs, special): (Vec<&[u32]>, Vec<&[bool]>) = (vec![&s1, &s2], vec![&m, &m]);
     let zero: Patch<'_> = &zero_patch;
 
-    let original = Original::compute(&model, &seqs, &special).unwrap();
+    let original = Original::compute(&model, LAYER, &seqs, &special).unwrap();
     let vocab = model.config().vocab;
     assert_eq!(original.ce.len(), 12);
     assert_eq!(original.log_probs.len(), 14 * vocab);
-    assert_eq!(original.bytes(), 14 * vocab * 4 + 12 * 8);
+    assert_eq!(
+        original.bytes(),
+        14 * vocab * 4 + 12 * 8 + 14 * model.config().d_model * 4
+    );
     let (ce, kl) = patched_losses(&model, LAYER, &seqs, &special, &original, zero).unwrap();
     let l = splice_losses(&model, LAYER, &seqs, &special, &[zero]).unwrap();
     assert_eq!(l.ce_orig, original.ce);
     assert_eq!((l.ce[0].clone(), l.kl[0].clone()), (ce, kl));
 
     // An original of other sequences (other row counts) is refused.
-    let other = Original::compute(&model, &seqs[..1], &special[..1]).unwrap();
+    let other = Original::compute(&model, LAYER, &seqs[..1], &special[..1]).unwrap();
     assert!(patched_losses(&model, LAYER, &seqs, &special, &other, zero).is_err());
 
     // One sequence per pass gives the same losses as both at once, up to
@@ -216,4 +207,33 @@ fn a_shared_original_gives_the_one_call_losses_and_must_match_its_sequences() {
     for (a, b) in one.kl[0].iter().zip(&l.kl[0]) {
         assert!((a - b).abs() < 1e-4, "{a} vs {b}");
     }
+}
+
+#[test]
+fn continuing_from_a_blocks_residual_is_the_full_forward_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let (s1, s2) = (greedy(&model, 5, 6), greedy(&model, 9, 6));
+    let ids = Tensor::from_vec([s1, s2].concat(), (2, 6), &Device::Cpu).unwrap();
+    let flat = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let resid = model.resid_post(&ids, LAYER).unwrap();
+
+    let full = flat(model.logits(&ids, None).unwrap());
+    let hidden = model.final_hidden_from(&resid, LAYER).unwrap();
+    assert_eq!(flat(model.unembed(&hidden).unwrap()), full);
+
+    let zero: &dyn Fn(&Tensor) -> anyhow::Result<Tensor> = &zero_patch;
+    let spliced = flat(model.logits(&ids, Some((LAYER, zero))).unwrap());
+    let hidden = model
+        .final_hidden_from(&resid.zeros_like().unwrap(), LAYER)
+        .unwrap();
+    assert_eq!(flat(model.unembed(&hidden).unwrap()), spliced);
+    assert_ne!(spliced, full);
+
+    let d = model.config().d_model;
+    let narrow = resid.narrow(2, 0, d - 1).unwrap();
+    let err = model.final_hidden_from(&narrow, LAYER).unwrap_err();
+    assert!(format!("{err:#}").contains("d_model"), "{err:#}");
+    let layers = model.config().n_layers;
+    assert!(model.final_hidden_from(&resid, layers).is_err());
 }

@@ -36,7 +36,7 @@ mod linear;
 mod load;
 mod model;
 pub mod ops;
-mod simd;
+pub(crate) mod simd;
 
 pub use config::{Activation, Arch, GemmaConfig};
 pub use load::{LoadOptions, WeightFormat};

@@ -1,7 +1,7 @@
 //! The Gemma forward: embedding, blocks, final norm, unembedding, with an
 //! early exit and a residual splice.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor};
 use std::sync::OnceLock;
@@ -231,13 +231,40 @@ impl Gemma {
         }
         let (b, t) = self.check_tokens(tokens)?;
         let x = self.run(tokens, self.cfg.n_layers - 1, splice)?;
-        let eps = self.cfg.rms_norm_eps;
-        let x = if self.fused() {
-            fused::rms_norm(&x, &self.final_norm, eps)?
-        } else {
-            rms_norm(&x, &self.final_norm, eps)?
-        };
-        let mut logits = self.unembedding()?.forward(&x)?;
+        let logits = self.unembed(&self.final_norm(&x)?)?;
+        Ok(logits.reshape((b, t, self.cfg.vocab))?)
+    }
+
+    /// The final hidden states `[B * T, d_model]` (after the final norm,
+    /// before the unembedding) of a forward whose residual after block
+    /// `layer` is `resid` (`[B, T, d_model]`): blocks `layer + 1..` only, the
+    /// same arithmetic as [`Gemma::logits`] from there on. Several splices of
+    /// one token batch share the blocks up to `layer` this way.
+    pub fn final_hidden_from(&self, resid: &Tensor, layer: usize) -> Result<Tensor> {
+        self.cfg.check_layer(layer)?;
+        let (b, t, d) = resid
+            .dims3()
+            .with_context(|| format!("resid must be [B, T, d_model], got {:?}", resid.shape()))?;
+        ensure!(
+            d == self.cfg.d_model,
+            "resid has width {d}, the model's d_model is {}",
+            self.cfg.d_model
+        );
+        let mut x = resid
+            .to_device(&self.device)?
+            .to_dtype(DType::F32)?
+            .reshape((b * t, d))?;
+        let rope = Rope::new(t, &self.cfg, self.fused(), &self.device)?;
+        for l in layer + 1..self.cfg.n_layers {
+            x = self.apply_block(l, &x, b, t, &rope)?;
+        }
+        self.final_norm(&x)
+    }
+
+    /// Logits `[n, vocab]` (f32, softcapped when the model is) of final
+    /// hidden states `[n, d_model]`; callers may pass a few rows at a time.
+    pub fn unembed(&self, hidden: &Tensor) -> Result<Tensor> {
+        let mut logits = self.unembedding()?.forward(hidden)?;
         if let Some(c) = self.cfg.final_softcap {
             logits = if self.fused() {
                 fused::softcap(&logits, c)?
@@ -245,7 +272,16 @@ impl Gemma {
                 softcap(&logits, c)?
             };
         }
-        Ok(logits.reshape((b, t, self.cfg.vocab))?)
+        Ok(logits)
+    }
+
+    fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
+        let eps = self.cfg.rms_norm_eps;
+        Ok(if self.fused() {
+            fused::rms_norm(x, &self.final_norm, eps)?
+        } else {
+            rms_norm(x, &self.final_norm, eps)?
+        })
     }
 
     fn check_tokens(&self, tokens: &Tensor) -> Result<(usize, usize)> {
@@ -276,13 +312,8 @@ impl Gemma {
         let ids = tokens.flatten_all()?.to_device(&self.device)?;
         let mut x = (self.embed.index_select(&ids, 0)? * (cfg.d_model as f64).sqrt())?;
         let rope = Rope::new(t, cfg, self.fused(), &self.device)?;
-        for (l, block) in self.blocks.iter().enumerate().take(last + 1) {
-            let y = if self.fused() {
-                self.block_fused(l, block, &x, b, t, &rope)
-            } else {
-                self.block(l, block, &x, b, t, &rope)
-            };
-            x = y.with_context(|| format!("block {l}"))?;
+        for l in 0..=last {
+            x = self.apply_block(l, &x, b, t, &rope)?;
             if let Some((at, f)) = splice {
                 if at == l {
                     let r = x.reshape((b, t, cfg.d_model))?;
@@ -302,6 +333,16 @@ impl Gemma {
             }
         }
         Ok(x)
+    }
+
+    fn apply_block(&self, l: usize, x: &Tensor, b: usize, t: usize, rope: &Rope) -> Result<Tensor> {
+        let block = &self.blocks[l];
+        let y = if self.fused() {
+            self.block_fused(l, block, x, b, t, rope)
+        } else {
+            self.block(l, block, x, b, t, rope)
+        };
+        y.with_context(|| format!("block {l}"))
     }
 
     fn spec<'a>(&self, blk: &'a Block, b: usize, t: usize, local: bool) -> Spec<'a> {

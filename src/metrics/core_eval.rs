@@ -28,6 +28,7 @@ use anyhow::{ensure, Result};
 use rayon::prelude::*;
 
 use crate::linalg::Trans;
+use crate::lm::simd::{self, multiversion};
 use crate::sae::SparseCodes;
 
 fn check_pair(x: &[f32], x_hat: &[f32], d: usize) -> Result<usize> {
@@ -454,8 +455,73 @@ pub fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len() as f64
 }
 
+/// Values per f32 partial sum in the row reductions below; the partial
+/// sums are added in f64, so rounding stays near f64's over a 262k vocabulary.
+const SUM_BLOCK: usize = 1024;
+/// f32 lanes of the reductions (one AVX-512 register).
+const LANES: usize = 16;
+
+multiversion! {
+    /// `sum_v e^(x_v - m)`: per block of `SUM_BLOCK` values `LANES` f32
+    /// partial sums, added in f64.
+    fn exp_sum(x: &[f32], m: f32) -> f64 {
+        let mut total = 0.0f64;
+        for block in x.chunks(SUM_BLOCK) {
+            let mut acc = [0.0f32; LANES];
+            let mut lanes = block.chunks_exact(LANES);
+            for c in &mut lanes {
+                for j in 0..LANES {
+                    acc[j] += simd::exp(c[j] - m);
+                }
+            }
+            for (j, &v) in lanes.remainder().iter().enumerate() {
+                acc[j] += simd::exp(v - m);
+            }
+            total += acc.iter().map(|&a| a as f64).sum::<f64>();
+        }
+        total
+    }
+}
+
+multiversion! {
+    /// `sum_v p_v (log p_v - log q_v)` with `p_v = e^(log p_v)` (0 where
+    /// p_v is 0), summed as in [`exp_sum`].
+    fn kl_sum(log_p: &[f32], log_q: &[f32]) -> f64 {
+        let mut total = 0.0f64;
+        for (bp, bq) in log_p.chunks(SUM_BLOCK).zip(log_q.chunks(SUM_BLOCK)) {
+            let mut acc = [0.0f32; LANES];
+            let term = |lp: f32, lq: f32| {
+                let p = simd::exp(lp);
+                if p == 0.0 {
+                    0.0
+                } else {
+                    p * (lp - lq)
+                }
+            };
+            let (mut cp, mut cq) = (bp.chunks_exact(LANES), bq.chunks_exact(LANES));
+            for (p, q) in (&mut cp).zip(&mut cq) {
+                for j in 0..LANES {
+                    acc[j] += term(p[j], q[j]);
+                }
+            }
+            for (j, (&p, &q)) in cp.remainder().iter().zip(cq.remainder()).enumerate() {
+                acc[j] += term(p, q);
+            }
+            total += acc.iter().map(|&a| a as f64).sum::<f64>();
+        }
+        total
+    }
+}
+
+multiversion! {
+    fn row_max(x: &[f32]) -> f32 {
+        simd::max(x)
+    }
+}
+
 /// Turns rows of logits `[rows, vocab]` into log-probabilities in place
-/// (`x - logsumexp(x)`, the sum accumulated in f64).
+/// (`x - logsumexp(x)`, the sum of exponentials vectorised, see
+/// [`exp_sum`]).
 pub fn log_softmax_rows(logits: &mut [f32], vocab: usize) -> Result<()> {
     ensure!(
         vocab > 0 && logits.len().is_multiple_of(vocab),
@@ -463,9 +529,8 @@ pub fn log_softmax_rows(logits: &mut [f32], vocab: usize) -> Result<()> {
         logits.len()
     );
     logits.par_chunks_mut(vocab).for_each(|row| {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f64 = row.iter().map(|&v| ((v - max).exp()) as f64).sum();
-        let lse = (max as f64 + sum.ln()) as f32;
+        let max = row_max(row);
+        let lse = (max as f64 + exp_sum(row, max).ln()) as f32;
         row.iter_mut().for_each(|v| *v -= lse);
     });
     Ok(())
@@ -477,20 +542,10 @@ pub fn cross_entropy(log_probs: &[f32], target: u32) -> f64 {
 }
 
 /// `KL(p || q) = sum_v p_v (log p_v - log q_v)` over the whole vocabulary, from
-/// two rows of log-probabilities. Exactly 0 when the rows are equal.
+/// two rows of log-probabilities (vectorised, see [`kl_sum`]). Exactly 0
+/// when the rows are equal.
 pub fn kl_divergence(log_p: &[f32], log_q: &[f32]) -> f64 {
-    log_p
-        .iter()
-        .zip(log_q)
-        .map(|(&lp, &lq)| {
-            let p = lp.exp();
-            if p == 0.0 {
-                0.0
-            } else {
-                p as f64 * (lp as f64 - lq as f64)
-            }
-        })
-        .sum()
+    kl_sum(log_p, log_q)
 }
 
 /// Per-position KL of rows of log-probabilities `[rows, vocab]`, in parallel.

@@ -12,13 +12,15 @@
 //!   every position whose input token is not special (the last included).
 //!
 //! [`CountedRows`] lists those rows. [`Original`] keeps what the unspliced
-//! forward gives for them, so that one original forward serves many patched
-//! ones ([`patched_losses`]); [`splice_losses`] does both for a list of
-//! patches. [`sae_patch`] and [`zero_patch`] are the two splices of the core
+//! forward gives for them and the residual after block L, so that one
+//! original forward serves many patched ones ([`patched_losses`]), each
+//! running only the blocks after L; [`splice_losses`] does both for a list
+//! of patches. Logits are formed a few rows at a time and reduced at once,
+//! never as a whole `[B * T, vocab]` matrix. [`sae_patch`] and [`zero_patch`] are the two splices of the core
 //! benchmark. The scores built from these losses (`ce_loss_score`,
 //! `kl_div_score`) are in [`super::core_eval`].
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
 
 use super::core_eval as m;
@@ -72,71 +74,129 @@ pub fn counted_rows(sequences: &[&[u32]], special: &[&[bool]]) -> Result<(Tensor
     Ok((ids, CountedRows { ce, kl }))
 }
 
+/// Final hidden rows unembedded per call: a chunk's logits (24 x 262k
+/// f32 for gemma-3, 25 MB) stay under the 32 MiB mmap threshold `coact`
+/// sets, so each chunk reuses the heap memory the previous one freed
+/// instead of faulting a 1 GB matrix in per forward.
+const LOGIT_ROWS: usize = 24;
+
+/// The log-probabilities of rows `rows` (ascending) of the final hidden
+/// states `[N, d_model]`, `LOGIT_ROWS` rows at a time: `f(first, lp)` gets
+/// the index in `rows` of a chunk's first row and its `[len, vocab]`
+/// log-probabilities.
+fn log_prob_chunks(
+    model: &Gemma,
+    hidden: &Tensor,
+    rows: &[usize],
+    mut f: impl FnMut(usize, &[f32]) -> Result<()>,
+) -> Result<()> {
+    let vocab = model.config().vocab;
+    let ids: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+    let picked = hidden.index_select(&Tensor::new(ids, hidden.device())?, 0)?;
+    for first in (0..rows.len()).step_by(LOGIT_ROWS) {
+        let len = LOGIT_ROWS.min(rows.len() - first);
+        let logits = model.unembed(&picked.narrow(0, first, len)?)?;
+        let mut lp = logits.flatten_all()?.to_vec1::<f32>()?;
+        drop(logits);
+        m::log_softmax_rows(&mut lp, vocab)?;
+        f(first, &lp)?;
+    }
+    Ok(())
+}
+
 /// Log-probabilities `[B * T, vocab]` (row-major f32) of a forward pass on
-/// `ids` `[B, T]`, with `splice` replacing the residual after a block or not.
+/// `ids` `[B, T]`, with `splice` replacing the residual after a block or not
+/// (the arithmetic of [`Original`] and [`patched_losses`]).
 pub fn log_probs(
     model: &Gemma,
     ids: &Tensor,
     splice: Option<(usize, Patch<'_>)>,
 ) -> Result<Vec<f32>> {
-    let logits = model.logits(ids, splice)?;
-    let mut v = logits.flatten_all()?.to_vec1::<f32>()?;
-    drop(logits);
-    m::log_softmax_rows(&mut v, model.config().vocab)?;
-    Ok(v)
+    let vocab = model.config().vocab;
+    let (layer, resid) = match splice {
+        Some((layer, patch)) => (layer, patch(&model.resid_post(ids, layer)?)?),
+        None => (0, model.resid_post(ids, 0)?),
+    };
+    let hidden = model.final_hidden_from(&resid, layer)?;
+    let rows: Vec<usize> = (0..hidden.dim(0)?).collect();
+    let mut out = vec![0.0f32; rows.len() * vocab];
+    log_prob_chunks(model, &hidden, &rows, |first, lp| {
+        out[first * vocab..first * vocab + lp.len()].copy_from_slice(lp);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Each CE row's index among the KL rows (every CE row is a KL row: both
+/// skip special inputs, CE also the last position) and its target.
+fn ce_in_kl(rows: &CountedRows) -> Vec<(usize, u32)> {
+    rows.ce
+        .iter()
+        .map(|&(r, target)| {
+            let i = rows.kl.binary_search(&r).expect("CE rows are KL rows");
+            (i, target)
+        })
+        .collect()
 }
 
 /// What the unspliced forward gives for a group of sequences: per-token CE
-/// on the CE rows, and the log-probabilities of the KL rows
-/// (`[kl rows, vocab]`, what `KL(original || patched)` needs).
-#[derive(Clone, Debug, PartialEq)]
+/// on the CE rows, the log-probabilities of the KL rows (`[kl rows, vocab]`,
+/// what `KL(original || patched)` needs) and the residual after the
+/// splice's block, which every patched forward starts from.
+#[derive(Clone, Debug)]
 pub struct Original {
     /// Per CE row of [`CountedRows`], in order.
     pub ce: Vec<f64>,
     /// `[kl rows, vocab]`, row-major.
     pub log_probs: Vec<f32>,
+    /// The block whose output `resid` is.
+    pub layer: usize,
+    /// The residual after block `layer`, `[B, T, d_model]`.
+    pub resid: Tensor,
 }
 
 impl Original {
-    /// Runs the unspliced forward on `sequences` (equal lengths, one pass).
-    pub fn compute(model: &Gemma, sequences: &[&[u32]], special: &[&[bool]]) -> Result<Original> {
+    /// Runs the unspliced forward on `sequences` (equal lengths, one pass),
+    /// keeping the residual after block `layer`.
+    pub fn compute(
+        model: &Gemma,
+        layer: usize,
+        sequences: &[&[u32]],
+        special: &[&[bool]],
+    ) -> Result<Original> {
         let vocab = model.config().vocab;
         let (ids, rows) = counted_rows(sequences, special)?;
-        let lp = log_probs(model, &ids, None)?;
-        let ce = rows
-            .ce
-            .iter()
-            .map(|&(r, target)| m::cross_entropy(&lp[r * vocab..(r + 1) * vocab], target))
+        let resid = model.resid_post(&ids, layer)?;
+        let hidden = model.final_hidden_from(&resid, layer)?;
+        let mut log_probs = vec![0.0f32; rows.kl.len() * vocab];
+        log_prob_chunks(model, &hidden, &rows.kl, |first, lp| {
+            log_probs[first * vocab..first * vocab + lp.len()].copy_from_slice(lp);
+            Ok(())
+        })?;
+        let ce = ce_in_kl(&rows)
+            .into_iter()
+            .map(|(i, target)| m::cross_entropy(&log_probs[i * vocab..(i + 1) * vocab], target))
             .collect();
-        let log_probs = keep_rows(lp, &rows.kl, vocab);
-        Ok(Original { ce, log_probs })
+        Ok(Original {
+            ce,
+            log_probs,
+            layer,
+            resid,
+        })
     }
 
-    /// The memory it holds, in bytes (f32 log-probabilities, f64 CE).
+    /// The memory it holds, in bytes (f32 log-probabilities and residual,
+    /// f64 CE).
     pub fn bytes(&self) -> usize {
-        self.log_probs.len() * 4 + self.ce.len() * 8
+        self.log_probs.len() * 4 + self.ce.len() * 8 + self.resid.elem_count() * 4
     }
-}
-
-/// Keeps only the given rows (strictly ascending) of a row-major
-/// `[rows, vocab]` matrix, in order, in place, so that no second matrix is
-/// allocated.
-pub fn keep_rows(mut m: Vec<f32>, rows: &[usize], vocab: usize) -> Vec<f32> {
-    for (i, &r) in rows.iter().enumerate() {
-        debug_assert!(r >= i);
-        if r != i {
-            m.copy_within(r * vocab..(r + 1) * vocab, i * vocab);
-        }
-    }
-    m.truncate(rows.len() * vocab);
-    m.shrink_to_fit();
-    m
 }
 
 /// Per-token CE and `KL(original || patched)` of the forward with `patch`
 /// replacing the residual after block `layer`, on the rows of
-/// [`Original`] (which must come from the same sequences and special masks;
-/// a different row count is an error).
+/// [`Original`] (which must come from the same sequences and special masks,
+/// and the same layer; otherwise an error). Only the blocks after `layer`
+/// run: they start from the original's residual, patched.
 pub fn patched_losses(
     model: &Gemma,
     layer: usize,
@@ -148,17 +208,41 @@ pub fn patched_losses(
     let vocab = model.config().vocab;
     let (ids, rows) = counted_rows(sequences, special)?;
     ensure!(
-        original.ce.len() == rows.ce.len() && original.log_probs.len() == rows.kl.len() * vocab,
+        original.ce.len() == rows.ce.len()
+            && original.log_probs.len() == rows.kl.len() * vocab
+            && original.resid.dims()[..2] == *ids.dims(),
         "the original forward was computed on other sequences"
     );
-    let lp = log_probs(model, &ids, Some((layer, patch)))?;
-    let ce = rows
-        .ce
-        .iter()
-        .map(|&(r, target)| m::cross_entropy(&lp[r * vocab..(r + 1) * vocab], target))
-        .collect();
-    let lp = keep_rows(lp, &rows.kl, vocab);
-    let kl = m::kl_divergence_rows(&original.log_probs, &lp, vocab)?;
+    ensure!(
+        original.layer == layer,
+        "the original forward kept the residual after block {}, the splice is at block {layer}",
+        original.layer
+    );
+    let patched =
+        patch(&original.resid).with_context(|| format!("residual splice at layer {layer}"))?;
+    ensure!(
+        patched.dims() == original.resid.dims(),
+        "the residual splice at layer {layer} returned shape {:?}, expected {:?}",
+        patched.shape(),
+        original.resid.shape()
+    );
+    let hidden = model.final_hidden_from(&patched, layer)?;
+    let ce_at = ce_in_kl(&rows);
+    let mut ce = vec![0.0f64; ce_at.len()];
+    let mut kl = Vec::with_capacity(rows.kl.len());
+    let mut next_ce = 0;
+    log_prob_chunks(model, &hidden, &rows.kl, |first, lp| {
+        let n = lp.len() / vocab;
+        let orig = &original.log_probs[first * vocab..(first + n) * vocab];
+        kl.extend(m::kl_divergence_rows(orig, lp, vocab)?);
+        while next_ce < ce_at.len() && ce_at[next_ce].0 < first + n {
+            let (i, target) = ce_at[next_ce];
+            ce[next_ce] =
+                m::cross_entropy(&lp[(i - first) * vocab..(i - first + 1) * vocab], target);
+            next_ce += 1;
+        }
+        Ok(())
+    })?;
     Ok((ce, kl))
 }
 
@@ -188,7 +272,7 @@ pub fn splice_losses(
     special: &[&[bool]],
     patches: &[Patch<'_>],
 ) -> Result<SpliceLosses> {
-    let original = Original::compute(model, sequences, special)?;
+    let original = Original::compute(model, layer, sequences, special)?;
     let mut out = SpliceLosses::default();
     for patch in patches {
         let (ce, kl) = patched_losses(model, layer, sequences, special, &original, *patch)?;

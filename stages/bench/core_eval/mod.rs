@@ -91,12 +91,19 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+/// The CE / KL arithmetic's version, part of every core key: 2 is the
+/// chunked unembedding with vectorised log-softmax and KL (their sums'
+/// order changed the last bits).
+const CE_KL_VERSION: u32 = 2;
+
 /// The part of the config a core artifact's key hashes (all of
-/// `bench.core` but `keep_original_mib`, which changes only the cost).
+/// `bench.core` but `keep_original_mib`, which changes only the cost) and
+/// the CE / KL arithmetic's version.
 pub fn key_config(cfg: &Config) -> Value {
     let mut v = serde_json::to_value(&cfg.bench.core).expect("serialisable");
     if let Some(o) = v.as_object_mut() {
         o.remove("keep_original_mib");
+        o.insert("ce_kl_version".into(), CE_KL_VERSION.into());
     }
     v
 }

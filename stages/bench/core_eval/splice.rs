@@ -82,7 +82,7 @@ pub(super) fn downstream(
             Some(o) => o,
             None => {
                 forwards += 1;
-                let o = Arc::new(Original::compute(model, &seqs, &special)?);
+                let o = Arc::new(Original::compute(model, layer, &seqs, &special)?);
                 with_shared(input, &key, |sh| {
                     if sh.bytes + o.bytes() <= cap {
                         sh.bytes += o.bytes();
