@@ -6,6 +6,7 @@
 use super::plots::Plot;
 use super::{Better, Group, Metric, MetricDef, Outcome, ReportData};
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 /// SPEC.md's reference table (gemma-2-2b, layer 12 resid_post, 18432
 /// latents, ~10M tokens), quoted as it stands there.
@@ -323,6 +324,81 @@ pub fn scr_noise_warning(data: &ReportData) -> Option<String> {
     })
 }
 
+/// Above this fraction of latents never active on the eval split, most of
+/// a dictionary is unused.
+pub const MOSTLY_DEAD: f64 = 0.5;
+
+/// A warning when trained SAEs leave most of their latents dead: which
+/// settings (the seeds' range) and, from their training logs, whether the
+/// latents died late (the lowest dead fraction after the first quarter of
+/// training against the last).
+pub fn dead_latent_warning(data: &ReportData) -> Option<String> {
+    let range = |v: &[f64]| {
+        let (lo, hi) = v
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+        if v.len() > 1 {
+            format!("{lo:.2}-{hi:.2}")
+        } else {
+            format!("{lo:.2}")
+        }
+    };
+    let (mut settings, mut lows, mut ends) = (Vec::new(), Vec::new(), Vec::new());
+    for g in data.groups() {
+        let members: Vec<&str> = g
+            .members
+            .iter()
+            .map(|&i| &data.variants[i])
+            .filter(|v| !v.external)
+            .map(|v| v.name.as_str())
+            .collect();
+        let dead: Vec<f64> = members
+            .iter()
+            .filter_map(|n| data.values.get(*n)?.get("frac_dead").copied())
+            .collect();
+        if dead.iter().all(|&f| f <= MOSTLY_DEAD) {
+            continue;
+        }
+        settings.push(format!("{} ({})", g.label, range(&dead)));
+        for c in members.iter().filter_map(|n| data.train_curves.get(*n)) {
+            if let (Some(low), Some(last)) = (
+                c[c.len() / 4..]
+                    .iter()
+                    .map(|p| p.dead_fraction)
+                    .reduce(f64::min),
+                c.last(),
+            ) {
+                lows.push(low);
+                ends.push(last.dead_fraction);
+            }
+        }
+    }
+    if settings.is_empty() {
+        return None;
+    }
+    let mut w = format!(
+        "Most latents never fire on the eval split in {}: the per-latent benchmarks (absorption, probing, \
+         SCR, TPP) see only the live ones, and the Dead column says what this training budget keeps alive \
+         as much as what a penalty does.",
+        settings.join(", ")
+    );
+    if !lows.is_empty() {
+        let _ = write!(
+            w,
+            " In their training logs the dead fraction falls to {} after the first quarter of training \
+             and ends at {}{}",
+            range(&lows),
+            range(&ends),
+            if ends.iter().zip(&lows).any(|(e, l)| e - l > 0.25) {
+                ": the latents die late in training."
+            } else {
+                "."
+            }
+        );
+    }
+    Some(w)
+}
+
 /// Why a plot is absent, for each plot the data did not allow.
 pub fn missing_plot_notes(data: &ReportData, plots: &[Plot]) -> Vec<String> {
     let has = |f: &str| plots.iter().any(|p| p.file == f);
@@ -395,6 +471,7 @@ pub fn caveats(data: &ReportData) -> Vec<String> {
              the widest SAE trained here has {f} latents."
         ));
     }
+    out.extend(dead_latent_warning(data));
     out.extend(scr_noise_warning(data));
     out
 }

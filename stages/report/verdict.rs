@@ -555,6 +555,58 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn the_dead_latent_warning_names_mostly_dead_settings_and_when_they_died() {
+        use crate::report::data::CurvePoint;
+        use crate::report::sections::dead_latent_warning;
+        let mut d = data(vec![
+            v("topk", "none", 0.0, 0),
+            v("topk-seed1", "none", 0.0, 1),
+            v("guided-tau0.1", "guided", 0.1, 0),
+        ]);
+        let mut dead = |name: &str, f: f64| {
+            d.values
+                .entry(name.into())
+                .or_default()
+                .insert("frac_dead".into(), f);
+        };
+        dead("topk", 0.62);
+        dead("topk-seed1", 0.4);
+        dead("guided-tau0.1", 0.5);
+        let w = dead_latent_warning(&d).expect("topk is mostly dead");
+        assert!(w.contains("in topk (0.40-0.62):"), "{w}");
+        assert!(!w.contains("guided"), "{w}");
+        assert!(!w.contains("training logs"), "{w}");
+        // Curves: low after the first quarter, high at the end.
+        let curve = |fs: &[f64]| -> Vec<CurvePoint> {
+            fs.iter()
+                .enumerate()
+                .map(|(i, &f)| CurvePoint {
+                    tokens: i as f64,
+                    mse: 0.0,
+                    l0: 4.0,
+                    dead_fraction: f,
+                })
+                .collect()
+        };
+        d.train_curves
+            .insert("topk".into(), curve(&[0.9, 0.3, 0.01, 0.05, 0.4, 0.65]));
+        d.train_curves.insert(
+            "topk-seed1".into(),
+            curve(&[0.0, 0.02, 0.03, 0.2, 0.3, 0.4]),
+        );
+        let w = dead_latent_warning(&d).unwrap();
+        assert!(
+            w.contains("falls to 0.01-0.02 after the first quarter of training and ends at 0.40-0.65: the latents die late"),
+            "{w}"
+        );
+        d.values
+            .get_mut("topk")
+            .unwrap()
+            .insert("frac_dead".into(), 0.3);
+        assert!(dead_latent_warning(&d).is_none());
+    }
+
+    #[test]
     fn co_firing_pairs_are_binned_by_c_and_pooled_over_seeds() {
         let mut d = data(vec![
             v("topk", "none", 0.0, 0),
