@@ -25,6 +25,7 @@ use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use coact::linalg::Compute;
 use coact::lm::{Gemma, Kernels, LoadOptions, ModelSource, WeightFormat};
+use coact::metrics::splice::{patched_losses, zero_patch, Original};
 
 fn env_usize(k: &str, d: usize) -> usize {
     std::env::var(k)
@@ -154,6 +155,23 @@ fn lm_extract_throughput() {
             dense.logits(&tokens, None).unwrap();
         });
         println!("coact full forward with logits ({compute}): {full:.0} tokens/s");
+        // Bench core's CE/KL for one SAE: blocks after `layer` from the
+        // original's residual, logits in chunks, reduced to CE and KL
+        // (zero ablation as the patch: the cost does not depend on it).
+        let seqs = tokens.to_vec2::<u32>().unwrap();
+        let seqs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
+        let mask: Vec<bool> = (0..t).map(|p| p == 0).collect();
+        let special: Vec<&[bool]> = vec![&mask; b];
+        let original = Original::compute(&dense, layer, &seqs, &special).unwrap();
+        let patched = rate(n, reps.min(2), || {
+            patched_losses(&dense, layer, &seqs, &special, &original, &zero_patch).unwrap();
+        });
+        drop(original);
+        println!(
+            "coact bench core's patched forward (blocks {}-, logits, CE and KL; {compute}): {patched:.0} tokens/s ({:.2}x the full forward)",
+            layer + 1,
+            patched / full
+        );
     }
     if only_early || std::env::var("COACT_BENCH_CANDLE").is_err() {
         println!(

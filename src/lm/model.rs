@@ -30,6 +30,12 @@ pub enum Kernels {
 /// replaced by `.1(residual)` (same shape). Any function of the residual will do.
 pub type Splice<'a> = (usize, &'a dyn Fn(&Tensor) -> Result<Tensor>);
 
+/// Vocabulary rows of the unembedding per product in
+/// [`Gemma::unembed_into`]: 16384 x 640 is 21 MB in bf16 (42 in f32), and
+/// the output of a 128-row chunk 8 MB, under the 32 MiB mmap threshold
+/// `coact` sets, so the slices' buffers are reused rather than faulted in.
+const VOCAB_SLICE: usize = 16384;
+
 /// A linear map without bias.
 #[derive(Debug, Clone)]
 pub(crate) enum Proj {
@@ -273,6 +279,37 @@ impl Gemma {
             };
         }
         Ok(logits)
+    }
+
+    /// [`Gemma::unembed`] written into `out` (`[n, vocab]` row-major f32,
+    /// resized), one slice of `VOCAB_SLICE` vocabulary rows of the weight
+    /// at a time: each slice is read once for all n rows and its output is
+    /// small, so a chunk of many rows needs no `[n, vocab]` tensor besides
+    /// `out`, which the caller can reuse.
+    pub fn unembed_into(&self, hidden: &Tensor, out: &mut Vec<f32>) -> Result<()> {
+        let (n, vocab) = (hidden.dim(0)?, self.cfg.vocab);
+        out.clear();
+        out.resize(n * vocab, 0.0);
+        let Proj::DenseT(w) = self.unembedding()? else {
+            out.copy_from_slice(&self.unembed(hidden)?.flatten_all()?.to_vec1::<f32>()?);
+            return Ok(());
+        };
+        for v0 in (0..vocab).step_by(VOCAB_SLICE) {
+            let len = VOCAB_SLICE.min(vocab - v0);
+            let mut y = linear(hidden, &w.narrow(0, v0, len)?, Trans::T)?;
+            if let Some(c) = self.cfg.final_softcap {
+                y = if self.fused() {
+                    fused::softcap(&y, c)?
+                } else {
+                    softcap(&y, c)?
+                };
+            }
+            let y = y.flatten_all()?.to_vec1::<f32>()?;
+            for (dst, src) in out.chunks_mut(vocab).zip(y.chunks(len)) {
+                dst[v0..v0 + len].copy_from_slice(src);
+            }
+        }
+        Ok(())
     }
 
     fn final_norm(&self, x: &Tensor) -> Result<Tensor> {

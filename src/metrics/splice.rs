@@ -74,11 +74,11 @@ pub fn counted_rows(sequences: &[&[u32]], special: &[&[bool]]) -> Result<(Tensor
     Ok((ids, CountedRows { ce, kl }))
 }
 
-/// Final hidden rows unembedded per call: a chunk's logits (24 x 262k
-/// f32 for gemma-3, 25 MB) stay under the 32 MiB mmap threshold `coact`
-/// sets, so each chunk reuses the heap memory the previous one freed
-/// instead of faulting a 1 GB matrix in per forward.
-const LOGIT_ROWS: usize = 24;
+/// Final hidden rows unembedded at a time ([`Gemma::unembed_into`]): a
+/// chunk's logits (128 x 262k f32 for gemma-3, 128 MB) are one buffer
+/// reused chunk after chunk, and each slice of the unembedding weight is
+/// read once per 128 rows.
+const LOGIT_ROWS: usize = 128;
 
 /// The log-probabilities of rows `rows` (ascending) of the final hidden
 /// states `[N, d_model]`, `LOGIT_ROWS` rows at a time: `f(first, lp)` gets
@@ -93,11 +93,10 @@ fn log_prob_chunks(
     let vocab = model.config().vocab;
     let ids: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
     let picked = hidden.index_select(&Tensor::new(ids, hidden.device())?, 0)?;
+    let mut lp = Vec::new();
     for first in (0..rows.len()).step_by(LOGIT_ROWS) {
         let len = LOGIT_ROWS.min(rows.len() - first);
-        let logits = model.unembed(&picked.narrow(0, first, len)?)?;
-        let mut lp = logits.flatten_all()?.to_vec1::<f32>()?;
-        drop(logits);
+        model.unembed_into(&picked.narrow(0, first, len)?, &mut lp)?;
         m::log_softmax_rows(&mut lp, vocab)?;
         f(first, &lp)?;
     }

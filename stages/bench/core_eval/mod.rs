@@ -91,10 +91,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// The CE / KL arithmetic's version, part of every core key: 2 is the
-/// chunked unembedding with vectorised log-softmax and KL (their sums'
-/// order changed the last bits).
-const CE_KL_VERSION: u32 = 2;
+/// The CE / KL arithmetic's version, part of every core key: 3 is the
+/// unembedding by row chunks and vocabulary slices with vectorised
+/// log-softmax and KL (their sums' order changed the last bits).
+const CE_KL_VERSION: u32 = 3;
 
 /// The part of the config a core artifact's key hashes (all of
 /// `bench.core` but `keep_original_mib`, which changes only the cost) and
