@@ -237,3 +237,51 @@ fn continuing_from_a_blocks_residual_is_the_full_forward_bit_for_bit() {
     let layers = model.config().n_layers;
     assert!(model.final_hidden_from(&resid, layers).is_err());
 }
+
+/// The unembedding by vocabulary slices (a vocabulary over two slices, and
+/// gemma-2's final softcap applied per slice) gives the one-product logits.
+#[test]
+fn unembedding_by_vocabulary_slices_matches_the_whole_product() {
+    use coact::linalg::Compute;
+    use coact::lm::LoadOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = Tiny {
+        vocab: 40_000,
+        ..Tiny::gemma2()
+    };
+    assert!(tiny.final_softcap.is_some());
+    tiny.write(dir.path(), 5);
+    let mut modes = vec![Compute::F32];
+    if coact::linalg::backend_info().cpu.has_bf16() {
+        modes.push(Compute::Bf16);
+    }
+    for compute in modes {
+        let model = Gemma::load_with(
+            &ModelSource::Safetensors(dir.path().into()),
+            &Device::Cpu,
+            &LoadOptions {
+                compute,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let d = model.config().d_model;
+        let hidden = Tensor::randn(0f32, 1.0, (37, d), &Device::Cpu).unwrap();
+        let whole = model
+            .unembed(&hidden)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let mut sliced = vec![1.0; 3];
+        model.unembed_into(&hidden, &mut sliced).unwrap();
+        assert_eq!(sliced.len(), 37 * 40_000);
+        let worst = whole
+            .iter()
+            .zip(&sliced)
+            .map(|(a, b)| (a - b).abs() / a.abs().max(1.0))
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "{compute:?}: {worst}");
+    }
+}
