@@ -8,7 +8,8 @@ use coact::metrics::splice::{sae_patch, splice_losses, zero_patch};
 use coact_pipeline::artifacts::activations::EvalSplit;
 use coact_pipeline::bench::core_eval::METRICS;
 
-const CORE_ONLY: &str = "bench:\n  benchmarks: [core]\n  core:\n    ce_sequences: 2\n";
+const CORE_ONLY: &str =
+    "bench:\n  benchmarks: [core]\n  core:\n    ce_sequences: 2\n    forward_batch_size: 1\n";
 
 fn study() -> Study {
     let s = Study::new(8, 40);

@@ -49,9 +49,12 @@
 //! forwards per sequence and every later one 1; the last variant's unit
 //! frees the memory. The shared results are those a unit would compute
 //! itself (same sequences, same batches), so a unit run alone gives the same
-//! figures, at 3 forwards per sequence. Logits are reduced to per-token CE
-//! and KL as soon as a forward returns: besides the kept log-probabilities,
-//! at most two `[forward_batch_size * T, vocab]` f32 matrices are alive.
+//! figures, at 3 forwards per sequence. A patched forward runs only the
+//! blocks after the layer, from the original's residual, and its logits are
+//! reduced to per-token CE and KL 128 rows at a time: besides the kept
+//! log-probabilities, one `[128, vocab]` f32 buffer is alive. A forward pass
+//! takes up to `forward_batch_size` consecutive chosen sequences of equal
+//! length.
 //! The model is loaded once per process.
 //!
 //! Output: table `bench_core` (variant, metric, value; metric names in

@@ -69,7 +69,8 @@ pub(super) fn downstream(
     let (mut ce_orig, mut ce_sae, mut ce_zero) = (vec![], vec![], vec![]);
     let (mut kl_sae, mut kl_zero) = (vec![], vec![]);
     let mut forwards = 0;
-    for (g, group) in chosen.chunks(c.forward_batch_size).enumerate() {
+    let groups = forward_groups(chosen, |s| eval.sequences[s].len(), c.forward_batch_size);
+    for (g, group) in groups.iter().enumerate() {
         let seqs: Vec<&[u32]> = group
             .iter()
             .map(|&s| &eval.tokens[eval.sequences[s].clone()])
@@ -149,6 +150,26 @@ pub(super) fn downstream(
     })
 }
 
+/// The chosen sequences in forward passes: consecutive ones of equal
+/// length, at most `batch` per pass (a pass needs equal lengths).
+pub(super) fn forward_groups(
+    chosen: &[usize],
+    len: impl Fn(usize) -> usize,
+    batch: usize,
+) -> Vec<&[usize]> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    for i in 1..=chosen.len() {
+        let end_here =
+            i == chosen.len() || i - start == batch.max(1) || len(chosen[i]) != len(chosen[start]);
+        if end_here {
+            groups.push(&chosen[start..i]);
+            start = i;
+        }
+    }
+    groups
+}
+
 /// Indices of the eval sequences for CE / KL.
 pub(super) fn choose_sequences(c: &CoreConfig, available: usize) -> Vec<usize> {
     let n = c.ce_sequences.min(available);
@@ -187,13 +208,6 @@ pub(super) fn ce_kl(
             eval.sequences.len()
         ));
     }
-    let lens: Vec<usize> = chosen.iter().map(|&s| eval.sequences[s].len()).collect();
-    if c.forward_batch_size > 1 && lens.iter().any(|&l| l != lens[0]) {
-        bail!(
-            "bench.core.forward_batch_size = {}: the chosen eval sequences have different lengths; use 1",
-            c.forward_batch_size
-        );
-    }
     let model = input.model()?;
     if layer >= model.config().n_layers {
         bail!(
@@ -203,4 +217,27 @@ pub(super) fn ce_kl(
     }
     let ds = downstream(input, variant, &model, sae, eval, &chosen)?;
     Ok((chosen, ds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::forward_groups;
+
+    #[test]
+    fn forward_groups_hold_equal_lengths_up_to_the_batch() {
+        let lens = [128, 128, 128, 90, 128, 128];
+        let len = |s: usize| lens[s];
+        let chosen = [0, 1, 2, 3, 4, 5];
+        assert_eq!(
+            forward_groups(&chosen, len, 2),
+            [&[0, 1][..], &[2], &[3], &[4, 5]]
+        );
+        assert_eq!(
+            forward_groups(&chosen, len, 8),
+            [&[0, 1, 2][..], &[3], &[4, 5]]
+        );
+        assert_eq!(forward_groups(&chosen, len, 1).len(), 6);
+        assert_eq!(forward_groups(&[1, 4], len, 8), [&[1, 4][..]]);
+        assert!(forward_groups(&[], len, 8).is_empty());
+    }
 }

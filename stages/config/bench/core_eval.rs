@@ -18,9 +18,10 @@ pub enum CeSelection {
 #[serde(deny_unknown_fields)]
 pub struct CoreConfig {
     /// Whole eval sequences run through the model for the CE and KL scores
-    /// (each costs one full forward per variant, ~1 s for 128 tokens on the
-    /// default study's CPU, plus two shared by all variants). Capped at the
-    /// eval split's sequence count.
+    /// (per variant each costs the blocks after the layer and the logits of
+    /// its tokens, ~0.3 s for 128 tokens on the default study's CPU, plus the
+    /// original and zero-ablated forwards shared by all variants). Capped at
+    /// the eval split's sequence count.
     #[serde(default = "default_ce_sequences")]
     pub ce_sequences: usize,
     /// `first` (the first ce_sequences eval sequences) or `seeded` (a sample
@@ -30,8 +31,10 @@ pub struct CoreConfig {
     /// Seed of the `seeded` selection.
     #[serde(default)]
     pub seed: u64,
-    /// Sequences per forward pass of the CE / KL runs (memory: two
-    /// `[forward_batch_size * context, vocab]` f32 matrices).
+    /// Sequences per forward pass of the CE / KL runs. Memory: the
+    /// original's log-probabilities of those sequences (128 MiB per
+    /// 128-token sequence with a 262k vocabulary, kept anyway within
+    /// `keep_original_mib`) and one 128-row logits buffer.
     #[serde(default = "default_forward_batch_size")]
     pub forward_batch_size: usize,
     /// SAEBench's `batch_size_prompts`: consecutive eval sequences per batch
@@ -57,7 +60,7 @@ fn default_ce_sequences() -> usize {
     8
 }
 fn default_forward_batch_size() -> usize {
-    1
+    8
 }
 fn default_batch_size_prompts() -> usize {
     16
