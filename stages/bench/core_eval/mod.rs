@@ -35,9 +35,9 @@
 //!   SAEBench's default, which splices every position. Zero ablation zeroes
 //!   every position, BOS included, as SAEBench's zero hook does.
 //!
-//! Cost. The full forward runs ~120 tokens/s on the default study's 2-core
-//! CPU, most of it in the 262k-token unembedding, so the forward passes are
-//! the whole cost. Per group of CE sequences a unit needs three: the original
+//! Cost. The blocks after the layer and the 262k-token unembedding run
+//! ~450 tokens/s on the default study's 2-core CPU (bf16), most of it in the
+//! unembedding, so the forward passes are most of the cost. Per group of CE sequences a unit needs three: the original
 //! (CE_orig, and the distribution KL_sae is measured against), the zero-ablated
 //! one (CE_zero, KL_zero) and the SAE-spliced one. Only the last depends on the
 //! SAE. The core units of one `coact run` run in one process and share, in
@@ -395,7 +395,7 @@ pub fn run(input: &StageInput, variant: &str) -> Result<StageOutput> {
     let cpu_s = process_cpu_seconds().zip(cpu_started).map(|(b, a)| b - a);
     input.progress.note(format!(
         "core/{variant}: EV {:.3} (legacy {:.3}), cos {:.3}, L0 {:.1}, CE score {:.3}, KL score {:.3} \
-         [{recon_s:.1} s reconstruction, {downstream_s:.1} s CE/KL on {} tokens, {} forward passes{}]",
+         [{recon_s:.1} s reconstruction, {downstream_s:.1} s CE/KL on {} tokens, forward passes: {}{}]",
         rec.explained_variance,
         rec.explained_variance_legacy,
         rec.cossim,
