@@ -270,15 +270,16 @@ impl Gemma {
     /// Logits `[n, vocab]` (f32, softcapped when the model is) of final
     /// hidden states `[n, d_model]`; callers may pass a few rows at a time.
     pub fn unembed(&self, hidden: &Tensor) -> Result<Tensor> {
-        let mut logits = self.unembedding()?.forward(hidden)?;
-        if let Some(c) = self.cfg.final_softcap {
-            logits = if self.fused() {
-                fused::softcap(&logits, c)?
-            } else {
-                softcap(&logits, c)?
-            };
-        }
-        Ok(logits)
+        self.final_softcap(self.unembedding()?.forward(hidden)?)
+    }
+
+    /// The model's final logit softcap, when it has one.
+    fn final_softcap(&self, logits: Tensor) -> Result<Tensor> {
+        Ok(match self.cfg.final_softcap {
+            Some(c) if self.fused() => fused::softcap(&logits, c)?,
+            Some(c) => softcap(&logits, c)?,
+            None => logits,
+        })
     }
 
     /// [`Gemma::unembed`] written into `out` (`[n, vocab]` row-major f32,
@@ -296,14 +297,7 @@ impl Gemma {
         };
         for v0 in (0..vocab).step_by(VOCAB_SLICE) {
             let len = VOCAB_SLICE.min(vocab - v0);
-            let mut y = linear(hidden, &w.narrow(0, v0, len)?, Trans::T)?;
-            if let Some(c) = self.cfg.final_softcap {
-                y = if self.fused() {
-                    fused::softcap(&y, c)?
-                } else {
-                    softcap(&y, c)?
-                };
-            }
+            let y = self.final_softcap(linear(hidden, &w.narrow(0, v0, len)?, Trans::T)?)?;
             let y = y.flatten_all()?.to_vec1::<f32>()?;
             for (dst, src) in out.chunks_mut(vocab).zip(y.chunks(len)) {
                 dst[v0..v0 + len].copy_from_slice(src);

@@ -514,6 +514,7 @@ multiversion! {
 }
 
 multiversion! {
+    /// The largest value of a row (its log-softmax's shift).
     fn row_max(x: &[f32]) -> f32 {
         simd::max(x)
     }

@@ -15,9 +15,9 @@
 //! forward gives for them and the residual after block L, so that one
 //! original forward serves many patched ones ([`patched_losses`]), each
 //! running only the blocks after L; [`splice_losses`] does both for a list
-//! of patches. Logits are formed a few rows at a time and reduced at once,
-//! never as a whole `[B * T, vocab]` matrix. [`sae_patch`] and [`zero_patch`] are the two splices of the core
-//! benchmark. The scores built from these losses (`ce_loss_score`,
+//! of patches. Logits are formed 128 rows at a time and reduced at once,
+//! never as a whole `[B * T, vocab]` matrix. [`sae_patch`] and
+//! [`zero_patch`] are the two splices of the core benchmark. The scores built from these losses (`ce_loss_score`,
 //! `kl_div_score`) are in [`super::core_eval`].
 
 use anyhow::{ensure, Context, Result};
@@ -111,15 +111,21 @@ pub fn log_probs(
     ids: &Tensor,
     splice: Option<(usize, Patch<'_>)>,
 ) -> Result<Vec<f32>> {
-    let vocab = model.config().vocab;
     let (layer, resid) = match splice {
         Some((layer, patch)) => (layer, patch(&model.resid_post(ids, layer)?)?),
         None => (0, model.resid_post(ids, 0)?),
     };
     let hidden = model.final_hidden_from(&resid, layer)?;
     let rows: Vec<usize> = (0..hidden.dim(0)?).collect();
+    rows_log_probs(model, &hidden, &rows)
+}
+
+/// The log-probabilities of rows `rows` of the final hidden states as one
+/// `[rows, vocab]` matrix (row-major f32).
+fn rows_log_probs(model: &Gemma, hidden: &Tensor, rows: &[usize]) -> Result<Vec<f32>> {
+    let vocab = model.config().vocab;
     let mut out = vec![0.0f32; rows.len() * vocab];
-    log_prob_chunks(model, &hidden, &rows, |first, lp| {
+    log_prob_chunks(model, hidden, rows, |first, lp| {
         out[first * vocab..first * vocab + lp.len()].copy_from_slice(lp);
         Ok(())
     })?;
@@ -167,11 +173,7 @@ impl Original {
         let (ids, rows) = counted_rows(sequences, special)?;
         let resid = model.resid_post(&ids, layer)?;
         let hidden = model.final_hidden_from(&resid, layer)?;
-        let mut log_probs = vec![0.0f32; rows.kl.len() * vocab];
-        log_prob_chunks(model, &hidden, &rows.kl, |first, lp| {
-            log_probs[first * vocab..first * vocab + lp.len()].copy_from_slice(lp);
-            Ok(())
-        })?;
+        let log_probs = rows_log_probs(model, &hidden, &rows.kl)?;
         let ce = ce_in_kl(&rows)
             .into_iter()
             .map(|(i, target)| m::cross_entropy(&log_probs[i * vocab..(i + 1) * vocab], target))
