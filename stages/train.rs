@@ -129,8 +129,10 @@ impl Stage for Train {
     /// SAELens 5 loads a TopK SAE as TopK) and coact's training kind.
     /// 3: b_dec's gradient sums its encoder part per latent (the same
     /// gradient, rounded differently), so the trained bytes change.
+    /// 4: with bf16 the batch kinds cut on the bf16 products and refine only
+    /// the kept entries to f32 (they refined every candidate first).
     fn format_version(&self) -> u32 {
-        3
+        4
     }
     fn resumable(&self) -> bool {
         true

@@ -157,10 +157,16 @@ fn reference(sae: &Sae, x: &[f32]) -> Reference {
     let (d, f) = (sae.cfg.d_in, sae.cfg.d_sae);
     let n = x.len() / d;
     let k = sae.cfg.kind.k().unwrap();
+    let pre = sae.pre_activations(x, n).unwrap();
+    reference_of(sae, x, batch_ref(&pre, n, f, k * n))
+}
+
+/// The loss's f64 gradients for the selection `sel` (values as given).
+fn reference_of(sae: &Sae, x: &[f32], sel: Sel) -> Reference {
+    let (d, f) = (sae.cfg.d_in, sae.cfg.d_sae);
+    let n = x.len() / d;
     let ends = sae.cfg.kind.prefix_ends(f);
     let group = |j: usize| ends.iter().position(|&e| j < e).unwrap();
-    let pre = sae.pre_activations(x, n).unwrap();
-    let sel = batch_ref(&pre, n, f, k * n);
     let np = ends.len();
     let mut out = Reference {
         sel: Vec::new(),
@@ -228,8 +234,11 @@ fn assert_close(name: &str, got: &[f32], want: &[f64]) {
 }
 
 fn assert_matches_reference(t: &Trainer, x: &[f32]) -> (StepStats, Reference) {
+    assert_matches(t, x, reference(t.sae(), x))
+}
+
+fn assert_matches(t: &Trainer, x: &[f32], r: Reference) -> (StepStats, Reference) {
     let (st, g) = t.loss_and_grads(x).unwrap();
-    let r = reference(t.sae(), x);
     let full = *r.prefix_mse.last().unwrap();
     let sum: f64 = r.prefix_mse.iter().sum();
     assert!(
@@ -575,6 +584,78 @@ fn batch_topk_selection_matches_a_brute_force_reference() {
         counts[n6 / 2..],
         "ties broken by token: {counts:?}"
     );
+}
+
+/// Rounds to bf16 (to nearest, ties to even), as the bf16 encoder rounds
+/// its inputs and weights.
+fn bf16(v: f32) -> f64 {
+    let b = v.to_bits();
+    f32::from_bits(((b + 0x7fff + ((b >> 16) & 1)) >> 16) << 16) as f64
+}
+
+#[test]
+fn bf16_batch_topk_cuts_on_bf16_products_and_keeps_f32_values() {
+    if !coact::linalg::cpu().has_bf16() {
+        eprintln!(
+            "skipped: no bf16 hardware ({})",
+            coact::linalg::cpu().flags()
+        );
+        return;
+    }
+    let (d, f, k, n) = (64, 200, 4, 16);
+    let mut sae = Sae::init(batch_cfg(d, f, SaeKind::BatchTopK { k }), 3).unwrap();
+    let mut r = SplitMix64::new(8);
+    sae.w_enc_t.iter_mut().for_each(|v| *v = r.normal() as f32);
+    sae.b_enc
+        .iter_mut()
+        .for_each(|v| *v = 0.2 * r.normal() as f32);
+    sae.b_dec
+        .iter_mut()
+        .for_each(|v| *v = 0.2 * r.normal() as f32);
+    let mut cfg = TrainerConfig::new(10, n);
+    cfg.aux_coeff = 0.0;
+    cfg.compute = coact::linalg::Compute::Bf16;
+    let mut t = Trainer::new(cfg, sae.cfg.clone(), &gauss(4, d, 1, 1.0)).unwrap();
+    *t.sae_mut() = sae.clone();
+
+    // The cut on bf16 products (exact bf16 x bf16 terms, summed in f64: the
+    // encoder's f32 sums differ by ~1e-7, far below the gaps at this size),
+    // then each kept entry's exact f32 value. The first batch whose bf16 cut
+    // differs from the f32 one is the case.
+    let cut = |x: &[f32]| -> (Sel, Vec<Vec<usize>>) {
+        let exact = sae.pre_activations(x, n).unwrap();
+        let mut approx = vec![0.0f32; n * f];
+        for tok in 0..n {
+            let xc: Vec<f64> = (0..d)
+                .map(|q| bf16(x[tok * d + q] - sae.b_dec[q]))
+                .collect();
+            for j in 0..f {
+                let w = &sae.w_enc_t[j * d..(j + 1) * d];
+                let s: f64 = xc.iter().zip(w).map(|(a, &b)| a * bf16(b)).sum();
+                approx[tok * f + j] = (sae.b_enc[j] as f64 + s) as f32;
+            }
+        }
+        let chosen: Sel = batch_ref(&approx, n, f, k * n)
+            .into_iter()
+            .enumerate()
+            .map(|(tok, row)| {
+                row.into_iter()
+                    .map(|(j, _)| (j, exact[tok * f + j]))
+                    .filter(|e| e.1 > 0.0)
+                    .collect()
+            })
+            .collect();
+        (chosen, support(&batch_ref(&exact, n, f, k * n)))
+    };
+    let (x, chosen) = (9..40)
+        .map(|seed| gauss(n, d, seed, 1.0))
+        .find_map(|x| {
+            let (chosen, by_f32) = cut(&x);
+            (support(&chosen) != by_f32).then_some((x, chosen))
+        })
+        .expect("construction: bf16 and f32 cut alike on every batch");
+    let (st, _) = assert_matches(&t, &x, reference_of(&sae, &x, chosen));
+    assert!(st.l0 <= k as f64, "l0 {}", st.l0);
 }
 
 // ---------------------------------------------------------------------------

@@ -9,10 +9,12 @@
 //! those) are encoded again with every positive value. Expanding them can
 //! only raise the cut, so every other full token's missing values stay below
 //! it: one round makes the selection exact. With the bf16 encoder
-//! (`train.compute: bf16`) bf16 values choose each token's candidates, as
-//! they choose TopK's latents, and a list that lost entries when refined to
-//! f32 no longer counts as full: the selection is then exact over the
-//! candidates, not over every latent.
+//! (`train.compute: bf16`) the bf16 products make the whole cut (the
+//! candidates, the expansion and the batch's selection, exact in that
+//! arithmetic), as they choose TopK's latents; only the kept entries are then
+//! recomputed in f32, and one whose f32 value is not positive is dropped, so
+//! a batch may keep slightly fewer than `k * n`. Refining before the cut
+//! would cost 4x the dot products for the same choice up to bf16 rounding.
 
 use super::model::SparseCodes;
 

@@ -331,6 +331,14 @@ pub(crate) enum Select {
     Threshold,
 }
 
+/// Which bf16-chosen values [`encode_centered`] recomputes in f32 (with f32
+/// weights every value is exact already).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refine {
+    All,
+    AuxOnly,
+}
+
 pub(crate) struct Encoded {
     pub main: SparseCodes,
     /// Top-k_aux among the dead latents (positive values only), if asked.
@@ -489,6 +497,7 @@ impl Sae {
             None,
             &ScratchPool::default(),
             EncoderWeights::F32,
+            Refine::All,
         )
         .main)
     }
@@ -509,6 +518,7 @@ impl Sae {
             None,
             &ScratchPool::default(),
             EncoderWeights::F32,
+            Refine::All,
         );
         Ok((e.main.indices, e.main.values))
     }
@@ -611,7 +621,10 @@ pub(crate) fn encoder_gemm(sae: &Sae, xs: &[f32], pre: &mut [f32], w: EncoderWei
 /// each chosen latent's value is then recomputed exactly in f32 (k dot
 /// products per token, ~1% of the product at k 32, F 4096), and a latent
 /// whose exact value is not positive is dropped, so values and gradients are
-/// f32 arithmetic on the chosen support.
+/// f32 arithmetic on the chosen support. `Refine::AuxOnly` leaves the main
+/// candidates' bf16-product values for the caller to cut first (the batch
+/// kinds keep about a quarter of their candidates, see [`refine_codes`]).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_centered(
     sae: &Sae,
     xc: &[f32],
@@ -620,6 +633,7 @@ pub(crate) fn encode_centered(
     dead: Option<(&[u32], usize)>,
     pool: &ScratchPool,
     weights: EncoderWeights<'_>,
+    refine: Refine,
 ) -> Encoded {
     let exact = matches!(weights, EncoderWeights::Bf16(_));
     let (d, f) = (sae.cfg.d_in, sae.cfg.d_sae);
@@ -680,7 +694,8 @@ pub(crate) fn encode_centered(
             }
             if exact {
                 let main_positive = !matches!(select, Select::TopKExact(_));
-                refine_exact(sae, xs, &mut main, main_positive, aux.as_mut(), dots);
+                let main = (refine == Refine::All).then_some(&mut main);
+                refine_exact(sae, xs, main, main_positive, aux.as_mut(), dots);
             }
             pool.give(s);
             (main, aux)
@@ -708,15 +723,16 @@ pub(crate) fn encode_centered(
 fn refine_exact(
     sae: &Sae,
     xs: &[f32],
-    main: &mut (Vec<usize>, Vec<u32>, Vec<f32>),
+    main: Option<&mut (Vec<usize>, Vec<u32>, Vec<f32>)>,
     main_positive: bool,
     aux: Option<&mut (Vec<usize>, Vec<u32>, Vec<f32>)>,
     scratch: &mut DotsScratch,
 ) {
     let d = sae.cfg.d_in;
+    let (mut no_main, mut no_aux) = Default::default();
+    let main = main.unwrap_or(&mut no_main);
+    let aux = aux.unwrap_or(&mut no_aux);
     let nm = main.1.len();
-    let mut empty = (Vec::new(), Vec::new(), Vec::new());
-    let aux = aux.unwrap_or(&mut empty);
     // The chunk row of each position: main's tokens, then AuxK's.
     let rows_of = |lens: &[usize]| -> Vec<u32> {
         let tok = |(t, &len): (usize, &usize)| std::iter::repeat_n(t as u32, len);
@@ -761,6 +777,46 @@ fn refine_exact(
     };
     keep(main, main_vals, main_positive, true);
     keep(aux, aux_vals, true, false);
+}
+
+/// Replaces every value of `codes` (tokens of the centred rows `xc`) by its
+/// exact f32 pre-activation and drops those not > 0, chunk by chunk as the
+/// encoder does: the batch kinds' bf16 path, after the batch cut.
+pub(crate) fn refine_codes(
+    sae: &Sae,
+    xc: &[f32],
+    codes: &SparseCodes,
+    pool: &ScratchPool,
+) -> SparseCodes {
+    let d = sae.cfg.d_in;
+    let n = codes.n_tokens();
+    let parts: Vec<(Vec<usize>, Vec<u32>, Vec<f32>)> = (0..n.div_ceil(ENC_CHUNK))
+        .into_par_iter()
+        .map(|c| {
+            let (t0, t1) = (c * ENC_CHUNK, ((c + 1) * ENC_CHUNK).min(n));
+            let (p0, p1) = (codes.indptr[t0], codes.indptr[t1]);
+            let lens = (t0..t1)
+                .map(|t| codes.indptr[t + 1] - codes.indptr[t])
+                .collect();
+            let mut part = (
+                lens,
+                codes.indices[p0..p1].to_vec(),
+                codes.values[p0..p1].to_vec(),
+            );
+            let mut s = pool.take();
+            refine_exact(
+                sae,
+                &xc[t0 * d..t1 * d],
+                Some(&mut part),
+                true,
+                None,
+                &mut s.dots,
+            );
+            pool.give(s);
+            part
+        })
+        .collect();
+    concat(codes.d_sae, parts)
 }
 
 /// Activation scale used by coact: `s = 1 / sqrt(E ||x||^2)` over the sample

@@ -5,7 +5,8 @@
 //! [`super::norm_scaling_factor`]):
 //! 1. encoder: chunked gemm `(x - b_dec) W_enc + b_enc` fused with the top-k
 //!    selection (and, when latents are dead, the top-k_aux among dead ones);
-//!    the batch kinds then cut the batch to its k n best (`batch_topk`);
+//!    the batch kinds then cut the batch to its k n best (`batch_topk`; with
+//!    bf16 the cut is on the bf16 products, then the kept values are f32's);
 //! 2. decoder and residual per token as a gather over the active rows;
 //!    `L_recon = mean_t ||x_hat_t - x_t||^2`, for Matryoshka summed over the
 //!    nested prefixes (each prefix's x_hat from its latents and b_dec);
@@ -43,8 +44,8 @@ use serde::{Deserialize, Serialize};
 use super::batch_topk::{batch_select, candidate_cap, replace_rows, tokens_to_expand};
 use super::cofire::{batch_partners, batch_token_pairs, token_pairs_len};
 use super::model::{
-    encode_centered, geometric_median, EncoderWeights, Sae, SaeConfig, SaeKind, ScratchPool,
-    Select, SparseCodes,
+    encode_centered, geometric_median, refine_codes, EncoderWeights, Refine, Sae, SaeConfig,
+    SaeKind, ScratchPool, Select, SparseCodes,
 };
 use super::ortho::{pairs_to_blocks, partner_penalty, token_penalty, PairPenalty};
 use super::ortsae::chunk_penalty;
@@ -361,6 +362,9 @@ struct Codes {
     use_aux: bool,
     /// The batch kinds: the smallest value the batch selection kept.
     batch_min: Option<f32>,
+    /// The step's bf16 copy of W_enc^T (`train.compute: bf16`), which the
+    /// batch kinds' expansion reuses.
+    w_bf16: Option<Vec<u16>>,
 }
 
 /// The nested prefixes whose reconstruction losses are summed (one, the
@@ -733,6 +737,12 @@ impl Trainer {
                 .for_each(|(b, w)| linalg::convert_to_bf16(w, b));
             wb
         });
+        // The batch kinds cut their candidates before refining them.
+        let refine = if sae.cfg.kind.batch_k().is_some() {
+            Refine::AuxOnly
+        } else {
+            Refine::All
+        };
         let enc = encode_centered(
             sae,
             &xc,
@@ -744,6 +754,7 @@ impl Trainer {
                 Some(wb) => EncoderWeights::Bf16(wb),
                 None => EncoderWeights::F32,
             },
+            refine,
         );
         let aux = enc.aux.unwrap_or_else(|| SparseCodes {
             d_sae: f,
@@ -758,6 +769,7 @@ impl Trainer {
             aux,
             use_aux,
             batch_min: None,
+            w_bf16,
         }
     }
 
@@ -782,11 +794,20 @@ impl Trainer {
                 Select::Relu,
                 None,
                 &self.pool,
-                EncoderWeights::F32,
+                match &codes.w_bf16 {
+                    Some(wb) => EncoderWeights::Bf16(wb),
+                    None => EncoderWeights::F32,
+                },
+                Refine::AuxOnly,
             );
             codes.main = replace_rows(&codes.main, &expand, &full.main);
         }
-        let (kept, min) = batch_select(&codes.main, budget);
+        let (mut kept, mut min) = batch_select(&codes.main, budget);
+        if codes.w_bf16.is_some() {
+            // bf16 products chose the entries; their values are f32's.
+            kept = refine_codes(&self.sae, &codes.xc, &kept, &self.pool);
+            min = kept.values.iter().copied().reduce(f32::min);
+        }
         codes.main = kept;
         codes.batch_min = min;
     }
