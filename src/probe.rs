@@ -182,18 +182,19 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// log(1 + exp(v)), stable.
-fn softplus(v: f64) -> f64 {
-    v.max(0.0) + (-v.abs()).exp().ln_1p()
-}
-
-fn sigmoid(v: f64) -> f64 {
-    if v >= 0.0 {
-        1.0 / (1.0 + (-v).exp())
+/// The binary log-loss `log(1 + exp(-t z))` (t = +-1) and `sigmoid(z)`,
+/// both stable, from the one `exp(-|z|)` they share (libm's scalar exp and
+/// log1p are a large part of a probe fit).
+fn log_loss_and_sigmoid(z: f64, positive: bool) -> (f64, f64) {
+    let e = (-z.abs()).exp();
+    let margin = if positive { -z } else { z };
+    let loss = margin.max(0.0) + e.ln_1p();
+    let sigmoid = if z >= 0.0 {
+        1.0 / (1.0 + e)
     } else {
-        let e = v.exp();
         e / (1.0 + e)
-    }
+    };
+    (loss, sigmoid)
 }
 
 enum Labels<'a> {
@@ -288,9 +289,9 @@ impl Problem<'_> {
                     // r = d loss_i / d z (times s_i / n).
                     match self.labels {
                         Labels::Binary(y) => {
-                            let t = if y[i] { 1.0 } else { -1.0 };
-                            loss += s * softplus(-t * z[0]);
-                            z[0] = s * (sigmoid(z[0]) - if y[i] { 1.0 } else { 0.0 });
+                            let (l, sigmoid) = log_loss_and_sigmoid(z[0], y[i]);
+                            loss += s * l;
+                            z[0] = s * (sigmoid - if y[i] { 1.0 } else { 0.0 });
                         }
                         Labels::Multi(y) => {
                             let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
