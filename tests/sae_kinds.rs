@@ -480,20 +480,25 @@ fn guided_on_batch_topk_uses_the_batch_lists_and_has_the_right_gradient() {
 
 /// A BatchTopK trainer around `sae` (no AuxK, no orthogonality).
 fn around(sae: Sae) -> Trainer {
+    around_in(sae, coact::linalg::Compute::F32)
+}
+
+/// [`around`] with the encoder product in `compute`.
+fn around_in(sae: Sae, compute: coact::linalg::Compute) -> Trainer {
     let mut cfg = TrainerConfig::new(10, 8);
     cfg.aux_coeff = 0.0;
+    cfg.compute = compute;
     let d = sae.cfg.d_in;
     let mut t = Trainer::new(cfg, sae.cfg.clone(), &gauss(4, d, 1, 1.0)).unwrap();
     *t.sae_mut() = sae;
     t
 }
 
-#[test]
-fn batch_topk_selection_matches_a_brute_force_reference() {
-    let (d, f, k, n) = (8, 40, 2, 8);
-    let kind = SaeKind::BatchTopK { k };
-    let mut sae = Sae::init(batch_cfg(d, f, kind), 3).unwrap();
-    let mut r = SplitMix64::new(4);
+/// A BatchTopK SAE with a random encoder and biases (so that
+/// pre-activations spread), and the generator for further draws.
+fn random_batch_topk(d: usize, f: usize, k: usize, seed: u64) -> (Sae, SplitMix64) {
+    let mut sae = Sae::init(batch_cfg(d, f, SaeKind::BatchTopK { k }), 3).unwrap();
+    let mut r = SplitMix64::new(seed);
     sae.w_enc_t.iter_mut().for_each(|v| *v = r.normal() as f32);
     sae.b_enc
         .iter_mut()
@@ -501,6 +506,13 @@ fn batch_topk_selection_matches_a_brute_force_reference() {
     sae.b_dec
         .iter_mut()
         .for_each(|v| *v = 0.2 * r.normal() as f32);
+    (sae, r)
+}
+
+#[test]
+fn batch_topk_selection_matches_a_brute_force_reference() {
+    let (d, f, k, n) = (8, 40, 2, 8);
+    let (sae, mut r) = random_batch_topk(d, f, k, 4);
 
     // (a) A random batch: k n entries in total, unevenly spread over tokens.
     let x = gauss(n, d, 5, 1.0);
@@ -603,20 +615,8 @@ fn bf16_batch_topk_cuts_on_bf16_products_and_keeps_f32_values() {
         return;
     }
     let (d, f, k, n) = (64, 200, 4, 16);
-    let mut sae = Sae::init(batch_cfg(d, f, SaeKind::BatchTopK { k }), 3).unwrap();
-    let mut r = SplitMix64::new(8);
-    sae.w_enc_t.iter_mut().for_each(|v| *v = r.normal() as f32);
-    sae.b_enc
-        .iter_mut()
-        .for_each(|v| *v = 0.2 * r.normal() as f32);
-    sae.b_dec
-        .iter_mut()
-        .for_each(|v| *v = 0.2 * r.normal() as f32);
-    let mut cfg = TrainerConfig::new(10, n);
-    cfg.aux_coeff = 0.0;
-    cfg.compute = coact::linalg::Compute::Bf16;
-    let mut t = Trainer::new(cfg, sae.cfg.clone(), &gauss(4, d, 1, 1.0)).unwrap();
-    *t.sae_mut() = sae.clone();
+    let (sae, _) = random_batch_topk(d, f, k, 8);
+    let t = around_in(sae.clone(), coact::linalg::Compute::Bf16);
 
     // The cut on bf16 products (exact bf16 x bf16 terms, summed in f64: the
     // encoder's f32 sums differ by ~1e-7, far below the gaps at this size),
