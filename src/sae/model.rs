@@ -579,6 +579,13 @@ pub(crate) enum EncoderWeights<'a> {
     Bf16(&'a [u16]),
 }
 
+impl<'a> EncoderWeights<'a> {
+    /// Bf16 when the step holds a bf16 copy of W_enc^T, else F32.
+    pub(crate) fn of(w_bf16: Option<&'a [u16]>) -> Self {
+        w_bf16.map_or(EncoderWeights::F32, EncoderWeights::Bf16)
+    }
+}
+
 /// `pre[m, f] = b_enc + xs[m, d] . W_enc[d, f]` for one chunk of centred
 /// rows, single-threaded (W_enc is w_enc_t `[f, d]` used transposed).
 pub(crate) fn encoder_gemm(sae: &Sae, xs: &[f32], pre: &mut [f32], w: EncoderWeights<'_>) {

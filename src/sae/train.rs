@@ -750,10 +750,7 @@ impl Trainer {
             select,
             use_aux.then_some((&dead[..], k_aux)),
             &self.pool,
-            match &w_bf16 {
-                Some(wb) => EncoderWeights::Bf16(wb),
-                None => EncoderWeights::F32,
-            },
+            EncoderWeights::of(w_bf16.as_deref()),
             refine,
         );
         let aux = enc.aux.unwrap_or_else(|| SparseCodes {
@@ -794,10 +791,7 @@ impl Trainer {
                 Select::Relu,
                 None,
                 &self.pool,
-                match &codes.w_bf16 {
-                    Some(wb) => EncoderWeights::Bf16(wb),
-                    None => EncoderWeights::F32,
-                },
+                EncoderWeights::of(codes.w_bf16.as_deref()),
                 Refine::AuxOnly,
             );
             codes.main = replace_rows(&codes.main, &expand, &full.main);
