@@ -55,18 +55,28 @@ test: setup
 # it), the bf16 forward's accuracy, the SAE step (f32 and bf16, guided over
 # plain; fresh, then with AuxK on), the Gemma forward (f32 and bf16), the
 # compete stage's co-firing pass;
-# then, where present, the peers of ../shared/peers (numpy's OpenBLAS peak).
+# then, where present, the peers of ../shared/peers in the same run: numpy's
+# OpenBLAS peak, and with torch + transformers the HF forward and the dense
+# PyTorch SAE step. PEERS_PYTHON names the interpreter that has them (e.g. a
+# local venv: make bench PEERS_PYTHON=../peers-venv/bin/python).
 PEERS ?= ../shared/peers
+PEERS_PYTHON ?= python3
 bench: setup
 	cargo test -p coact --test linalg -- --ignored --nocapture gemm_rates
 	cargo test -p coact --test lm_bf16 -- --nocapture
 	cargo test -p coact --test sae_speed --test lm_speed --test competition -- --ignored --nocapture --test-threads 1
 	@echo "The step with AuxK on every step (every latent counted dead), as in a run where most latents die:"
 	SAE_SPEED_AUXK=1 SAE_SPEED_F=4096 SAE_SPEED_K=32 SAE_SPEED_TAU0=0 cargo test -p coact --test sae_speed -- --ignored --nocapture step_speed
-	@if [ -f $(PEERS)/gemm_peak.py ] && python3 -c 'import numpy' 2>/dev/null; then \
+	@if [ -f $(PEERS)/gemm_peak.py ] && $(PEERS_PYTHON) -c 'import numpy' 2>/dev/null; then \
 	  echo "numpy OpenBLAS f32 GFLOP/s, [4096,640]x[640,4096] and square 2048:"; \
-	  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python3 $(PEERS)/gemm_peak.py; \
-	else echo "(numpy or $(PEERS)/gemm_peak.py missing: the OpenBLAS reference is not measured)"; fi
+	  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PEERS_PYTHON) $(PEERS)/gemm_peak.py; \
+	else echo "(numpy or $(PEERS)/gemm_peak.py missing for $(PEERS_PYTHON): the OpenBLAS reference is not measured)"; fi
+	@if [ -f $(PEERS)/hf_forward_speed.py ] && $(PEERS_PYTHON) -c 'import torch, transformers, gguf, accelerate' 2>/dev/null; then \
+	  echo "HF transformers forward to block 6 (f32, bf16 autocast) and PyTorch's matmul rates:"; \
+	  $(PEERS_PYTHON) $(PEERS)/hf_forward_speed.py data/raw 6 2>/dev/null | tail -n 1; \
+	  echo "dense PyTorch TopK SAE step (ms, median of 7; dictionary_learning where installed):"; \
+	  $(PEERS_PYTHON) $(PEERS)/peer_sae_step_cpu.py $${TMPDIR:-/tmp}/coact-peer-sae-step.json 2>/dev/null | $(PEERS_PYTHON) -c 'import sys, json; rs = [json.loads(l) for l in sys.stdin if l.startswith("{")]; [print("  %-20s F %5d k %2d: %7.1f ms" % (r["impl"], r["d_sae"], r["k"], r["median_ms"])) for r in rs if "median_ms" in r]'; \
+	else echo "(torch, transformers, gguf or accelerate missing for $(PEERS_PYTHON): the HF forward and PyTorch SAE step peers are not measured)"; fi
 
 lint:
 	cargo fmt --all -- --check
