@@ -72,11 +72,15 @@ bench: setup
 	  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PEERS_PYTHON) $(PEERS)/gemm_peak.py; \
 	else echo "(numpy or $(PEERS)/gemm_peak.py missing for $(PEERS_PYTHON): the OpenBLAS reference is not measured)"; fi
 	@if [ -f $(PEERS)/hf_forward_speed.py ] && $(PEERS_PYTHON) -c 'import torch, transformers, gguf, accelerate' 2>/dev/null; then \
+	  log=$${TMPDIR:-/tmp}/coact-peers.log; json=$${TMPDIR:-/tmp}/coact-peer-sae-step.json; : > $$log; \
 	  echo "HF transformers forward to block 6 (f32, bf16 autocast) and PyTorch's matmul rates:"; \
-	  $(PEERS_PYTHON) $(PEERS)/hf_forward_speed.py data/raw 6 2>/dev/null | tail -n 1; \
+	  out=$$($(PEERS_PYTHON) $(PEERS)/hf_forward_speed.py data/raw 6 2>>$$log) && echo "$$out" | tail -n 1 \
+	    || echo "(hf_forward_speed.py failed; its messages are in $$log)"; \
 	  echo "dense PyTorch TopK SAE step (ms, median of 7; dictionary_learning where installed):"; \
-	  $(PEERS_PYTHON) $(PEERS)/peer_sae_step_cpu.py $${TMPDIR:-/tmp}/coact-peer-sae-step.json 2>/dev/null | $(PEERS_PYTHON) -c 'import sys, json; rs = [json.loads(l) for l in sys.stdin if l.startswith("{")]; [print("  %-20s F %5d k %2d: %7.1f ms" % (r["impl"], r["d_sae"], r["k"], r["median_ms"])) for r in rs if "median_ms" in r]'; \
-	else echo "(torch, transformers, gguf or accelerate missing for $(PEERS_PYTHON): the HF forward and PyTorch SAE step peers are not measured)"; fi
+	  $(PEERS_PYTHON) $(PEERS)/peer_sae_step_cpu.py $$json > /dev/null 2>>$$log \
+	    && $(PEERS_PYTHON) -c 'import sys, json; [print("  %-20s F %5d k %2d: %7.1f ms" % (r["impl"], r["d_sae"], r["k"], r["median_ms"])) for r in json.load(open(sys.argv[1]))["results"]]' $$json \
+	    || echo "(peer_sae_step_cpu.py failed; its messages are in $$log)"; \
+	else echo "($(PEERS)/hf_forward_speed.py, or torch, transformers, gguf or accelerate for $(PEERS_PYTHON), missing: the HF forward and PyTorch SAE step peers are not measured)"; fi
 
 lint:
 	cargo fmt --all -- --check
