@@ -41,6 +41,12 @@ enum Command {
         /// rebuild the damaged ones (sizes are always checked).
         #[arg(long)]
         verify: bool,
+        /// Units of a stage to run at once where they are independent (the
+        /// SAEs of train), the threads split among them; the artifacts are
+        /// the same bytes for any value. Default: 2 where there are at least
+        /// 2 threads (see the README's "Units at once"), else 1.
+        #[arg(long, short = 'j', value_parser = clap::value_parser!(u16).range(1..))]
+        jobs: Option<u16>,
     },
     /// Each stage's artifacts: fresh, stale (and why), missing or damaged (which file).
     Status,
@@ -114,6 +120,18 @@ fn keep_freed_memory() {
     }
 }
 
+/// Two units at once where there are two threads or more: on the 2-core
+/// development machine two single-threaded SAE trainings finish sooner than
+/// the same two one after the other on both threads (the step's serial and
+/// memory-bound parts leave a core idle).
+fn default_jobs() -> usize {
+    if rayon::current_num_threads() >= 2 {
+        2
+    } else {
+        1
+    }
+}
+
 fn real_main(cli: Cli) -> Result<()> {
     let cfg = Config::load(&cli.config)?;
     REGISTRY
@@ -125,7 +143,11 @@ fn real_main(cli: Cli) -> Result<()> {
             stages,
             force,
             verify,
-        } => runner::run(&cfg, &REGISTRY, &stages, force, verify, &progress),
+            jobs,
+        } => {
+            let jobs = jobs.map_or_else(default_jobs, usize::from);
+            runner::run(&cfg, &REGISTRY, &stages, force, verify, jobs, &progress)
+        }
         Command::Verify { stage } => {
             let (report, damaged) = verify::verify(&cfg, &REGISTRY, stage.as_deref())?;
             print!("{report}");

@@ -137,6 +137,11 @@ impl Stage for Train {
     fn resumable(&self) -> bool {
         true
     }
+    /// Each SAE reads only the activations (loaded once, shared), and the
+    /// trainer's reductions have a fixed order whatever the thread count.
+    fn concurrent_units(&self) -> bool {
+        true
+    }
     fn units(&self, cfg: &Config, _: &Registry) -> Result<Vec<Unit>> {
         let shared = json!({
             "batch_size": cfg.train.batch_size,

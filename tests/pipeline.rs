@@ -704,12 +704,15 @@ fn bad_train_settings_name_the_variant_key() {
 
 #[test]
 fn an_interrupted_training_resumes_to_the_same_weights() {
+    // One unit at a time here; the interrupted and resumed run trains two
+    // at once, so the comparison also checks that units at once give the
+    // same bytes.
     let a = Study::new(8, 40);
-    a.ok(&["run", "train", "-q"]);
+    a.ok(&["run", "train", "-q", "--jobs", "1"]);
     let b = Study::new(8, 40);
     let out = Command::new(env!("CARGO_BIN_EXE_coact"))
         .current_dir(&b.dir)
-        .args(["run", "train", "-q"])
+        .args(["run", "train", "-q", "--jobs", "2"])
         .env("COACT_TRAIN_INTERRUPT_AT", "4")
         .output()
         .unwrap();
@@ -718,19 +721,23 @@ fn an_interrupted_training_resumes_to_the_same_weights() {
         !out.status.success() && err.contains("interrupted after step 4"),
         "{err}"
     );
-    // The checkpoint survives in the temporary folder; nothing is published.
+    // The two variants that were running keep their checkpoints in their
+    // temporary folders; the third never started; nothing is published.
     let tmp: Vec<String> = b
         .artifacts("train")
         .into_iter()
         .filter(|n| n.starts_with(".tmp-"))
         .collect();
-    assert_eq!(tmp.len(), 1, "{:?}", b.artifacts("train"));
-    assert!(b
-        .dir
-        .join("data/train")
-        .join(&tmp[0])
-        .join("checkpoint.safetensors")
-        .is_file());
+    assert_eq!(tmp.len(), 2, "{:?}", b.artifacts("train"));
+    assert_eq!(b.artifacts("train").len(), 2, "{:?}", b.artifacts("train"));
+    for t in &tmp {
+        assert!(b
+            .dir
+            .join("data/train")
+            .join(t)
+            .join("checkpoint.safetensors")
+            .is_file());
+    }
     // clean keeps the progress of the current config.
     b.ok(&["clean", "-q"]);
     assert!(b
@@ -739,10 +746,10 @@ fn an_interrupted_training_resumes_to_the_same_weights() {
         .join(&tmp[0])
         .join("checkpoint.safetensors")
         .is_file());
-    let out = b.coact(&["run", "train"]);
+    let out = b.coact(&["run", "train", "--jobs", "2"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        out.status.success() && err.contains("resuming at step 4"),
+        out.status.success() && err.matches("resuming at step 4").count() == 2,
         "{err}"
     );
     // Same bytes as the run that was never interrupted, variant by variant.

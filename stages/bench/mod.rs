@@ -27,6 +27,12 @@ impl Stage for BenchStage {
     fn deps(&self) -> &'static [&'static str] {
         &["extract", "train", "letters", "datasets", "external"]
     }
+    /// Each unit reads its variant's SAE and the shared inputs (the model,
+    /// the eval activations and the reference forwards, made once in the run
+    /// cache), and no benchmark's figures depend on the thread count.
+    fn concurrent_units(&self) -> bool {
+        true
+    }
     fn units(&self, cfg: &Config, registry: &Registry) -> Result<Vec<Unit>> {
         let mut units = Vec::new();
         for bench in registry.selected_benchmarks(cfg) {

@@ -66,6 +66,10 @@ impl Stage for Compete {
     fn deps(&self) -> &'static [&'static str] {
         &["tokenize", "extract", "train"]
     }
+    /// One variant per unit; the co-firing counts do not depend on threads.
+    fn concurrent_units(&self) -> bool {
+        true
+    }
     fn units(&self, cfg: &Config, _: &Registry) -> Result<Vec<Unit>> {
         Ok(cfg
             .variants()

@@ -8,10 +8,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 type Entry = Arc<dyn Any + Send + Sync>;
+/// One key's value, made at most once: units running at once that want the
+/// same key wait for the first maker instead of each loading it.
+type Slot = Arc<Mutex<Option<Entry>>>;
 
 #[derive(Default)]
 pub struct RunCache {
-    entries: Mutex<HashMap<String, Entry>>,
+    entries: Mutex<HashMap<String, Slot>>,
 }
 
 impl RunCache {
@@ -23,29 +26,27 @@ impl RunCache {
         key: &str,
         make: impl FnOnce() -> Result<T>,
     ) -> Result<Arc<T>> {
-        if let Some(v) = self.lookup::<T>(key)? {
-            return Ok(v);
-        }
-        // Made outside the lock: making may itself use the cache.
-        let value = Arc::new(make()?);
-        let mut map = self.entries.lock().expect("cache lock");
-        let entry = map.entry(key.to_string()).or_insert_with(|| value.clone());
+        // The map's lock is held only to find the slot: making may itself use
+        // the cache (under other keys), and other keys stay available.
+        let slot = self
+            .entries
+            .lock()
+            .expect("cache lock")
+            .entry(key.to_string())
+            .or_default()
+            .clone();
+        let mut value = slot.lock().expect("cache slot lock");
+        let entry = match &*value {
+            Some(e) => e.clone(),
+            None => {
+                let made: Entry = Arc::new(make()?);
+                *value = Some(made.clone());
+                made
+            }
+        };
         entry
-            .clone()
             .downcast::<T>()
             .map_err(|_| anyhow::anyhow!("run cache: {key} holds another type"))
-    }
-
-    fn lookup<T: Send + Sync + 'static>(&self, key: &str) -> Result<Option<Arc<T>>> {
-        let map = self.entries.lock().expect("cache lock");
-        match map.get(key) {
-            None => Ok(None),
-            Some(e) => e
-                .clone()
-                .downcast::<T>()
-                .map(Some)
-                .map_err(|_| anyhow::anyhow!("run cache: {key} holds another type")),
-        }
     }
 
     /// Drops every entry whose key starts with `prefix` (to bound memory
@@ -82,6 +83,30 @@ mod tests {
         cache.evict("model/");
         let c = cache.get_or_try_insert("model/x", || Ok(8u32)).unwrap();
         assert_eq!(*c, 8);
+    }
+
+    #[test]
+    fn units_at_once_make_a_key_once() {
+        let cache = RunCache::default();
+        let made = std::sync::atomic::AtomicUsize::new(0);
+        let values: Vec<u64> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        *cache
+                            .get_or_try_insert("acts", || {
+                                made.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                std::thread::sleep(std::time::Duration::from_millis(50));
+                                Ok(42u64)
+                            })
+                            .unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(values, vec![42; 4]);
+        assert_eq!(made.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[test]

@@ -1,10 +1,20 @@
 //! Progress bars and notes on stderr, silenced by `-q`.
+//!
+//! Every bar joins one process-wide `MultiProgress`, so that the bars of
+//! units running at once stack instead of overwriting each other, and notes
+//! are printed with the bars suspended.
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::sync::OnceLock;
 
 #[derive(Clone, Copy)]
 pub struct Progress {
     pub quiet: bool,
+}
+
+fn bars() -> &'static MultiProgress {
+    static BARS: OnceLock<MultiProgress> = OnceLock::new();
+    BARS.get_or_init(MultiProgress::new)
 }
 
 impl Progress {
@@ -13,7 +23,7 @@ impl Progress {
         if self.quiet {
             return ProgressBar::hidden();
         }
-        let pb = ProgressBar::new(total);
+        let pb = bars().add(ProgressBar::new(total));
         let template = format!(
             "{{msg}} [{{bar:30}}] {{human_pos}}/{{human_len}} {unit} ({{per_sec}}, eta {{eta}})"
         );
@@ -29,7 +39,7 @@ impl Progress {
         if self.quiet {
             return ProgressBar::hidden();
         }
-        let pb = ProgressBar::new_spinner();
+        let pb = bars().add(ProgressBar::new_spinner());
         pb.set_message(message.into());
         pb.enable_steady_tick(std::time::Duration::from_millis(120));
         pb
@@ -37,7 +47,9 @@ impl Progress {
 
     pub fn note(&self, line: impl AsRef<str>) {
         if !self.quiet {
-            eprintln!("{}", line.as_ref());
+            // Not MultiProgress::println, which prints nothing when stderr
+            // is not a terminal (a log file, CI).
+            bars().suspend(|| eprintln!("{}", line.as_ref()));
         }
     }
 }

@@ -11,17 +11,22 @@ use crate::pipeline::store::{now_unix, Manifest, Store};
 use crate::pipeline::verify::{check_artifact, summary};
 use anyhow::{anyhow, Result};
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 /// Runs the named stages (all when empty) and whatever they need. `force`
 /// reruns the named stages (all when none are named) even when fresh. A
 /// damaged artifact (a file missing or of the wrong size; with `verify`, of
-/// the wrong content too) is rebuilt like a missing one.
+/// the wrong content too) is rebuilt like a missing one. `jobs` units of a
+/// stage whose units are independent run at once, the threads split among
+/// them; the artifacts' bytes are the same for any `jobs`.
 pub fn run(
     cfg: &Config,
     registry: &Registry,
     names: &[String],
     force: bool,
     verify: bool,
+    jobs: usize,
     progress: &Progress,
 ) -> Result<()> {
     for n in names {
@@ -49,12 +54,64 @@ pub fn run(
     };
     for stage in registry.stages.iter().filter(|s| wanted.contains(s.name())) {
         let name = stage.name();
-        for p in planned.iter().filter(|p| p.stage == name) {
-            let forced = force && (names.is_empty() || names.iter().any(|n| n == name));
-            run_unit(&ctx, *stage, p, forced)?;
+        let forced = force && (names.is_empty() || names.iter().any(|n| n == name));
+        let units: Vec<&Planned> = planned.iter().filter(|p| p.stage == name).collect();
+        if stage.concurrent_units() && jobs > 1 && units.len() > 1 {
+            run_concurrently(&ctx, *stage, &units, forced, jobs)?;
+        } else {
+            for p in units {
+                run_unit(&ctx, *stage, p, forced)?;
+            }
         }
     }
     Ok(())
+}
+
+/// Runs `units` of one stage on `jobs` workers, each with its own rayon pool
+/// of an equal share of the threads. Units start in plan order; after a
+/// failure no new unit starts, the running ones finish (and publish), and
+/// the error of the earliest failed unit is returned.
+fn run_concurrently(
+    ctx: &RunContext,
+    stage: &dyn Stage,
+    units: &[&Planned],
+    forced: bool,
+    jobs: usize,
+) -> Result<()> {
+    let workers = jobs.min(units.len());
+    let threads = (rayon::current_num_threads() / workers).max(1);
+    let next = AtomicUsize::new(0);
+    let failures: Mutex<Vec<(usize, anyhow::Error)>> = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                let pool = match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
+                    Ok(pool) => pool,
+                    Err(e) => {
+                        let e = anyhow!("cannot start a worker's {threads} threads: {e}");
+                        failures.lock().expect("failures").push((0, e));
+                        return;
+                    }
+                };
+                loop {
+                    if !failures.lock().expect("failures").is_empty() {
+                        return;
+                    }
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(p) = units.get(i) else { return };
+                    if let Err(e) = pool.install(|| run_unit(ctx, stage, p, forced)) {
+                        failures.lock().expect("failures").push((i, e));
+                    }
+                }
+            });
+        }
+    });
+    let mut failures = failures.into_inner().expect("failures");
+    failures.sort_by_key(|(i, _)| *i);
+    match failures.into_iter().next() {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// What every unit of one run shares.

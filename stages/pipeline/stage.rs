@@ -31,6 +31,12 @@ pub trait Stage: Sync {
     fn resumable(&self) -> bool {
         false
     }
+    /// Its units are independent (none reads another's artifact) and their
+    /// bytes do not depend on the number of threads, so several may run at
+    /// once (`coact run --jobs`).
+    fn concurrent_units(&self) -> bool {
+        false
+    }
     /// Builds its artifacts only when a later unit reads them (the
     /// benchmarks' inputs: no benchmark selected, nothing to build).
     fn on_demand(&self) -> bool {

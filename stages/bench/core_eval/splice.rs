@@ -79,36 +79,41 @@ pub(super) fn downstream(
             .iter()
             .map(|&s| &eval.special[eval.sequences[s].clone()])
             .collect();
-        let original = match with_shared(input, &key, |sh| sh.original.get(&g).cloned())? {
-            Some(o) => o,
-            None => {
-                forwards += 1;
-                let o = Arc::new(Original::compute(model, layer, &seqs, &special)?);
-                with_shared(input, &key, |sh| {
+        // The reference forwards of a group are made under the shared lock:
+        // units running at once wait for the first one's instead of
+        // repeating them (which unit makes them depends on scheduling; the
+        // figures do not).
+        let (original, zero) = with_shared(input, &key, |sh| -> Result<_> {
+            let original = match sh.original.get(&g).cloned() {
+                Some(o) => o,
+                None => {
+                    forwards += 1;
+                    let o = Arc::new(Original::compute(model, layer, &seqs, &special)?);
                     if sh.bytes + o.bytes() <= cap {
                         sh.bytes += o.bytes();
                         sh.original.insert(g, o.clone());
                     }
-                })?;
-                o
-            }
-        };
-        let zero = match with_shared(input, &key, |sh| sh.zero.get(&g).cloned())? {
-            Some(z) => z,
-            None => {
-                forwards += 1;
-                let z = Arc::new(patched_losses(
-                    model,
-                    layer,
-                    &seqs,
-                    &special,
-                    &original,
-                    &zero_patch,
-                )?);
-                with_shared(input, &key, |sh| sh.zero.insert(g, z.clone()))?;
-                z
-            }
-        };
+                    o
+                }
+            };
+            let zero = match sh.zero.get(&g).cloned() {
+                Some(z) => z,
+                None => {
+                    forwards += 1;
+                    let z = Arc::new(patched_losses(
+                        model,
+                        layer,
+                        &seqs,
+                        &special,
+                        &original,
+                        &zero_patch,
+                    )?);
+                    sh.zero.insert(g, z.clone());
+                    z
+                }
+            };
+            Ok((original, zero))
+        })??;
         let keep: Vec<bool> = special
             .iter()
             .flat_map(|m| {
