@@ -25,6 +25,14 @@ pub struct Estimator {
     corpus_tokens: Option<f64>,
 }
 
+/// A unit's share of a run's wall time on `threads_now` threads: its
+/// elapsed time scaled by the threads it ran on (half of them, say, when two
+/// ran at once). Manifests without a thread count are taken as whole-machine.
+fn wall_share(m: &Manifest, threads_now: usize) -> f64 {
+    let threads_now = threads_now.max(1);
+    m.elapsed_s * m.threads.unwrap_or(threads_now) as f64 / threads_now as f64
+}
+
 fn median(mut v: Vec<f64>) -> Option<f64> {
     v.retain(|x| x.is_finite() && *x > 0.0);
     if v.is_empty() {
@@ -43,6 +51,7 @@ fn train_shape(m: &Manifest) -> Option<(f64, String)> {
 impl Estimator {
     /// Reads every manifest of the store (unreadable ones are skipped).
     pub fn measure(store: &Store, stages: &[&str]) -> Estimator {
+        let threads = rayon::current_num_threads();
         let list = |s: &str| store.list(s).unwrap_or_default();
         let trains = list("train");
         let d_sae_of = |key: &str| {
@@ -62,7 +71,7 @@ impl Estimator {
                         .filter_map(|s| s["tokens"].as_f64())
                         .sum();
                     let blocks = m.summary["layer"].as_f64()? + 1.0;
-                    Some(m.elapsed_s / (tokens * blocks))
+                    Some(wall_share(m, threads) / (tokens * blocks))
                 })
                 .collect(),
         );
@@ -75,7 +84,7 @@ impl Estimator {
             ) else {
                 continue;
             };
-            let rate = m.elapsed_s / (steps * batch * d_sae);
+            let rate = wall_share(m, threads) / (steps * batch * d_sae);
             by_ortho.entry(ortho).or_default().push(rate);
             by_ortho.entry(String::new()).or_default().push(rate);
         }
@@ -97,7 +106,7 @@ impl Estimator {
                 per_latent
                     .entry(rate_name(stage, m.unit.as_deref()))
                     .or_default()
-                    .push(m.elapsed_s / d_sae);
+                    .push(wall_share(&m, threads) / d_sae);
             }
         }
         let per_latent = per_latent
@@ -109,7 +118,7 @@ impl Estimator {
             .filter_map(|s| {
                 Some((
                     s.to_string(),
-                    median(list(s).iter().map(|m| m.elapsed_s).collect())?,
+                    median(list(s).iter().map(|m| wall_share(m, threads)).collect())?,
                 ))
             })
             .collect();
@@ -191,6 +200,22 @@ pub fn human(s: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_unit_that_ran_on_half_the_threads_counts_half_its_time() {
+        let mut m: Manifest = serde_json::from_value(serde_json::json!({
+            "stage": "train", "key": "k", "format_version": 1, "inputs": {},
+            "config": {}, "coact_version": "0", "created_unix": 0,
+            "elapsed_s": 120.0, "files": [], "tables": {}
+        }))
+        .unwrap();
+        assert_eq!(m.threads, None);
+        assert_eq!(wall_share(&m, 2), 120.0);
+        m.threads = Some(1);
+        assert_eq!(wall_share(&m, 2), 60.0);
+        m.threads = Some(4);
+        assert_eq!(wall_share(&m, 4), 120.0);
+    }
 
     #[test]
     fn medians_ignore_non_positive_values_and_humans_read_the_units() {

@@ -171,6 +171,8 @@ fn run_unit(ctx: &RunContext, stage: &dyn Stage, p: &Planned, forced: bool) -> R
         coact_version: env!("CARGO_PKG_VERSION").to_string(),
         created_unix: now_unix(),
         elapsed_s,
+        // The pool it ran in: all threads, or its share with units at once.
+        threads: Some(rayon::current_num_threads()),
         files: vec![],
         tables: out.tables,
         summary: out.summary,

@@ -66,6 +66,10 @@ pub struct Manifest {
     pub coact_version: String,
     pub created_unix: u64,
     pub elapsed_s: f64,
+    /// The threads the unit ran on (its share when units ran at once);
+    /// absent in manifests from before units ran at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
     pub files: Vec<FileEntry>,
     pub tables: BTreeMap<String, TableEntry>,
     /// Stage-specific figures (token counts, norms, ...).
@@ -385,6 +389,7 @@ mod tests {
             coact_version: "0".into(),
             created_unix: 0,
             elapsed_s: 0.0,
+            threads: None,
             files: vec![],
             tables: BTreeMap::new(),
             summary: Value::Null,

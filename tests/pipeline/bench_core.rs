@@ -121,8 +121,9 @@ fn run_bench_with_core_only_writes_bench_core_and_then_hits_the_cache() {
 
     let eval = eval_split(&s);
     let model = model(&s);
-    // With units at once, which unit makes the shared forwards depends on
-    // scheduling, but they are made once: 3 + 1 + 1 passes per sequence.
+    // With units at once, which unit makes a sequence's shared forwards
+    // depends on scheduling, but each is made once: 3 + 1 + 1 passes per
+    // sequence in all (6, 2, 2 one unit at a time).
     let passes: Vec<u64> = ["topk", "guided-tau0", "guided-tau0.5"]
         .iter()
         .map(|v| {
@@ -131,7 +132,6 @@ fn run_bench_with_core_only_writes_bench_core_and_then_hits_the_cache() {
         })
         .collect();
     assert_eq!(passes.iter().sum::<u64>(), 10, "{passes:?}");
-    assert!(passes.contains(&6), "{passes:?}");
     // The engine API on the same sequences gives the table's figures,
     // whichever unit made the shared forwards.
     for v in ["topk", "guided-tau0.5"] {

@@ -536,6 +536,7 @@ fn publish(
             coact_version: "test".into(),
             created_unix: 0,
             elapsed_s: 1.0,
+            threads: None,
             files: vec![],
             tables: entries,
             summary: serde_json::Value::Null,
