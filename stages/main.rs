@@ -41,8 +41,8 @@ enum Command {
         /// rebuild the damaged ones (sizes are always checked).
         #[arg(long)]
         verify: bool,
-        /// Units of a stage to run at once where they are independent (the
-        /// SAEs of train), the threads split among them; the artifacts are
+        /// Units of a stage to run at once where they are independent (train,
+        /// compete, bench), the threads split among them; the artifacts are
         /// the same bytes for any value. Default: 2 where there are at least
         /// 2 threads (see the README's "Units at once"), else 1.
         #[arg(long, short = 'j', value_parser = clap::value_parser!(u16).range(1..))]
@@ -120,10 +120,10 @@ fn keep_freed_memory() {
     }
 }
 
-/// Two units at once where there are two threads or more: on the 2-core
-/// development machine two single-threaded SAE trainings finish sooner than
-/// the same two one after the other on both threads (the step's serial and
-/// memory-bound parts leave a core idle).
+/// Two units at once where there are two threads or more. On the 2-core
+/// development machine this took 4% off train (whose step already keeps
+/// both cores busy) and 10-20% off bench and compete (which leave a core
+/// idle between their parallel parts), in one paired measurement.
 fn default_jobs() -> usize {
     if rayon::current_num_threads() >= 2 {
         2
