@@ -28,7 +28,7 @@ pub struct Estimator {
 /// A unit's share of a run's wall time on `threads_now` threads: its
 /// elapsed time scaled by the threads it ran on (half of them, say, when two
 /// ran at once). Manifests without a thread count are taken as whole-machine.
-fn wall_share(m: &Manifest, threads_now: usize) -> f64 {
+pub(crate) fn wall_share(m: &Manifest, threads_now: usize) -> f64 {
     let threads_now = threads_now.max(1);
     m.elapsed_s * m.threads.unwrap_or(threads_now) as f64 / threads_now as f64
 }

@@ -5,6 +5,7 @@
 //! page rather than a failure: the report shows what there is. Each
 //! benchmark summarises its own tables ([`Benchmark::summarise`]).
 
+use crate::pipeline::estimate::wall_share;
 use super::{CurvePoint, ReportConfig, ReportData, Timing, VariantInfo};
 use crate::artifacts::columns::opt_f64s;
 pub use crate::artifacts::columns::{f64s, i64s, strs};
@@ -307,6 +308,7 @@ fn timings(
                     stage,
                     unit: m.unit.clone(),
                     elapsed_s: m.elapsed_s,
+                    wall_s: wall_share(&m, rayon::current_num_threads()),
                 });
                 queue.extend(m.inputs);
             }

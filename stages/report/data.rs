@@ -240,6 +240,9 @@ pub struct Timing {
     pub stage: String,
     pub unit: Option<String>,
     pub elapsed_s: f64,
+    /// Its share of the run's wall time: `elapsed_s` scaled by the share of
+    /// the threads it ran on (half for two units at once).
+    pub wall_s: f64,
 }
 
 /// The `values` key of SCR's mean A_oracle - A_biased (its denominator),

@@ -602,7 +602,7 @@ fn latent_card(h: &mut String, c: &LatentCard) {
 fn times(h: &mut String, p: &Page) {
     let data = p.data;
     h.push_str("<h2 id=\"time\">Time per stage</h2>\n");
-    h.push_str("<p class=\"small muted\">From each artifact's manifest: the wall time of the run that made it (an artifact served from the cache keeps the time of its original run). The report's own time is in its manifest.</p>\n");
+    h.push_str("<p class=\"small muted\">From each artifact's manifest: the wall time of the run that made it (an artifact served from the cache keeps the time of its original run). A stage's total counts each unit at its share of the threads (two units at once count half their time each), so it is the stage's share of the run's wall time; a unit's own time is its elapsed time. The report's own time is in its manifest.</p>\n");
     let rows = time_rows(data);
     if rows.is_empty() {
         h.push_str("<p class=\"notrun\">No manifest times found.</p>\n");

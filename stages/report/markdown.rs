@@ -193,7 +193,7 @@ fn plot_links(m: &mut String, data: &ReportData, plots: &[Plot]) {
 
 /// Time per stage.
 fn times(m: &mut String, data: &ReportData) {
-    m.push_str("\n## Time per stage\n\n| Stage | Artifacts | Total | Longest unit |\n|---|---:|---:|---|\n");
+    m.push_str("\n## Time per stage\n\nA stage's total counts each unit at its share of the threads (two units at once count half their time each); the longest unit's time is its own.\n\n| Stage | Artifacts | Total | Longest unit |\n|---|---:|---:|---|\n");
     let mut total = 0.0;
     for (label, n, secs, longest) in time_rows(data) {
         total += secs;

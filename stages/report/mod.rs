@@ -77,9 +77,10 @@ impl Stage for Report {
         &["train", "external", "compete", "bench"]
     }
     /// 3: the comparison's columns follow the benchmark registry; 4: verdict columns for every kind, sample sizes and caveats, the
-    /// c_ij-binned cosine table, external SAEs as rows.
+    /// c_ij-binned cosine table, external SAEs as rows; 5: the time table's
+    /// totals count each unit at its share of the threads.
     fn format_version(&self) -> u32 {
-        4
+        5
     }
     fn units(&self, cfg: &Config, _: &Registry) -> Result<Vec<Unit>> {
         Ok(Unit::single(key_config(cfg)))

@@ -141,7 +141,7 @@ pub fn missing_cell(data: &ReportData, m: &Metric) -> &'static str {
 pub type TimeRow = (String, usize, f64, Option<(String, f64)>);
 
 pub fn time_rows(data: &ReportData) -> Vec<TimeRow> {
-    let mut by: BTreeMap<(usize, String), Vec<(String, f64)>> = BTreeMap::new();
+    let mut by: BTreeMap<(usize, String), Vec<(String, f64, f64)>> = BTreeMap::new();
     for t in &data.timings {
         let rank = data
             .stages
@@ -157,16 +157,17 @@ pub fn time_rows(data: &ReportData) -> Vec<TimeRow> {
         by.entry((rank, label)).or_default().push((
             t.unit.clone().unwrap_or_else(|| t.stage.clone()),
             t.elapsed_s,
+            t.wall_s,
         ));
     }
     by.into_iter()
         .map(|((_, label), units)| {
-            let total = units.iter().map(|u| u.1).sum();
+            let total = units.iter().map(|u| u.2).sum();
             let longest = units
                 .iter()
                 .max_by(|a, b| a.1.total_cmp(&b.1))
                 .filter(|_| units.len() > 1)
-                .cloned();
+                .map(|(u, s, _)| (u.clone(), *s));
             (label, units.len(), total, longest)
         })
         .collect()

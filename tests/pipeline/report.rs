@@ -186,17 +186,21 @@ fn hand_made() -> ReportData {
             stage: "train".into(),
             unit: Some(name.to_string()),
             elapsed_s: 20.0 + n as f64,
+            // Trained two at once: each counts half its time in the total.
+            wall_s: (20.0 + n as f64) / 2.0,
         });
     }
     d.timings.push(Timing {
         stage: "extract".into(),
         unit: None,
         elapsed_s: 300.0,
+        wall_s: 300.0,
     });
     d.timings.push(Timing {
         stage: "bench".into(),
         unit: Some("core/topk".into()),
         elapsed_s: 12.0,
+        wall_s: 12.0,
     });
     d.dense_probe = Some(0.9);
     d
@@ -369,6 +373,12 @@ fn report_renders_the_table_plots_verdicts_and_dashboards() {
 
     // Markdown: the same table and verdicts, images linked.
     let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    // 13 units of 20-32 s each, trained two at once: 169 s of wall time,
+    // the longest unit its own 32 s.
+    assert!(
+        md.contains("| train | 13 | 2.8 min | guided-tau0.1-lambda0.3 (32.0 s) |"),
+        "{md}"
+    );
     assert!(md.contains("| guided-tau0.5 |") && md.contains("**0.990** ★"));
     assert!(md.contains("vs the TopK baseline: **beats beyond seed spread**"));
     assert!(md.contains("vs uniform orthogonality: **no difference beyond seed noise**"));
