@@ -5,11 +5,11 @@
 //! page rather than a failure: the report shows what there is. Each
 //! benchmark summarises its own tables ([`Benchmark::summarise`]).
 
-use crate::pipeline::estimate::wall_share;
 use super::{CurvePoint, ReportConfig, ReportData, Timing, VariantInfo};
 use crate::artifacts::columns::opt_f64s;
 pub use crate::artifacts::columns::{f64s, i64s, strs};
 use crate::pipeline::benchmark::{Benchmark, Summary};
+use crate::pipeline::estimate::wall_share;
 use crate::pipeline::stage::Registry;
 use crate::pipeline::store::{Manifest, Store};
 use anyhow::{anyhow, bail, Result};
