@@ -4,7 +4,7 @@
 //! and why a plot is missing. `html` and `markdown` only lay them out.
 
 use super::plots::Plot;
-use super::{Better, Group, Metric, MetricDef, Outcome, ReportData};
+use super::{Better, Group, Metric, MetricDef, Outcome, ReportData, Timing};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -141,7 +141,7 @@ pub fn missing_cell(data: &ReportData, m: &Metric) -> &'static str {
 pub type TimeRow = (String, usize, f64, Option<(String, f64)>);
 
 pub fn time_rows(data: &ReportData) -> Vec<TimeRow> {
-    let mut by: BTreeMap<(usize, String), Vec<(String, f64, f64)>> = BTreeMap::new();
+    let mut by: BTreeMap<(usize, String), Vec<&Timing>> = BTreeMap::new();
     for t in &data.timings {
         let rank = data
             .stages
@@ -154,20 +154,19 @@ pub fn time_rows(data: &ReportData) -> Vec<TimeRow> {
             (Some(u), "datasets") if !u.is_empty() => "datasets".to_string(),
             _ => t.stage.clone(),
         };
-        by.entry((rank, label)).or_default().push((
-            t.unit.clone().unwrap_or_else(|| t.stage.clone()),
-            t.elapsed_s,
-            t.wall_s,
-        ));
+        by.entry((rank, label)).or_default().push(t);
     }
     by.into_iter()
         .map(|((_, label), units)| {
-            let total = units.iter().map(|u| u.2).sum();
+            let total = units.iter().map(|t| t.wall_s).sum();
             let longest = units
                 .iter()
-                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .max_by(|a, b| a.elapsed_s.total_cmp(&b.elapsed_s))
                 .filter(|_| units.len() > 1)
-                .map(|(u, s, _)| (u.clone(), *s));
+                .map(|t| {
+                    let name = t.unit.clone().unwrap_or_else(|| t.stage.clone());
+                    (name, t.elapsed_s)
+                });
             (label, units.len(), total, longest)
         })
         .collect()
