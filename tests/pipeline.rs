@@ -721,15 +721,21 @@ fn an_interrupted_training_resumes_to_the_same_weights() {
         !out.status.success() && err.contains("interrupted after step 4"),
         "{err}"
     );
-    // The two variants that were running keep their checkpoints in their
-    // temporary folders; the third never started; nothing is published.
+    // The variants that were running keep their checkpoints in their
+    // temporary folders (two, unless the first stopped before the second
+    // worker took its unit); the third never started; nothing is published.
     let tmp: Vec<String> = b
         .artifacts("train")
         .into_iter()
         .filter(|n| n.starts_with(".tmp-"))
         .collect();
-    assert_eq!(tmp.len(), 2, "{:?}", b.artifacts("train"));
-    assert_eq!(b.artifacts("train").len(), 2, "{:?}", b.artifacts("train"));
+    assert!(matches!(tmp.len(), 1 | 2), "{:?}", b.artifacts("train"));
+    assert_eq!(
+        b.artifacts("train").len(),
+        tmp.len(),
+        "{:?}",
+        b.artifacts("train")
+    );
     for t in &tmp {
         assert!(b
             .dir
@@ -749,7 +755,7 @@ fn an_interrupted_training_resumes_to_the_same_weights() {
     let out = b.coact(&["run", "train", "--jobs", "2"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        out.status.success() && err.matches("resuming at step 4").count() == 2,
+        out.status.success() && err.matches("resuming at step 4").count() == tmp.len(),
         "{err}"
     );
     // Same bytes as the run that was never interrupted, variant by variant.

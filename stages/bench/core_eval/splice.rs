@@ -12,23 +12,21 @@ pub(super) struct Shared {
     pub(super) original: BTreeMap<usize, Arc<Original>>,
     pub(super) zero: BTreeMap<usize, Arc<TokenLosses>>,
     pub(super) bytes: usize,
+    /// Units of this run that have finished with them.
+    pub(super) done: usize,
 }
 
 /// Per-token CE and KL of one patched forward.
 pub(super) type TokenLosses = (Vec<f64>, Vec<f64>);
 
-pub(super) fn with_shared<T>(
-    input: &StageInput,
-    key: &str,
-    f: impl FnOnce(&mut Shared) -> T,
-) -> Result<T> {
-    let shared = input
+/// The run's shared reference forwards for `key`; a unit holds the handle
+/// for its whole downstream pass.
+fn shared_forwards(input: &StageInput, key: &str) -> Result<Arc<Mutex<Shared>>> {
+    input
         .cache
         .get_or_try_insert(&format!("core/forwards/{key}"), || {
             Ok(Mutex::new(Shared::default()))
-        })?;
-    let mut sh = shared.lock().map_err(|_| anyhow!("core cache poisoned"))?;
-    Ok(f(&mut sh))
+        })
 }
 
 /// Results of the downstream (CE / KL) part.
@@ -69,6 +67,7 @@ pub(super) fn downstream(
     let (mut ce_orig, mut ce_sae, mut ce_zero) = (vec![], vec![], vec![]);
     let (mut kl_sae, mut kl_zero) = (vec![], vec![]);
     let mut forwards = 0;
+    let shared = shared_forwards(input, &key)?;
     let groups = forward_groups(chosen, |s| eval.sequences[s].len(), c.forward_batch_size);
     for (g, group) in groups.iter().enumerate() {
         let seqs: Vec<&[u32]> = group
@@ -83,7 +82,8 @@ pub(super) fn downstream(
         // units running at once wait for the first one's instead of
         // repeating them (which unit makes them depends on scheduling; the
         // figures do not).
-        let (original, zero) = with_shared(input, &key, |sh| -> Result<_> {
+        let (original, zero) = {
+            let mut sh = shared.lock().map_err(|_| anyhow!("core cache poisoned"))?;
             let original = match sh.original.get(&g).cloned() {
                 Some(o) => o,
                 None => {
@@ -112,8 +112,8 @@ pub(super) fn downstream(
                     z
                 }
             };
-            Ok((original, zero))
-        })??;
+            (original, zero)
+        };
         let keep: Vec<bool> = special
             .iter()
             .flat_map(|m| {
@@ -132,14 +132,15 @@ pub(super) fn downstream(
         bar.inc(seqs.iter().map(|s| s.len() as u64).sum());
     }
     bar.finish_and_clear();
-    // The last variant's unit frees the memory (a later run of an earlier
-    // variant alone simply recomputes).
-    if input
-        .cfg
-        .variants()
-        .last()
-        .is_some_and(|v| v.name == variant)
-    {
+    // Freed once every variant's unit of this run is done with them (with
+    // units at once the last variant need not finish last; when some
+    // variants were cache hits they are freed with the run).
+    let all_done = {
+        let mut sh = shared.lock().map_err(|_| anyhow!("core cache poisoned"))?;
+        sh.done += 1;
+        sh.done >= input.cfg.variants().len()
+    };
+    if all_done {
         input.cache.evict(&format!("core/forwards/{key}"));
     }
     Ok(Downstream {
