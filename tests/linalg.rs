@@ -168,11 +168,81 @@ fn bf16_is_refused_where_the_cpu_lacks_it() {
     }
     let (auto, note) = linalg::resolve(None, "train.compute").unwrap();
     if c.has_bf16() {
-        assert_eq!((auto, note), (Compute::Bf16, None));
+        // Measured (or remembered) on this machine, and said.
+        let choice = linalg::auto_choice();
+        assert_eq!(auto, choice.compute);
+        let note = note.unwrap();
+        assert!(
+            note.starts_with(&format!("train.compute = auto: {auto} (bf16 products at"))
+                && note.contains("GFLOP/s"),
+            "{note}"
+        );
+        assert_eq!(linalg::backend_info().auto.as_ref(), Some(choice));
     } else {
         assert_eq!(auto, Compute::F32);
         assert!(note.unwrap().contains("train.compute = auto: f32 is used"));
     }
+}
+
+#[test]
+fn auto_is_measured_once_per_machine_and_remembered() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Some(dir.path());
+    let first = linalg::choose(d, "cpu A | avx512bf16", || (100.0, 200.0));
+    assert_eq!(first.compute, Compute::Bf16);
+    assert!(first.fresh && first.note.is_none(), "{first:?}");
+    let file = first.remembered_in.clone().expect("remembered");
+    assert!(file.starts_with(dir.path()) && file.exists());
+    // The same machine reads it back and never measures again, even when a
+    // new measurement would choose otherwise.
+    let again = linalg::choose(d, "cpu A | avx512bf16", || panic!("measured again"));
+    assert_eq!((again.compute, again.fresh), (Compute::Bf16, false));
+    assert_eq!(again.f32_gflops, 100.0);
+    assert!(again.describe().contains("delete it to measure again"));
+    // Another machine is measured for itself; bf16 needs the margin.
+    let b = linalg::choose(d, "cpu B | avx512bf16", || (100.0, 120.0));
+    assert_eq!(b.compute, Compute::F32);
+    assert!(
+        b.describe().starts_with("f32 (bf16 products at 1.20x f32"),
+        "{}",
+        b.describe()
+    );
+    let edge = linalg::choose(d, "cpu C", || (100.0, 100.0 * linalg::MIN_BF16_SPEEDUP));
+    assert_eq!(edge.compute, Compute::Bf16);
+    // A damaged file is measured again and replaced, with a note.
+    std::fs::write(&file, b"{ not json").unwrap();
+    let fixed = linalg::choose(d, "cpu A | avx512bf16", || (100.0, 50.0));
+    assert_eq!(fixed.compute, Compute::F32);
+    assert!(
+        fixed.note.as_deref().unwrap().contains("unreadable"),
+        "{fixed:?}"
+    );
+    let reread = linalg::choose(d, "cpu A | avx512bf16", || panic!("measured again"));
+    assert_eq!(reread.compute, Compute::F32);
+    // Two processes measuring at once: the file written first wins, so both
+    // use one choice (the nested call plays the other process).
+    let raced = linalg::choose(d, "cpu D", || {
+        let other = linalg::choose(d, "cpu D", || (100.0, 300.0));
+        assert_eq!(other.compute, Compute::Bf16);
+        (100.0, 60.0)
+    });
+    assert_eq!((raced.compute, raced.fresh), (Compute::Bf16, false));
+    // No folder to remember in, or one that cannot be made: the measurement
+    // still decides, and the note says it was not remembered.
+    let none = linalg::choose(None, "cpu E", || (100.0, 200.0));
+    assert_eq!(none.compute, Compute::Bf16);
+    assert!(none.note.as_deref().unwrap().contains("COACT_CACHE_DIR"));
+    let blocked = dir.path().join("a-file");
+    std::fs::write(&blocked, b"").unwrap();
+    let unwritable = linalg::choose(Some(&blocked), "cpu F", || (100.0, 50.0));
+    assert_eq!(
+        (unwritable.compute, unwritable.remembered_in.as_ref()),
+        (Compute::F32, None)
+    );
+    assert!(
+        unwritable.note.as_deref().unwrap().contains("could not"),
+        "{unwritable:?}"
+    );
 }
 
 /// GFLOP/s of `f` doing `flops` per call, best of `reps` after a warm-up.
@@ -203,6 +273,9 @@ fn gemm_rates() {
     );
     println!("threads: {}", rayon::current_num_threads());
     let bf16 = info.cpu.has_bf16();
+    if bf16 {
+        println!("compute: auto = {}", linalg::auto_choice().describe());
+    }
     let peak = |m: usize, k: usize, n: usize| -> (f64, f64, f64) {
         let x = random(m * k, 1);
         let w = random(k * n, 2);

@@ -13,9 +13,13 @@
 //! work into fixed tiles over rayon, so a product's bytes do not depend on the
 //! number of threads and no OpenMP team competes with rayon's.
 
+mod auto;
 mod bf16;
 mod dnnl;
 
+pub use auto::{
+    auto_choice, auto_choice_made, cache_dir, choose, machine_key, AutoChoice, MIN_BF16_SPEEDUP,
+};
 pub use bf16::{convert_to_bf16, from_bf16, to_bf16, to_bf16_vec};
 
 use std::fmt;
@@ -136,8 +140,10 @@ fn cpu_model() -> String {
 }
 
 /// Resolves a configured compute mode. `None` is `auto`: bf16 where the CPU
-/// has bf16 hardware, else f32 with a note saying so. `what` names the config
-/// key for the error when bf16 is asked of a CPU without it.
+/// has bf16 hardware and its bf16 products measure at least
+/// [`MIN_BF16_SPEEDUP`] times its f32 ones (see [`auto_choice`]), else f32;
+/// the note says which and why. `what` names the config key for the error
+/// when bf16 is asked of a CPU without it.
 pub fn resolve(requested: Option<Compute>, what: &str) -> Result<(Compute, Option<String>)> {
     let c = cpu();
     match requested {
@@ -149,7 +155,10 @@ pub fn resolve(requested: Option<Compute>, what: &str) -> Result<(Compute, Optio
             c.model,
             c.flags()
         ),
-        None if c.has_bf16() => Ok((Compute::Bf16, None)),
+        None if c.has_bf16() => {
+            let a = auto_choice();
+            Ok((a.compute, Some(format!("{what} = auto: {}", a.describe()))))
+        }
         None => Ok((
             Compute::F32,
             Some(format!(
@@ -169,6 +178,9 @@ pub struct BackendInfo {
     /// oneDNN's own choice of kernel ISA for bf16 products: AMX where the CPU
     /// has it, else AVX512-BF16.
     pub bf16_kernel: &'static str,
+    /// What `compute: auto` measured, when this process resolved it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto: Option<AutoChoice>,
 }
 
 pub fn backend_info() -> BackendInfo {
@@ -184,6 +196,7 @@ pub fn backend_info() -> BackendInfo {
         library: "oneDNN (libdnnl, Debian libdnnl-dev), single-threaded calls tiled over rayon",
         cpu: c,
         bf16_kernel,
+        auto: auto_choice_made().cloned(),
     }
 }
 
