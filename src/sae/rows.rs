@@ -85,16 +85,24 @@ pub(crate) fn prefetch(row: &[f32]) {
     let _ = row;
 }
 
-/// Columns per tile of [`PackedRows`]: 4 AVX registers of accumulators; a
-/// tile of 4096 source rows is 512 KiB, within L2.
-const TILE: usize = 32;
+/// Columns per tile of [`PackedRows`]: up to 8 AVX registers of
+/// accumulators. The wide tile keeps 8 independent FMA chains per position
+/// (the narrow one 4, so each position waited on the FMA latency); it is
+/// used when a tile of the source rows stays within [`TILE_BYTES`].
+const TILE_WIDE: usize = 64;
+const TILE_NARROW: usize = 32;
+
+/// The most bytes one packed tile may take (it must stay in L2 while a
+/// block of output rows reads it; 512 KiB is half of the smallest L2 seen
+/// here, Zen 4's 1 MiB): 2048 source rows of 64 columns, or 4096 of 32.
+const TILE_BYTES: usize = 512 << 10;
 
 /// Output rows per parallel task of [`gather_rows`] (each task reads every
 /// source tile once, so fewer, larger tasks read less).
 const GATHER_BLOCK: usize = 512;
 
 /// Source rows repacked for [`PackedRows::gather`]: the columns the vector
-/// path handles, tile-major (`[tile][row][TILE]`), so that a tile's rows are
+/// path handles, tile-major (`[tile][row][tile width]`), so that a tile's rows are
 /// contiguous (in place their stride, d floats, 2560 bytes at d 640, folds
 /// them onto a fraction of L2's sets), and the source for the other columns.
 pub(crate) struct PackedRows<'a> {
@@ -105,6 +113,8 @@ pub(crate) struct PackedRows<'a> {
     /// AVX2/FMA, else 0); the rest add a separate product, as `axpy`'s
     /// scalar tail.
     vec_cols: usize,
+    /// Columns per tile: [`TILE_WIDE`] or [`TILE_NARROW`].
+    tile: usize,
     packed: Vec<f32>,
 }
 
@@ -117,16 +127,21 @@ impl<'a> PackedRows<'a> {
         );
         let vec_cols = if vector_path() { d - d % 8 } else { 0 };
         let n_rows = src.len() / d;
-        let tiles = vec_cols.div_ceil(TILE);
-        let mut packed = vec![0.0f32; tiles * n_rows * TILE];
+        let tile = if n_rows * TILE_WIDE * 4 <= TILE_BYTES {
+            TILE_WIDE
+        } else {
+            TILE_NARROW
+        };
+        let tiles = vec_cols.div_ceil(tile);
+        let mut packed = vec![0.0f32; tiles * n_rows * tile];
         if n_rows > 0 {
             packed
-                .par_chunks_mut(n_rows * TILE)
+                .par_chunks_mut(n_rows * tile)
                 .enumerate()
                 .for_each(|(t, dst)| {
-                    let c0 = t * TILE;
-                    let w = TILE.min(vec_cols - c0);
-                    for (r, row) in dst.chunks_mut(TILE).enumerate() {
+                    let c0 = t * tile;
+                    let w = tile.min(vec_cols - c0);
+                    for (r, row) in dst.chunks_mut(tile).enumerate() {
                         row[..w].copy_from_slice(&src[r * d + c0..r * d + c0 + w]);
                     }
                 });
@@ -136,6 +151,7 @@ impl<'a> PackedRows<'a> {
             d,
             n_rows,
             vec_cols,
+            tile,
             packed,
         }
     }
@@ -156,18 +172,19 @@ impl<'a> PackedRows<'a> {
         let d = self.d;
         let m = starts.len().saturating_sub(1);
         assert_eq!(out.len(), m * d, "gather: out must be [{m}, {d}]");
-        let tiles = self.vec_cols.div_ceil(TILE);
+        let width = self.tile;
+        let tiles = self.vec_cols.div_ceil(width);
         for t in 0..tiles {
-            let c0 = t * TILE;
-            let w = TILE.min(self.vec_cols - c0);
-            let tile = &self.packed[t * self.n_rows * TILE..(t + 1) * self.n_rows * TILE];
+            let c0 = t * width;
+            let w = width.min(self.vec_cols - c0);
+            let tile = &self.packed[t * self.n_rows * width..(t + 1) * self.n_rows * width];
             for i in 0..m {
                 let dst = &mut out[i * d + c0..i * d + c0 + w];
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: AVX2 and FMA were detected (tiles > 0 only then);
                 // gather_tile checks each row against the tile's length.
                 unsafe {
-                    simd::gather_tile(dst, starts[i]..starts[i + 1], tile, term, add)
+                    simd::gather_tile(dst, starts[i]..starts[i + 1], tile, width, term, add)
                 };
                 #[cfg(not(target_arch = "x86_64"))]
                 let _ = (dst, tile);
@@ -384,23 +401,23 @@ mod simd {
     }
 
     /// `acc[..L] += a * row` over the positions' terms, rows of the packed
-    /// `tile`, in position order.
+    /// `tile` (rows of `width` floats), in position order.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn sum_rows<const L: usize>(
-        acc: &mut [__m256; 4],
+        acc: &mut [__m256; 8],
         positions: std::ops::Range<usize>,
         tile: &[f32],
+        width: usize,
         term: &impl Fn(usize) -> (usize, f32),
     ) {
-        const TILE: usize = super::TILE;
         let base = tile.as_ptr();
         for p in positions {
             let (row, a) = term(p);
             assert!(
-                (row + 1) * TILE <= tile.len(),
+                (row + 1) * width <= tile.len(),
                 "gather: row {row} out of range"
             );
-            let src = base.add(row * TILE);
+            let src = base.add(row * width);
             let va = _mm256_set1_ps(a);
             for (q, v) in acc.iter_mut().enumerate().take(L) {
                 *v = _mm256_fmadd_ps(va, _mm256_loadu_ps(src.add(8 * q)), *v);
@@ -408,32 +425,38 @@ mod simd {
         }
     }
 
-    /// One tile of [`super::PackedRows::gather`]: `dst` (w <= TILE
+    /// One tile of [`super::PackedRows::gather`]: `dst` (w <= width <= 64
     /// columns, a multiple of 8) gets the sum over positions of the terms'
-    /// rows of the packed `tile` (rows of TILE floats), onto zero or, with
-    /// `add`, onto its own values.
+    /// rows of the packed `tile` (rows of `width` floats), onto zero or,
+    /// with `add`, onto its own values.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn gather_tile(
         dst: &mut [f32],
         positions: std::ops::Range<usize>,
         tile: &[f32],
+        width: usize,
         term: &impl Fn(usize) -> (usize, f32),
         add: bool,
     ) {
-        const TILE: usize = super::TILE;
         let lanes = dst.len() / 8;
-        let mut acc = [_mm256_setzero_ps(); TILE / 8];
+        assert!(lanes <= 8 && dst.len() <= width, "gather: tile too wide");
+        let mut acc = [_mm256_setzero_ps(); 8];
         if add {
             for (q, v) in acc.iter_mut().enumerate().take(lanes) {
                 *v = _mm256_loadu_ps(dst.as_ptr().add(8 * q));
             }
         }
         // A constant lane count per call, so that the inner loop unrolls.
+        let (pos, w) = (positions, width);
         match lanes {
-            4 => sum_rows::<4>(&mut acc, positions, tile, term),
-            3 => sum_rows::<3>(&mut acc, positions, tile, term),
-            2 => sum_rows::<2>(&mut acc, positions, tile, term),
-            _ => sum_rows::<1>(&mut acc, positions, tile, term),
+            8 => sum_rows::<8>(&mut acc, pos, tile, w, term),
+            7 => sum_rows::<7>(&mut acc, pos, tile, w, term),
+            6 => sum_rows::<6>(&mut acc, pos, tile, w, term),
+            5 => sum_rows::<5>(&mut acc, pos, tile, w, term),
+            4 => sum_rows::<4>(&mut acc, pos, tile, w, term),
+            3 => sum_rows::<3>(&mut acc, pos, tile, w, term),
+            2 => sum_rows::<2>(&mut acc, pos, tile, w, term),
+            _ => sum_rows::<1>(&mut acc, pos, tile, w, term),
         }
         for (q, v) in acc.iter().enumerate().take(lanes) {
             _mm256_storeu_ps(dst.as_mut_ptr().add(8 * q), *v);
@@ -463,9 +486,21 @@ mod tests {
     #[test]
     fn gather_matches_the_per_row_axpy_loop_bit_for_bit() {
         let mut r = SplitMix64::new(3);
-        // Widths below, at and across the tile and the 8-lane tail.
-        for d in [1, 7, 8, 13, 32, 40, 70, 640] {
-            let n_src = 50;
+        // Widths below, at and across both tile widths and the 8-lane tail;
+        // 50 source rows take the wide tile, 3000 at d 70 and 640 the narrow.
+        for (d, n_src) in [
+            (1, 50),
+            (7, 50),
+            (8, 50),
+            (13, 50),
+            (32, 50),
+            (40, 50),
+            (70, 50),
+            (70, 3000),
+            (100, 50),
+            (640, 50),
+            (640, 3000),
+        ] {
             let src: Vec<f32> = (0..n_src * d).map(|_| r.normal() as f32).collect();
             let m = 1100; // more than one parallel block
             let (starts, items) = lists(&mut r, m, n_src);

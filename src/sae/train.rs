@@ -413,6 +413,9 @@ struct TokSums {
 /// losses.
 struct Residuals {
     gbuf: Vec<f32>,
+    /// d loss / d pre-activation of each main entry (see
+    /// [`Trainer::residuals`]).
+    gpre_main: Vec<f32>,
     /// The whole dictionary's `mean_t ||e_t||^2`.
     mse: f64,
     /// The reconstruction loss: the prefixes' weighted mse (`mse` itself for
@@ -645,8 +648,9 @@ impl Trainer {
             "batch too large for {} nested prefixes",
             prefixes.len()
         );
-        let res = self.residuals(batch, &codes, l1_coeff, &prefixes);
-        let pre = self.pre_activation_grads(&codes, &res.gbuf, l1_coeff, &prefixes);
+        let mut res = self.residuals(batch, &codes, l1_coeff, &prefixes);
+        let gpre_main = std::mem::take(&mut res.gpre_main);
+        let pre = self.pre_activation_grads(&codes, &res.gbuf, gpre_main, &prefixes);
         let lists = latent_entries(f, &codes, &pre, &prefixes);
         let grad_b_enc: Vec<f32> = (0..f).map(|j| lists.bias_grad(j)).collect();
         let mut grad_b_dec = pre.b_dec;
@@ -812,7 +816,11 @@ impl Trainer {
     /// the output gradient of each prefix's latents `sum_{h >= g} w_h 2 e_h / n`
     /// (a latent of group g is in prefixes g, g+1, ...), the L1 sum and, with
     /// AuxK, the AuxK residual `u = r_aux + e` of the whole dictionary; then
-    /// the losses (see [`Trainer::auxk_loss`]).
+    /// the losses (see [`Trainer::auxk_loss`]); and each main entry's
+    /// d loss / d pre-activation `w_dec[j] . g` (g: the output gradient of
+    /// j's prefix, plus the L1 term), right after the token's gather, while
+    /// its decoder rows are still in cache (the same [`dot`] as
+    /// [`dots_by_row`]'s, bit for bit).
     fn residuals(
         &self,
         batch: &[f32],
@@ -840,11 +848,19 @@ impl Trainer {
             .iter()
             .map(|&w| w as f32 * (2.0 * inv_n))
             .collect();
+        let mut gpre_main = vec![0.0f32; main.indices.len()];
+        let chunk_bounds: Vec<usize> = (0..=n_chunks)
+            .map(|c| main.indptr[(c * TOK_CHUNK).min(n)])
+            .collect();
+        let gpre_parts = split_by(&mut gpre_main, &chunk_bounds);
+        let l1_grad = l1_coeff * (1.0 / n as f32);
         let mut sums: Vec<TokSums> = g_main
             .par_chunks_mut(TOK_CHUNK * np * d)
             .zip(g_aux_chunks.par_iter_mut())
+            .zip(gpre_parts)
             .enumerate()
-            .map(|(c, (gm, ga))| {
+            .map(|(c, ((gm, ga), gp))| {
+                let p0 = main.indptr[c * TOK_CHUNK];
                 let mut s = TokSums {
                     se: vec![0.0; np],
                     su: 0.0,
@@ -892,6 +908,16 @@ impl Trainer {
                         if g + 1 < np {
                             e.iter_mut().zip(&tail[..d]).for_each(|(v, &w)| *v += w);
                         }
+                    }
+                    let out = &mut gp[main.indptr[t] - p0..main.indptr[t + 1] - p0];
+                    let mut g = 0;
+                    for (o, &j) in out.iter_mut().zip(idx) {
+                        let j = j as usize;
+                        while j >= prefixes.ends[g] {
+                            g += 1;
+                        }
+                        let grad = &g_tok[g * d..(g + 1) * d];
+                        *o = dot(grad, &w_dec[j * d..(j + 1) * d]) + l1_grad;
                     }
                 }
                 s
@@ -946,6 +972,7 @@ impl Trainer {
         };
         Residuals {
             gbuf,
+            gpre_main,
             mse,
             recon,
             l1,
@@ -980,75 +1007,49 @@ impl Trainer {
     }
 
     /// Phase 6a, gradients per token: d loss / d pre-activation of each
-    /// active (and AuxK) entry, and the decoder bias's part of b_dec's
-    /// gradient (`+ g`), summed per chunk of tokens in a fixed order (the
-    /// encoder input's part comes with the bias gradients, see
-    /// [`encoder_input_grad`]).
+    /// AuxK entry (the main entries' came with the residuals), and the
+    /// decoder bias's part of b_dec's gradient (`+ g`), summed per chunk of
+    /// tokens in a fixed order (the encoder input's part comes with the bias
+    /// gradients, see [`encoder_input_grad`]).
     fn pre_activation_grads(
         &self,
         codes: &Codes,
         gbuf: &[f32],
-        l1_coeff: f32,
+        gpre_main: Vec<f32>,
         prefixes: &Prefixes,
     ) -> PreGrads {
         let sae = &self.sae;
         let d = sae.cfg.d_in;
         let n = codes.n;
-        let (main, aux) = (&codes.main, &codes.aux);
-        let mut gpre_main = vec![0.0f32; main.indices.len()];
+        let aux = &codes.aux;
         let mut gpre_aux = vec![0.0f32; aux.indices.len()];
         let n_groups = n.div_ceil(DOT_TOKENS);
-        let bounds = |c: &SparseCodes| -> Vec<usize> {
-            (0..=n_groups)
-                .map(|g| c.indptr[(g * DOT_TOKENS).min(n)])
-                .collect()
-        };
-        let gm_parts = split_by(&mut gpre_main, &bounds(main));
-        let ga_parts = split_by(&mut gpre_aux, &bounds(aux));
-        let l1_grad = l1_coeff * (1.0 / n as f32);
+        let bounds: Vec<usize> = (0..=n_groups)
+            .map(|g| aux.indptr[(g * DOT_TOKENS).min(n)])
+            .collect();
+        let ga_parts = split_by(&mut gpre_aux, &bounds);
         let np = prefixes.len();
         let w_dec = &sae.w_dec;
-        // d loss / d pre-activation = w_dec[j] . (the output gradient of
-        // the entry's prefix, or AuxK's), decoder row by decoder row within
-        // each group of tokens.
-        gm_parts
+        // d loss / d pre-activation = w_dec[j] . (AuxK's output gradient),
+        // decoder row by decoder row within each group of tokens.
+        ga_parts
             .into_par_iter()
-            .zip(ga_parts)
             .enumerate()
-            .for_each_init(DotsScratch::default, |scratch, (g, (gm, ga))| {
+            .filter(|(_, ga)| !ga.is_empty())
+            .for_each_init(DotsScratch::default, |scratch, (g, ga)| {
                 let t0 = g * DOT_TOKENS;
                 let t1 = (t0 + DOT_TOKENS).min(n);
-                let (m0, a0) = (main.indptr[t0], aux.indptr[t0]);
-                let (nm, na) = (gm.len(), ga.len());
-                let mut toks = Vec::with_capacity(nm + na);
-                for c in [main, aux] {
-                    for t in t0..t1 {
-                        toks.extend(std::iter::repeat_n(t as u32, c.indptr[t + 1] - c.indptr[t]));
-                    }
+                let a0 = aux.indptr[t0];
+                let mut toks = Vec::with_capacity(ga.len());
+                for t in t0..t1 {
+                    toks.extend(std::iter::repeat_n(
+                        t as u32,
+                        aux.indptr[t + 1] - aux.indptr[t],
+                    ));
                 }
-                let latent = |p: usize| {
-                    (if p < nm {
-                        main.indices[m0 + p]
-                    } else {
-                        aux.indices[a0 + p - nm]
-                    }) as usize
-                };
-                let grad_row = |p: usize| {
-                    let t = toks[p] as usize;
-                    if p >= nm {
-                        np * n + t
-                    } else if np > 1 {
-                        t * np + prefixes.group(latent(p))
-                    } else {
-                        t
-                    }
-                };
-                let mut vals = vec![0.0f32; nm + na];
-                dots_by_row(&mut vals, w_dec, gbuf, d, latent, grad_row, scratch);
-                for (o, &v) in gm.iter_mut().zip(&vals[..nm]) {
-                    *o = v + l1_grad;
-                }
-                ga.copy_from_slice(&vals[nm..]);
+                let latent = |p: usize| aux.indices[a0 + p] as usize;
+                let grad_row = |p: usize| np * n + toks[p] as usize;
+                dots_by_row(ga, w_dec, gbuf, d, latent, grad_row, scratch);
             });
         // Decoder bias (in every prefix, so the first prefix's row, which
         // sums them): + g, per chunk of tokens.
