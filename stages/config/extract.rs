@@ -36,13 +36,11 @@ impl ComputeSetting {
         };
         let (c, note) = coact::linalg::resolve(requested, key)?;
         if let Some(n) = note {
-            // Once per key and process: plans resolve the keys many times.
-            static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-            let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
-            if !said.iter().any(|k| k == key) {
-                said.push(key.to_string());
-                eprintln!("note: {n}");
-            }
+            // Once per process: plans resolve the keys many times, and every
+            // `auto` key (extract's, train's) resolves the same way.
+            static SAID: std::sync::Once = std::sync::Once::new();
+            let why = n.split_once(" = ").map_or(n.as_str(), |(_, w)| w);
+            SAID.call_once(|| eprintln!("note: compute = {why}"));
         }
         Ok(c)
     }
