@@ -648,9 +648,8 @@ impl Trainer {
             "batch too large for {} nested prefixes",
             prefixes.len()
         );
-        let mut res = self.residuals(batch, &codes, l1_coeff, &prefixes);
-        let gpre_main = std::mem::take(&mut res.gpre_main);
-        let pre = self.pre_activation_grads(&codes, &res.gbuf, gpre_main, &prefixes);
+        let res = self.residuals(batch, &codes, l1_coeff, &prefixes);
+        let pre = self.pre_activation_grads(&codes, &res.gbuf, res.gpre_main, &prefixes);
         let lists = latent_entries(f, &codes, &pre, &prefixes);
         let grad_b_enc: Vec<f32> = (0..f).map(|j| lists.bias_grad(j)).collect();
         let mut grad_b_dec = pre.b_dec;
