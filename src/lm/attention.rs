@@ -175,7 +175,7 @@ multiversion! {
                 *o = x * inv * s;
             }
         }
-        // Iterators rather than indices: the dev profile's overflow checks on
+        // Iterators rather than indices: overflow checks (where on) on
         // `half + i` would stop the loop from vectorising.
         for (((o1, o2), c), s) in d1.iter_mut().zip(d2.iter_mut()).zip(cos).zip(sin) {
             let (a, b) = (*o1, *o2);

@@ -33,7 +33,7 @@ pub fn exp(x: f32) -> f32 {
     let er = p * (r * r) + r + 1.0;
     // n sits in t's low mantissa bits, offset by ROUND's; 2^n is applied as
     // two halves so that n = 128 (x near the top of the range) stays finite.
-    // Wrapping integer ops: the dev profile's overflow checks would be
+    // Wrapping integer ops: overflow checks (where a profile has them) would be
     // branches that stop the loop from vectorising (|n| <= 128, no overflow).
     let ni = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     let n1 = ni >> 1;

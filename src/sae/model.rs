@@ -591,7 +591,7 @@ impl<'a> EncoderWeights<'a> {
 pub(crate) fn encoder_gemm(sae: &Sae, xs: &[f32], pre: &mut [f32], w: EncoderWeights<'_>) {
     let (d, f) = (sae.cfg.d_in, sae.cfg.d_sae);
     let m = xs.len() / d;
-    debug_assert_eq!(pre.len(), m * f);
+    assert_eq!(pre.len(), m * f);
     for r in 0..m {
         pre[r * f..(r + 1) * f].copy_from_slice(&sae.b_enc);
     }

@@ -557,7 +557,8 @@ mod kernels {
     use super::GROUP;
 
     pub fn dots(a: &[f32], rows: &[&[f32]], out: &mut [f32]) {
-        debug_assert!(rows.len() <= GROUP && rows.iter().all(|r| r.len() == a.len()));
+        // The unsafe kernels below rely on these lengths.
+        assert!(rows.len() <= GROUP && rows.iter().all(|r| r.len() == a.len()));
         #[cfg(target_arch = "x86_64")]
         {
             if x86::has_avx512() {
@@ -604,8 +605,9 @@ mod kernels {
     }
 
     pub fn axpys(g: &mut [f32], coef: &[f32], rows: &[&[f32]]) {
-        debug_assert!(rows.len() == coef.len() && rows.len() <= GROUP);
-        debug_assert!(rows.iter().all(|r| r.len() == g.len()));
+        // The unsafe kernels below rely on these lengths.
+        assert!(rows.len() == coef.len() && rows.len() <= GROUP);
+        assert!(rows.iter().all(|r| r.len() == g.len()));
         if rows.is_empty() {
             return;
         }
