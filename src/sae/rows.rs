@@ -411,6 +411,11 @@ mod simd {
         term: &impl Fn(usize) -> (usize, f32),
     ) {
         let base = tile.as_ptr();
+        // A local copy, so that the accumulators live in registers: through
+        // `acc` itself every FMA was followed by a store (the range check's
+        // panic could observe it).
+        let mut r = [_mm256_setzero_ps(); L];
+        r.copy_from_slice(&acc[..L]);
         for p in positions {
             let (row, a) = term(p);
             assert!(
@@ -419,10 +424,11 @@ mod simd {
             );
             let src = base.add(row * width);
             let va = _mm256_set1_ps(a);
-            for (q, v) in acc.iter_mut().enumerate().take(L) {
+            for (q, v) in r.iter_mut().enumerate() {
                 *v = _mm256_fmadd_ps(va, _mm256_loadu_ps(src.add(8 * q)), *v);
             }
         }
+        acc[..L].copy_from_slice(&r);
     }
 
     /// One tile of [`super::PackedRows::gather`]: `dst` (w <= width <= 64

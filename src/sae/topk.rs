@@ -58,8 +58,10 @@ pub(crate) fn select_topk<I: Iterator<Item = (u32, f32)>>(
 /// [`select_topk`] over a dense row (latent index = position), the same
 /// result: 8 values at a time are compared with the current threshold and
 /// the floor (AVX2), so the typical value, far below the k-th best, costs a
-/// fraction of a cycle. Candidates are pushed in the same order and with the
-/// same checks as the scalar pass, so the buffer, and the result, are identical.
+/// fraction of a cycle. The threshold starts at a lower bound of the k-th
+/// best value rather than at -inf (see [`kth_lower_bound`]), so the first
+/// stretch of the row does not fill the buffer over and over; every value
+/// that can be among the k best still passes, so the result is the same.
 #[inline]
 pub(crate) fn select_topk_row(
     row: &[f32],
@@ -96,7 +98,7 @@ unsafe fn select_topk_row_avx2(
     let buf = &mut scratch.buf;
     buf.clear();
     let cap = (4 * k).max(64);
-    let mut thr = f32::NEG_INFINITY;
+    let mut thr = kth_lower_bound(row, k);
     let vfloor = _mm256_set1_ps(floor);
     let mut vthr = _mm256_set1_ps(thr);
     let n = row.len();
@@ -142,6 +144,43 @@ unsafe fn select_topk_row_avx2(
     out.extend(buf.iter().map(|&(v, j)| (j, v)));
 }
 
+/// A value no larger than the row's k-th largest: split the row into k
+/// disjoint blocks; their k maxima are k distinct entries, so the smallest
+/// of them is at most the k-th largest. On a row of pre-activations this
+/// sits near its top few percent, so few values pass the first comparison.
+/// -inf when the row is too short for blocks of 8 or holds a NaN.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn kth_lower_bound(row: &[f32], k: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let block = (row.len() / k.max(1)) & !7;
+    if k == 0 || block == 0 {
+        return f32::NEG_INFINITY;
+    }
+    let mut bound = f32::INFINITY;
+    // max_ps passes a NaN operand through unevenly: any NaN, no bound.
+    let mut nan = _mm256_setzero_ps();
+    for b in row.chunks_exact(block).take(k) {
+        let mut m = _mm256_loadu_ps(b.as_ptr());
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(m, m));
+        let mut i = 8;
+        while i < block {
+            let v = _mm256_loadu_ps(b.as_ptr().add(i));
+            nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+            m = _mm256_max_ps(m, v);
+            i += 8;
+        }
+        let mut lanes = [0.0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+        let max = lanes.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+        bound = bound.min(max);
+    }
+    if _mm256_movemask_ps(nan) != 0 {
+        return f32::NEG_INFINITY;
+    }
+    bound
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +224,47 @@ mod tests {
             let mut dense = Vec::new();
             select_topk_row(&row, k, floor, &mut s, &mut dense);
             assert_eq!(dense, want, "trial {trial}, dense row");
+        }
+    }
+
+    /// Rows of the encoder's width, where the dense pass starts from the
+    /// block-maximum bound: the same result as a full sort, with ties (coarse
+    /// values, signed zeros) and with the k best crowded into one block.
+    #[test]
+    fn dense_rows_with_a_starting_bound_match_a_full_sort() {
+        let mut rng = SplitMix64::new(5);
+        let mut s = TopKScratch::default();
+        for trial in 0..120 {
+            let n = [4096, 4100, 16384, 263][trial % 4];
+            let k = [32, 64, 1, 7, 33][trial % 5];
+            let mut row: Vec<f32> = (0..n)
+                .map(|_| match trial % 3 {
+                    0 => rng.normal() as f32,
+                    1 => (rng.below(9) as f32 - 4.0) / 2.0,
+                    _ => [0.0, -0.0, 1.0, -1.0][rng.below(4) as usize],
+                })
+                .collect();
+            if trial % 6 == 5 {
+                // The k best all in the first block.
+                for v in row.iter_mut().take(k) {
+                    *v = 100.0;
+                }
+            }
+            let floor = if trial % 2 == 0 { 0.0 } else { f32::NEG_INFINITY };
+            let mut all: Vec<(f32, u32)> = row
+                .iter()
+                .enumerate()
+                .filter(|(_, &v)| v > floor)
+                .map(|(j, &v)| (v, j as u32))
+                .collect();
+            all.sort_by(order);
+            all.truncate(k);
+            let mut want: Vec<(u32, f32)> = all.iter().map(|&(v, j)| (j, v)).collect();
+            want.sort_by_key(|e| e.0);
+            let mut got = Vec::new();
+            select_topk_row(&row, k, floor, &mut s, &mut got);
+            let bits = |v: &[(u32, f32)]| v.iter().map(|&(j, x)| (j, x.to_bits())).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "trial {trial}: n {n}, k {k}");
         }
     }
 }
