@@ -133,6 +133,7 @@ fn default_jobs() -> usize {
 }
 
 fn real_main(cli: Cli) -> Result<()> {
+    coact_pipeline::pipeline::progress::set_quiet(cli.quiet);
     let cfg = Config::load(&cli.config)?;
     REGISTRY
         .validate(&cfg)

@@ -40,7 +40,9 @@ impl ComputeSetting {
             // `auto` key (extract's, train's) resolves the same way.
             static SAID: std::sync::Once = std::sync::Once::new();
             let why = n.split_once(" = ").map_or(n.as_str(), |(_, w)| w);
-            SAID.call_once(|| eprintln!("note: compute = {why}"));
+            SAID.call_once(|| {
+                crate::pipeline::progress::process_note(format!("note: compute = {why}"))
+            });
         }
         Ok(c)
     }

@@ -5,7 +5,25 @@
 //! are printed with the bars suspended.
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
+
+/// `-q` for notes said outside a stage's run (the compute choice, which
+/// the config's resolution says once per process).
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Silences [`process_note`] for this process (`-q`).
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, Ordering::Relaxed);
+}
+
+/// A note from code that holds no [`Progress`]; silenced by `-q`.
+pub fn process_note(line: impl AsRef<str>) {
+    Progress {
+        quiet: QUIET.load(Ordering::Relaxed),
+    }
+    .note(line);
+}
 
 #[derive(Clone, Copy)]
 pub struct Progress {
