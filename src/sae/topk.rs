@@ -250,7 +250,11 @@ mod tests {
                     *v = 100.0;
                 }
             }
-            let floor = if trial % 2 == 0 { 0.0 } else { f32::NEG_INFINITY };
+            let floor = if trial % 2 == 0 {
+                0.0
+            } else {
+                f32::NEG_INFINITY
+            };
             let mut all: Vec<(f32, u32)> = row
                 .iter()
                 .enumerate()
@@ -263,7 +267,8 @@ mod tests {
             want.sort_by_key(|e| e.0);
             let mut got = Vec::new();
             select_topk_row(&row, k, floor, &mut s, &mut got);
-            let bits = |v: &[(u32, f32)]| v.iter().map(|&(j, x)| (j, x.to_bits())).collect::<Vec<_>>();
+            let bits =
+                |v: &[(u32, f32)]| v.iter().map(|&(j, x)| (j, x.to_bits())).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "trial {trial}: n {n}, k {k}");
         }
     }
