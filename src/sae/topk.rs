@@ -186,6 +186,22 @@ mod tests {
     use super::*;
     use crate::rng::SplitMix64;
 
+    /// The reference: every value above the floor sorted, the k best kept,
+    /// by index.
+    fn full_sort_topk(row: &[f32], k: usize, floor: f32) -> Vec<(u32, f32)> {
+        let mut all: Vec<(f32, u32)> = row
+            .iter()
+            .enumerate()
+            .filter(|(_, &v)| v > floor)
+            .map(|(j, &v)| (v, j as u32))
+            .collect();
+        all.sort_by(order);
+        all.truncate(k);
+        let mut want: Vec<(u32, f32)> = all.iter().map(|&(v, j)| (j, v)).collect();
+        want.sort_by_key(|e| e.0);
+        want
+    }
+
     #[test]
     fn matches_full_sort_including_ties() {
         let mut rng = SplitMix64::new(3);
@@ -210,16 +226,7 @@ mod tests {
                 &mut s,
                 &mut out,
             );
-            let mut all: Vec<(f32, u32)> = row
-                .iter()
-                .enumerate()
-                .filter(|(_, &v)| v > floor)
-                .map(|(j, &v)| (v, j as u32))
-                .collect();
-            all.sort_by(order);
-            all.truncate(k);
-            let mut want: Vec<(u32, f32)> = all.iter().map(|&(v, j)| (j, v)).collect();
-            want.sort_by_key(|e| e.0);
+            let want = full_sort_topk(&row, k, floor);
             assert_eq!(out, want, "trial {trial}");
             let mut dense = Vec::new();
             select_topk_row(&row, k, floor, &mut s, &mut dense);
@@ -255,16 +262,7 @@ mod tests {
             } else {
                 f32::NEG_INFINITY
             };
-            let mut all: Vec<(f32, u32)> = row
-                .iter()
-                .enumerate()
-                .filter(|(_, &v)| v > floor)
-                .map(|(j, &v)| (v, j as u32))
-                .collect();
-            all.sort_by(order);
-            all.truncate(k);
-            let mut want: Vec<(u32, f32)> = all.iter().map(|&(v, j)| (j, v)).collect();
-            want.sort_by_key(|e| e.0);
+            let want = full_sort_topk(&row, k, floor);
             let mut got = Vec::new();
             select_topk_row(&row, k, floor, &mut s, &mut got);
             let bits =
