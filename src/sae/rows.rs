@@ -11,6 +11,8 @@
 
 use rayon::prelude::*;
 
+use super::ortho::{give_buffer, take_buffer};
+
 /// `y += a x`. Uses AVX2/FMA when the CPU has it (explicit intrinsics, so
 /// the hot loops are vectorised even in the dev profile, where this crate is
 /// built at opt-level 1); the order of operations is fixed either way.
@@ -133,7 +135,9 @@ impl<'a> PackedRows<'a> {
             TILE_NARROW
         };
         let tiles = vec_cols.div_ceil(tile);
-        let mut packed = vec![0.0f32; tiles * n_rows * tile];
+        // A pooled buffer: a fresh one is zeroed and page-faulted each step.
+        // Columns past a narrower last tile are never read.
+        let mut packed = take_buffer(tiles * n_rows * tile);
         if n_rows > 0 {
             packed
                 .par_chunks_mut(n_rows * tile)
@@ -142,7 +146,13 @@ impl<'a> PackedRows<'a> {
                     let c0 = t * tile;
                     let w = tile.min(vec_cols - c0);
                     for (r, row) in dst.chunks_mut(tile).enumerate() {
-                        row[..w].copy_from_slice(&src[r * d + c0..r * d + c0 + w]);
+                        let from = &src[r * d + c0..r * d + c0 + w];
+                        // Fixed-size copies of whole tiles (no memcpy call).
+                        match w {
+                            TILE_WIDE => copy_cols::<TILE_WIDE>(row, from),
+                            TILE_NARROW => copy_cols::<TILE_NARROW>(row, from),
+                            _ => row[..w].copy_from_slice(from),
+                        }
                     }
                 });
         }
@@ -204,6 +214,19 @@ impl<'a> PackedRows<'a> {
             }
         }
     }
+}
+
+impl Drop for PackedRows<'_> {
+    fn drop(&mut self) {
+        give_buffer(std::mem::take(&mut self.packed));
+    }
+}
+
+/// `dst[..W] = src[..W]`.
+#[inline]
+fn copy_cols<const W: usize>(dst: &mut [f32], src: &[f32]) {
+    let d: &mut [f32; W] = (&mut dst[..W]).try_into().expect("W columns");
+    *d = src[..W].try_into().expect("W columns");
 }
 
 /// [`PackedRows::gather`] of `src` into `out` (overwritten), in parallel
@@ -400,22 +423,30 @@ mod simd {
         }
     }
 
-    /// `acc[..L] += a * row` over the positions' terms, rows of the packed
-    /// `tile` (rows of `width` floats), in position order.
+    /// `dst[..8 L]` (onto zero or, with `add`, onto its own values) plus
+    /// `a * row` over the positions' terms, rows of the packed `tile` (rows
+    /// of `width` floats), in position order. L is a constant so that the
+    /// accumulators are registers and their loads and stores fixed-size
+    /// moves (with a run-time count they became a `memcpy` call per tile
+    /// and output row, a tenth of a TopK step).
     #[target_feature(enable = "avx2,fma")]
     unsafe fn sum_rows<const L: usize>(
-        acc: &mut [__m256; 8],
+        dst: &mut [f32],
+        add: bool,
         positions: std::ops::Range<usize>,
         tile: &[f32],
         width: usize,
         term: &impl Fn(usize) -> (usize, f32),
     ) {
+        assert!(8 * L <= dst.len(), "gather: tile too wide");
         let base = tile.as_ptr();
-        // A local copy, so that the accumulators live in registers: through
-        // `acc` itself every FMA was followed by a store (the range check's
-        // panic could observe it).
+        let out = dst.as_mut_ptr();
         let mut r = [_mm256_setzero_ps(); L];
-        r.copy_from_slice(&acc[..L]);
+        if add {
+            for (q, v) in r.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(out.add(8 * q));
+            }
+        }
         for p in positions {
             let (row, a) = term(p);
             assert!(
@@ -428,7 +459,9 @@ mod simd {
                 *v = _mm256_fmadd_ps(va, _mm256_loadu_ps(src.add(8 * q)), *v);
             }
         }
-        acc[..L].copy_from_slice(&r);
+        for (q, v) in r.iter().enumerate() {
+            _mm256_storeu_ps(out.add(8 * q), *v);
+        }
     }
 
     /// One tile of [`super::PackedRows::gather`]: `dst` (w <= width <= 64
@@ -446,26 +479,17 @@ mod simd {
     ) {
         let lanes = dst.len() / 8;
         assert!(lanes <= 8 && dst.len() <= width, "gather: tile too wide");
-        let mut acc = [_mm256_setzero_ps(); 8];
-        if add {
-            for (q, v) in acc.iter_mut().enumerate().take(lanes) {
-                *v = _mm256_loadu_ps(dst.as_ptr().add(8 * q));
-            }
-        }
-        // A constant lane count per call, so that the inner loop unrolls.
         let (pos, w) = (positions, width);
         match lanes {
-            8 => sum_rows::<8>(&mut acc, pos, tile, w, term),
-            7 => sum_rows::<7>(&mut acc, pos, tile, w, term),
-            6 => sum_rows::<6>(&mut acc, pos, tile, w, term),
-            5 => sum_rows::<5>(&mut acc, pos, tile, w, term),
-            4 => sum_rows::<4>(&mut acc, pos, tile, w, term),
-            3 => sum_rows::<3>(&mut acc, pos, tile, w, term),
-            2 => sum_rows::<2>(&mut acc, pos, tile, w, term),
-            _ => sum_rows::<1>(&mut acc, pos, tile, w, term),
-        }
-        for (q, v) in acc.iter().enumerate().take(lanes) {
-            _mm256_storeu_ps(dst.as_mut_ptr().add(8 * q), *v);
+            8 => sum_rows::<8>(dst, add, pos, tile, w, term),
+            7 => sum_rows::<7>(dst, add, pos, tile, w, term),
+            6 => sum_rows::<6>(dst, add, pos, tile, w, term),
+            5 => sum_rows::<5>(dst, add, pos, tile, w, term),
+            4 => sum_rows::<4>(dst, add, pos, tile, w, term),
+            3 => sum_rows::<3>(dst, add, pos, tile, w, term),
+            2 => sum_rows::<2>(dst, add, pos, tile, w, term),
+            1 => sum_rows::<1>(dst, add, pos, tile, w, term),
+            _ => {}
         }
     }
 }

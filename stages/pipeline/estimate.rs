@@ -6,9 +6,11 @@
 //! does not follow the config. An artifact kind never built has no estimate,
 //! and says so.
 
+use crate::config::variants::{OrthoKind, VariantSettings};
 use crate::config::Config;
 use crate::pipeline::plan::Planned;
 use crate::pipeline::store::{Manifest, Store};
+use coact::sae::Architecture;
 use std::collections::BTreeMap;
 
 /// Measured rates, by what they scale with.
@@ -176,6 +178,63 @@ impl Estimator {
             s => self.flat.get(s).copied(),
         }
     }
+}
+
+impl Estimator {
+    /// The order in which to start `units` (indices) when several run at
+    /// once: dearest first by [`Estimator::start_costs`], ties in plan order.
+    pub fn start_order(&self, cfg: &Config, units: &[&Planned]) -> Vec<usize> {
+        let costs = self.start_costs(cfg, units);
+        let mut order: Vec<usize> = (0..units.len()).collect();
+        order.sort_by(|&a, &b| costs[b].total_cmp(&costs[a]));
+        order
+    }
+
+    /// Each unit's cost relative to the others of its stage, for starting
+    /// the dearest first when units run at once (the last one then does not
+    /// run alone for long): measured seconds where every unit has an
+    /// estimate, else a prior from its shape (train: latents times the
+    /// relative unit times the default study measured on 2-core machines;
+    /// any other stage: all equal).
+    fn start_costs(&self, cfg: &Config, units: &[&Planned]) -> Vec<f64> {
+        let measured: Option<Vec<f64>> = units.iter().map(|p| self.seconds(cfg, p)).collect();
+        if let Some(s) = measured {
+            return s;
+        }
+        let variants = cfg.variants();
+        units
+            .iter()
+            .map(|p| {
+                let v = (p.stage == "train")
+                    .then(|| {
+                        let name = p.unit.as_deref()?;
+                        variants.iter().find(|v| v.name == name)
+                    })
+                    .flatten();
+                v.map_or(1.0, |v| v.settings.d_sae as f64 * train_prior(&v.settings))
+            })
+            .collect()
+    }
+}
+
+/// A train unit's time relative to TopK's at the same width and tokens.
+fn train_prior(s: &VariantSettings) -> f64 {
+    let batch_kind = matches!(s.kind, Architecture::BatchTopK | Architecture::Matryoshka);
+    let kind = match s.kind {
+        Architecture::TopK => 1.0,
+        Architecture::BatchTopK => 1.05,
+        Architecture::Matryoshka | Architecture::ReluL1 => 1.1,
+        _ => 1.0,
+    };
+    // Guided on a batch kind has more pairs: its busiest tokens keep more
+    // than k latents.
+    let ortho = match s.ortho {
+        OrthoKind::None | OrthoKind::Uniform => 1.0,
+        OrthoKind::Guided if batch_kind => 1.45,
+        OrthoKind::Guided => 1.05,
+        OrthoKind::Ortsae => 1.3,
+    };
+    kind * ortho
 }
 
 /// `compete`, or `bench/<benchmark>` for a bench unit `<benchmark>/<variant>`.

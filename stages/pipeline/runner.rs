@@ -3,6 +3,7 @@
 
 use crate::config::Config;
 use crate::pipeline::cache::RunCache;
+use crate::pipeline::estimate::Estimator;
 use crate::pipeline::lock::{command_line, RunLock};
 use crate::pipeline::plan::{plan, Planned};
 use crate::pipeline::progress::Progress;
@@ -44,6 +45,7 @@ pub fn run(
     let store = Store::new(cfg.data_dir());
     let planned = plan(cfg, registry)?;
     let cache = RunCache::default();
+    let estimator = Estimator::measure(&store, &registry.stage_names());
     let ctx = RunContext {
         cfg,
         registry,
@@ -57,7 +59,8 @@ pub fn run(
         let forced = force && (names.is_empty() || names.iter().any(|n| n == name));
         let units: Vec<&Planned> = planned.iter().filter(|p| p.stage == name).collect();
         if stage.concurrent_units() && jobs > 1 && units.len() > 1 {
-            run_concurrently(&ctx, *stage, &units, forced, jobs)?;
+            let order = estimator.start_order(cfg, &units);
+            run_concurrently(&ctx, *stage, &units, &order, forced, jobs)?;
         } else {
             for p in units {
                 run_unit(&ctx, *stage, p, forced)?;
@@ -68,13 +71,15 @@ pub fn run(
 }
 
 /// Runs `units` of one stage on `jobs` workers, each with its own rayon pool
-/// of an equal share of the threads. Units start in plan order; after a
-/// failure no new unit starts, the running ones finish (and publish), and
-/// the error of the earliest failed unit is returned.
+/// of an equal share of the threads. Units start in `order` (indices into
+/// `units`); after a failure no new unit starts, the running ones finish
+/// (and publish), and the error of the failed unit earliest in plan order
+/// is returned.
 fn run_concurrently(
     ctx: &RunContext,
     stage: &dyn Stage,
     units: &[&Planned],
+    order: &[usize],
     forced: bool,
     jobs: usize,
 ) -> Result<()> {
@@ -97,8 +102,10 @@ fn run_concurrently(
                     if !failures.lock().expect("failures").is_empty() {
                         return;
                     }
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(p) = units.get(i) else { return };
+                    let Some(&i) = order.get(next.fetch_add(1, Ordering::SeqCst)) else {
+                        return;
+                    };
+                    let p = units[i];
                     if let Err(e) = pool.install(|| run_unit(ctx, stage, p, forced)) {
                         failures.lock().expect("failures").push((i, e));
                     }

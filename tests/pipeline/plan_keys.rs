@@ -15,7 +15,8 @@ const SNAPSHOT: &str = concat!(
 );
 const STUDIES: &[&str] = &["pipeline.yaml", "pipeline.gemma2.yaml"];
 
-fn keys_of(study: &str) -> BTreeMap<String, String> {
+/// A shipped study file in a temporary folder with fixture raw inputs.
+fn study(study: &str) -> (tempfile::TempDir, Config) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -33,6 +34,11 @@ fn keys_of(study: &str) -> BTreeMap<String, String> {
     let mut cfg = Config::load(&dir.join(study)).unwrap();
     cfg.extract.compute = ComputeSetting::F32;
     cfg.train.compute = ComputeSetting::F32;
+    (tmp, cfg)
+}
+
+fn keys_of(name: &str) -> BTreeMap<String, String> {
+    let (_tmp, cfg) = study(name);
     coact_pipeline::pipeline::plan::plan(&cfg, &coact_pipeline::registry::REGISTRY)
         .unwrap()
         .into_iter()
@@ -70,4 +76,32 @@ fn plan_keys_of_the_shipped_studies_match_the_snapshot() {
             );
         }
     }
+}
+
+#[test]
+fn with_nothing_measured_the_default_study_starts_its_dearest_train_units_first() {
+    let (_tmp, cfg) = study("pipeline.yaml");
+    let registry = &coact_pipeline::registry::REGISTRY;
+    let planned = coact_pipeline::pipeline::plan::plan(&cfg, registry).unwrap();
+    let units: Vec<_> = planned.iter().filter(|p| p.stage == "train").collect();
+    let store = coact_pipeline::pipeline::store::Store::new(cfg.data_dir());
+    let est =
+        coact_pipeline::pipeline::estimate::Estimator::measure(&store, &registry.stage_names());
+    let order: Vec<&str> = est
+        .start_order(&cfg, &units)
+        .into_iter()
+        .map(|i| units[i].unit.as_deref().unwrap())
+        .collect();
+    let mut sorted = order.clone();
+    sorted.sort();
+    let mut all: Vec<&str> = units.iter().map(|p| p.unit.as_deref().unwrap()).collect();
+    all.sort();
+    assert_eq!(sorted, all, "every unit once");
+    let at = |name: &str| order.iter().position(|&u| u == name).unwrap();
+    assert_eq!(order[0], "guided-batchtopk", "{order:?}");
+    assert!(at("ortsae-seed2") < at("guided-tau0.1-seed0"), "{order:?}");
+    assert!(at("guided-tau0.1-seed2") < at("topk-seed0"), "{order:?}");
+    // Ties keep plan order.
+    assert!(at("topk-seed0") < at("topk-seed1") && at("topk-seed2") < at("uniform"));
+    assert_eq!(*order.last().unwrap(), "uniform", "{order:?}");
 }
