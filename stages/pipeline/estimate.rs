@@ -178,9 +178,7 @@ impl Estimator {
             s => self.flat.get(s).copied(),
         }
     }
-}
 
-impl Estimator {
     /// The order in which to start `units` (indices) when several run at
     /// once: dearest first by [`Estimator::start_costs`], ties in plan order.
     pub fn start_order(&self, cfg: &Config, units: &[&Planned]) -> Vec<usize> {
@@ -194,8 +192,8 @@ impl Estimator {
     /// the dearest first when units run at once (the last one then does not
     /// run alone for long): measured seconds where every unit has an
     /// estimate, else a prior from its shape (train: latents times the
-    /// relative unit times the default study measured on 2-core machines;
-    /// any other stage: all equal).
+    /// kind's and penalty's unit time relative to TopK's, as the default
+    /// study measured them on 2-core machines; any other stage: all equal).
     fn start_costs(&self, cfg: &Config, units: &[&Planned]) -> Vec<f64> {
         let measured: Option<Vec<f64>> = units.iter().map(|p| self.seconds(cfg, p)).collect();
         if let Some(s) = measured {
