@@ -7,6 +7,7 @@
 
 use crate::config::variants::{OrthoKind, Variant};
 use crate::config::Config;
+use crate::pipeline::cache::stage_key;
 use crate::pipeline::stage::{Registry, Stage, Unit};
 use crate::pipeline::stage::{StageInput, StageOutput};
 use crate::pipeline::store::TableEntry;
@@ -181,18 +182,15 @@ pub fn run(input: &StageInput) -> Result<StageOutput> {
         .find(|v| v.name == unit)
         .context("variant vanished from the config")?;
     // Read once per run for all variants (1 Mi tokens x 640 floats is 2.7
-    // GB, ~20 s to decode), freed after the last variant's unit.
+    // GB, ~20 s to decode) and freed when the stage's last unit is done (the
+    // units need not finish in plan order).
     let extract_key = input.input_key("extract")?.to_string();
     let spinner = input.progress.spinner("reading train activations");
-    let tokens = input
-        .cache
-        .get_or_try_insert(&format!("train/tokens/{extract_key}"), || {
-            load_train_tokens(input)
-        })?;
+    let tokens = input.cache.get_or_try_insert(
+        &stage_key("train", &format!("tokens/{extract_key}")),
+        || load_train_tokens(input),
+    )?;
     spinner.finish_and_clear();
-    if cfg.variants().last().is_some_and(|v| v.name == unit) {
-        input.cache.evict(&format!("train/tokens/{extract_key}"));
-    }
     let (x, d, extract_summary) = (&tokens.0, tokens.1, &tokens.2);
     let mut batches = Batches::new(input, &variant, x, d)?;
     let (n, batch, total, scale) = (batches.n, batches.batch, batches.total(), batches.scale);

@@ -335,7 +335,7 @@ pub struct TokenPairs {
 
 impl Drop for TokenPairs {
     fn drop(&mut self) {
-        super::ortho::give_buffer(std::mem::take(&mut self.c));
+        super::buffers::give_buffer(std::mem::take(&mut self.c));
     }
 }
 
@@ -397,7 +397,7 @@ pub fn batch_token_pairs(d_sae: usize, indptr: &[usize], indices: &[u32], tau: f
     // Every value is written below (each row of each block by its latent).
     // c1[m] = competition(1, m, m): most pairs co-fire once.
     let c1: Vec<f32> = (0..=max_n as u64).map(|m| competition(1, m, m)).collect();
-    let mut c = super::ortho::take_buffer(base[n_tok]);
+    let mut c = super::buffers::take_buffer(base[n_tok]);
     let cp = SyncPtr(c.as_mut_ptr());
     let (n_ref, cp, c1) = (&n, &cp, &c1);
     let parts: Vec<(f64, usize)> = (0..d_sae.div_ceil(PARTNER_BLOCK))

@@ -23,6 +23,7 @@
 //!   Scope's own layout, read).
 
 mod batch_topk;
+mod buffers;
 mod checkpoint;
 pub mod cofire;
 mod model;

@@ -28,6 +28,7 @@
 
 use rayon::prelude::*;
 
+use super::buffers::{give_buffer, take_buffer};
 use super::cofire::{PartnerBlock, TokenPairs, PARTNER_BLOCK};
 use super::rows::dot;
 
@@ -44,42 +45,6 @@ pub(crate) struct SparseRowGrad {
 impl Drop for SparseRowGrad {
     fn drop(&mut self) {
         give_buffer(std::mem::take(&mut self.grad));
-    }
-}
-
-/// Large f32 buffers kept between steps: a fresh one costs a page fault per
-/// 4 KiB on first touch, which for the guided term's buffers (hundreds of
-/// MB) is a large part of the step. Contents are unspecified.
-static BUFFERS: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
-
-/// A buffer of `len` values with unspecified contents.
-pub(crate) fn take_buffer(len: usize) -> Vec<f32> {
-    let mut pool = BUFFERS.lock().unwrap_or_else(|e| e.into_inner());
-    // The smallest that fits, else the largest (grown).
-    let pick = (0..pool.len())
-        .filter(|&q| pool[q].capacity() >= len)
-        .min_by_key(|&q| pool[q].capacity())
-        .or_else(|| (0..pool.len()).max_by_key(|&q| pool[q].capacity()));
-    let mut v = pick.map(|q| pool.swap_remove(q)).unwrap_or_default();
-    drop(pool);
-    if v.len() > len {
-        v.truncate(len);
-    } else {
-        v.resize(len, 0.0);
-    }
-    v
-}
-
-/// Returns a buffer for reuse (the pool keeps the 4 largest).
-pub(crate) fn give_buffer(v: Vec<f32>) {
-    if v.capacity() < 1 << 16 {
-        return;
-    }
-    let mut pool = BUFFERS.lock().unwrap_or_else(|e| e.into_inner());
-    pool.push(v);
-    if pool.len() > 4 {
-        let q = (0..pool.len()).min_by_key(|&q| pool[q].capacity()).unwrap();
-        pool.swap_remove(q);
     }
 }
 

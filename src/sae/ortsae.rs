@@ -18,7 +18,8 @@
 
 use rayon::prelude::*;
 
-use super::ortho::{take_buffer, PairPenalty, SparseRowGrad};
+use super::buffers::take_buffer;
+use super::ortho::{PairPenalty, SparseRowGrad};
 use super::rows::{axpy, dot};
 use crate::linalg::{self, Trans};
 use crate::rng::SplitMix64;

@@ -11,7 +11,7 @@
 
 use rayon::prelude::*;
 
-use super::ortho::{give_buffer, take_buffer};
+use super::buffers::{give_buffer, take_buffer};
 
 /// `y += a x`. Uses AVX2/FMA when the CPU has it (explicit intrinsics, so
 /// the hot loops are vectorised even in the dev profile, where this crate is

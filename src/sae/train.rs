@@ -42,6 +42,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::batch_topk::{batch_select, candidate_cap, replace_rows, tokens_to_expand};
+use super::buffers::release_buffers;
 use super::cofire::{batch_partners, batch_token_pairs, token_pairs_len};
 use super::model::{
     encode_centered, geometric_median, refine_codes, EncoderWeights, Refine, Sae, SaeConfig,
@@ -329,6 +330,17 @@ pub struct Trainer {
     /// The latents' gradient rows (decoder then encoder, `[2 f, d]`), kept
     /// between steps so that each step does not fault in fresh pages.
     grad_rows: Vec<f32>,
+    _release: ReleaseBuffers,
+}
+
+/// Empties the step's buffer pool when its trainer is done.
+#[derive(Debug, Default)]
+struct ReleaseBuffers;
+
+impl Drop for ReleaseBuffers {
+    fn drop(&mut self) {
+        release_buffers();
+    }
 }
 
 fn split_by<'a, T>(mut v: &'a mut [T], bounds: &[usize]) -> Vec<&'a mut [T]> {
@@ -593,6 +605,7 @@ impl Trainer {
             since_fired: vec![0; f],
             pool: ScratchPool::default(),
             grad_rows: Vec::new(),
+            _release: ReleaseBuffers,
             sae,
         }
     }

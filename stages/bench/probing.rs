@@ -6,6 +6,7 @@
 
 use crate::artifacts::datasets::{self, DatasetData, TaskData};
 use crate::artifacts::sae::VariantSae;
+use crate::pipeline::cache::stage_key;
 use crate::pipeline::stage::StageInput;
 use crate::pipeline::store::TableEntry;
 use anyhow::{bail, Result};
@@ -31,13 +32,16 @@ pub(crate) fn dataset_inputs(input: &StageInput) -> Result<Vec<(String, String)>
 
 /// The run cache's key of a datasets artifact read with its tokens.
 fn dataset_cache_key(dataset_key: &str) -> String {
-    format!("datasets/{dataset_key}/with_tokens")
+    stage_key("bench", &format!("datasets/{dataset_key}/with_tokens"))
 }
 
 /// The run cache's key of a dataset's mean-pooled latents under the SAE of
 /// a train artifact.
 fn latents_cache_key(dataset_key: &str, train_key: &str) -> String {
-    format!("probing/latents/{train_key}/{dataset_key}")
+    stage_key(
+        "bench",
+        &format!("probing/latents/{train_key}/{dataset_key}"),
+    )
 }
 
 /// A dataset with the variant's mean-pooled latents.

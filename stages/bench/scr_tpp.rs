@@ -64,6 +64,7 @@ use crate::artifacts::sae::VariantSae;
 use crate::config::bench::scr_tpp::ScrTppConfig;
 use crate::config::Config;
 use crate::pipeline::benchmark::Benchmark;
+use crate::pipeline::cache::stage_key;
 use crate::pipeline::stage::{StageInput, StageOutput};
 use anyhow::{bail, Result};
 use coact::metrics::probing as pm;
@@ -380,9 +381,12 @@ impl Ctx<'_, '_> {
     ) -> Result<std::sync::Arc<Option<ScrSeed>>> {
         let st = self.st;
         let data = &enc.data;
-        let cache_key = format!(
-            "scr_tpp/scr/{key}/{ta}/{tb}/{seed}/{}/{}",
-            st.train_fraction, st.probe_l1
+        let cache_key = stage_key(
+            "bench",
+            &format!(
+                "scr_tpp/scr/{key}/{ta}/{tb}/{seed}/{}/{}",
+                st.train_fraction, st.probe_l1
+            ),
         );
         self.input.cache.get_or_try_insert(&cache_key, || {
             let mut rng = problem_rng(seed, &format!("scr/{}", data.name));
@@ -489,9 +493,12 @@ impl Ctx<'_, '_> {
     ) -> Result<std::sync::Arc<(Vec<TppClassSet>, Vec<String>)>> {
         let st = self.st;
         let data = &enc.data;
-        let cache_key = format!(
-            "scr_tpp/tpp/{key}/{tt}/{seed}/{}/{}",
-            st.train_fraction, st.probe_l1
+        let cache_key = stage_key(
+            "bench",
+            &format!(
+                "scr_tpp/tpp/{key}/{tt}/{seed}/{}/{}",
+                st.train_fraction, st.probe_l1
+            ),
         );
         self.input.cache.get_or_try_insert(&cache_key, || {
             let mut sets = Vec::new();

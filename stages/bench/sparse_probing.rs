@@ -33,6 +33,7 @@ use super::probing::{
 use crate::config::bench::sparse_probing::SparseProbingConfig;
 use crate::config::Config;
 use crate::pipeline::benchmark::Benchmark;
+use crate::pipeline::cache::stage_key;
 use crate::pipeline::stage::{StageInput, StageOutput};
 use anyhow::Result;
 use coact::metrics::probing as pm;
@@ -223,9 +224,11 @@ fn probe_seed(
         "sparse_probing/llm/{key}/{}/{seed}/{}/{}/{:?}",
         prob.name, sp.train_fraction, sp.c, sp.ks
     );
-    let llm = input.cache.get_or_try_insert(&cache_key, || {
-        residual_accuracies(&data.pooled, data.d_model, &s, pen, &sp.ks)
-    })?;
+    let llm = input
+        .cache
+        .get_or_try_insert(&stage_key("bench", &cache_key), || {
+            residual_accuracies(&data.pooled, data.d_model, &s, pen, &sp.ks)
+        })?;
     for &(k, a) in llm.iter() {
         tally.record(&data.name, &prob.name, seed, "llm_test_accuracy", k, a);
     }

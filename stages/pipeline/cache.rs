@@ -1,6 +1,8 @@
 //! A cache that lives as long as one `coact run`: what several units of a
 //! run load alike (the model, a variant's SAE, a dataset's activations) is
-//! loaded once and dropped when the run ends.
+//! loaded once. Entries that only one stage's units share are that stage's
+//! ([`stage_key`]): the runner drops them when the stage's last unit is done,
+//! whatever order the units ran in. The rest are dropped when the run ends.
 
 use anyhow::Result;
 use std::any::Any;
@@ -8,6 +10,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 type Entry = Arc<dyn Any + Send + Sync>;
+
+/// The cache key of `key` as an entry of `stage` alone, dropped by
+/// [`RunCache::end_stage`].
+pub fn stage_key(stage: &str, key: &str) -> String {
+    format!("{}{key}", stage_prefix(stage))
+}
+
+fn stage_prefix(stage: &str) -> String {
+    // Not a plain "stage/": run-wide keys may start with a stage's name.
+    format!("stage:{stage}/")
+}
 /// One key's value, made at most once: units running at once that want the
 /// same key wait for the first maker instead of each loading it.
 type Slot = Arc<Mutex<Option<Entry>>>;
@@ -57,6 +70,17 @@ impl RunCache {
             .expect("cache lock")
             .retain(|k, _| !k.starts_with(prefix));
     }
+
+    /// Drops `stage`'s own entries (its units are all done). A unit still
+    /// holding one keeps it alive until it lets go.
+    pub fn end_stage(&self, stage: &str) {
+        self.evict(&stage_prefix(stage));
+    }
+
+    #[cfg(test)]
+    fn holds(&self, key: &str) -> bool {
+        self.entries.lock().expect("cache lock").contains_key(key)
+    }
 }
 
 #[cfg(test)]
@@ -83,6 +107,25 @@ mod tests {
         cache.evict("model/");
         let c = cache.get_or_try_insert("model/x", || Ok(8u32)).unwrap();
         assert_eq!(*c, 8);
+    }
+
+    #[test]
+    fn the_end_of_a_stage_drops_its_entries_only() {
+        let cache = RunCache::default();
+        let own = stage_key("train", "tokens/k1");
+        let other = stage_key("bench", "eval/k1");
+        // A run-wide key that happens to start with a stage's name.
+        let run_wide = "train/model".to_string();
+        for k in [&own, &other, &run_wide] {
+            cache.get_or_try_insert(k, || Ok(1u8)).unwrap();
+        }
+        let held = cache.get_or_try_insert(&own, || Ok(2u8)).unwrap();
+        cache.end_stage("train");
+        assert!(!cache.holds(&own));
+        assert!(cache.holds(&other) && cache.holds(&run_wide));
+        // What a running unit holds stays valid; a later use makes it anew.
+        assert_eq!(*held, 1);
+        assert_eq!(*cache.get_or_try_insert(&own, || Ok(3u8)).unwrap(), 3);
     }
 
     #[test]

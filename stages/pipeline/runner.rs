@@ -58,14 +58,16 @@ pub fn run(
         let name = stage.name();
         let forced = force && (names.is_empty() || names.iter().any(|n| n == name));
         let units: Vec<&Planned> = planned.iter().filter(|p| p.stage == name).collect();
-        if stage.concurrent_units() && jobs > 1 && units.len() > 1 {
+        let ran = if stage.concurrent_units() && jobs > 1 && units.len() > 1 {
             let order = estimator.start_order(cfg, &units);
-            run_concurrently(&ctx, *stage, &units, &order, forced, jobs)?;
+            run_concurrently(&ctx, *stage, &units, &order, forced, jobs)
         } else {
-            for p in units {
-                run_unit(&ctx, *stage, p, forced)?;
-            }
-        }
+            units
+                .into_iter()
+                .try_for_each(|p| run_unit(&ctx, *stage, p, forced))
+        };
+        cache.end_stage(name);
+        ran?;
     }
     Ok(())
 }

@@ -79,6 +79,7 @@ use crate::artifacts::sae::VariantSae;
 use crate::config::bench::core_eval::{CeSelection, CoreConfig};
 use crate::config::Config;
 use crate::pipeline::benchmark::Benchmark;
+use crate::pipeline::cache::stage_key;
 use crate::pipeline::stage::{StageInput, StageOutput};
 use crate::pipeline::store::TableEntry;
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -169,7 +170,9 @@ fn read_inputs(input: &StageInput, variant: &str) -> Result<(VariantSae, Arc<Eva
     let spinner = input.progress.spinner("reading eval activations");
     let eval = input
         .cache
-        .get_or_try_insert(&format!("eval/{extract_key}"), || acts.eval_split())?;
+        .get_or_try_insert(&stage_key("bench", &format!("eval/{extract_key}")), || {
+            acts.eval_split()
+        })?;
     spinner.finish_and_clear();
     let d = eval.d;
     if vs.sae.cfg.d_in != d {

@@ -24,7 +24,7 @@ pub(super) type TokenLosses = (Vec<f64>, Vec<f64>);
 fn shared_forwards(input: &StageInput, key: &str) -> Result<Arc<Mutex<Shared>>> {
     input
         .cache
-        .get_or_try_insert(&format!("core/forwards/{key}"), || {
+        .get_or_try_insert(&stage_key("bench", &format!("core/forwards/{key}")), || {
             Ok(Mutex::new(Shared::default()))
         })
 }
@@ -134,14 +134,16 @@ pub(super) fn downstream(
     bar.finish_and_clear();
     // Freed once every variant's unit of this run is done with them (with
     // units at once the last variant need not finish last; when some
-    // variants were cache hits they are freed with the run).
+    // variants were cache hits, at the end of the bench stage).
     let all_done = {
         let mut sh = shared.lock().map_err(|_| anyhow!("core cache poisoned"))?;
         sh.done += 1;
         sh.done >= input.cfg.variants().len()
     };
     if all_done {
-        input.cache.evict(&format!("core/forwards/{key}"));
+        input
+            .cache
+            .evict(&stage_key("bench", &format!("core/forwards/{key}")));
     }
     Ok(Downstream {
         ce_orig: m::mean(&ce_orig),
