@@ -361,8 +361,8 @@ pub const COL_TILE: usize = 8192;
 ///   column tiles, so each thread packs only its part of the weight; 256-row
 ///   tiles over whole columns packed the whole weight again per tile and
 ///   ran 1.25-1.34x slower (f32);
-/// - AVX-512 (a Zen 4): 256-row tiles over whole columns, 4040-4232 tokens/s
-///   in bf16 and 2275-2335 in f32, against 3066-3753 and 2002-2224 split by
+/// - AVX-512 (a Zen 4): 256-row tiles over whole columns, 3886-4232 tokens/s
+///   in bf16 and 2109-2335 in f32, against 3066-3753 and 1975-2224 split by
 ///   columns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Tiling {
