@@ -17,7 +17,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use coact::rng::SplitMix64;
 use coact::sae::{
     fold_scaling, norm_scaling_factor, save_saelens, Architecture, Ortho, SaeConfig, SaeKind,
-    SaelensMeta, StepStats, Trainer, TrainerConfig,
+    SaelensMeta, StepStats, StepTimes, Trainer, TrainerConfig,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -35,6 +35,9 @@ struct LogRow {
     tokens: u64,
     tokens_per_s: f64,
     stats: StepStats,
+    /// Each phase's time (absent, so zero, in logs written before it was).
+    #[serde(default)]
+    times: StepTimes,
 }
 
 /// The trainer's settings for one variant.
@@ -133,7 +136,7 @@ impl Stage for Train {
     /// 4: with bf16 the batch kinds cut on the bf16 products and refine only
     /// the kept entries to f32 (they refined every candidate first).
     fn format_version(&self) -> u32 {
-        4
+        5
     }
     fn resumable(&self) -> bool {
         true
@@ -391,6 +394,7 @@ fn train_steps(
             tokens: ((step + 1) * batch) as u64,
             tokens_per_s,
             stats,
+            times: trainer.last_step_times(),
         });
         bar.inc(batch as u64);
         if (step + 1) % cfg.train.checkpoint_every == 0 && step + 1 < total {
@@ -501,6 +505,11 @@ fn write_log(path: &Path, variant: &str, log: &[LogRow]) -> Result<u64> {
             f64_col(&|r| r.stats.mean_abs_cos_competing),
         ),
         ("tokens_per_s", f64_col(&|r| r.tokens_per_s)),
+        ("encode_ms", f64_col(&|r| r.times.encode * 1e3)),
+        ("residuals_ms", f64_col(&|r| r.times.residuals * 1e3)),
+        ("gradients_ms", f64_col(&|r| r.times.gradients * 1e3)),
+        ("ortho_ms", f64_col(&|r| r.times.ortho * 1e3)),
+        ("update_ms", f64_col(&|r| r.times.update * 1e3)),
     ];
     let schema = Schema::new(
         columns

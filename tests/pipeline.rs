@@ -646,7 +646,8 @@ fn train_makes_one_saelens_sae_per_variant_and_retrains_only_what_changed() {
         "query",
         "--format",
         "csv",
-        "select variant, count(*), max(l0), sum(case when competing_pairs > 0 then 1 else 0 end) \
+        "select variant, count(*), max(l0), sum(case when competing_pairs > 0 then 1 else 0 end), \
+        min(encode_ms), min(update_ms), min(ortho_ms) \
         from train_log group by variant order by variant",
     ]));
     assert_eq!(log.len(), 4, "{log:?}");
@@ -661,6 +662,14 @@ fn train_makes_one_saelens_sae_per_variant_and_retrains_only_what_changed() {
         "guided training logs competing pairs: {log:?}"
     );
     assert_eq!(log[3][3], "0", "plain TopK logs none: {log:?}");
+    // Every step logs its time per phase; the guided ones their pair pass's.
+    for row in &log[1..] {
+        let guided = row[3] != "0";
+        for col in if guided { 4..7 } else { 4..6 } {
+            let ms: f64 = row[col].parse().unwrap();
+            assert!(ms > 0.0, "phase times: {log:?}");
+        }
+    }
 
     // Changing one variant's setting makes only that variant stale.
     s.edit_config("tau: [0.0, 0.5]", "tau: [0.0, 0.7]");

@@ -8,7 +8,7 @@ use coact::sae::cofire::{
 };
 use coact::sae::{
     fold_scaling, geometric_median, load_saelens, norm_scaling_factor, save_saelens, Ortho, Sae,
-    SaeConfig, SaeKind, SaelensMeta, Trainer, TrainerConfig,
+    SaeConfig, SaeKind, SaelensMeta, StepTimes, Trainer, TrainerConfig,
 };
 
 fn gauss(n: usize, d: usize, seed: u64, scale: f32) -> Vec<f32> {
@@ -341,6 +341,42 @@ fn nan_input_is_an_error_and_leaves_the_weights_alone() {
     assert_eq!(t.sae(), &before);
     assert_eq!(t.since_fired(), &since[..]);
     assert_eq!(t.steps_done(), 1);
+}
+
+#[test]
+fn step_times_cover_the_step_phase_by_phase() {
+    let (d, bs) = (64, 512);
+    let x = gauss(2 * bs, d, 4, 1.0);
+    let mut cfg = TrainerConfig::new(10, bs);
+    cfg.ortho = Ortho::Guided {
+        lambda: 0.1,
+        tau: 0.0,
+    };
+    let mut t = Trainer::new(cfg, topk_cfg(d, 512, 8), &x).unwrap();
+    assert_eq!(t.last_step_times(), StepTimes::default());
+    let t0 = std::time::Instant::now();
+    let st = t.step(&x[..bs * d]).unwrap();
+    let wall = t0.elapsed().as_secs_f64();
+    let times = t.last_step_times();
+    assert!(st.competing_pairs > 0);
+    for (name, v) in [
+        ("encode", times.encode),
+        ("residuals", times.residuals),
+        ("gradients", times.gradients),
+        ("ortho", times.ortho),
+        ("update", times.update),
+    ] {
+        assert!(v > 0.0, "{name}: {times:?}");
+    }
+    // The phases tile the step: together they are its wall time, less only
+    // the few instructions between them.
+    assert!(times.total() <= wall, "{times:?} against {wall} s");
+    assert!(times.total() >= 0.8 * wall, "{times:?} against {wall} s");
+    // A refused step leaves the last step's figures.
+    let mut bad = x[bs * d..].to_vec();
+    bad[3] = f32::NAN;
+    assert!(t.step(&bad).is_err());
+    assert_eq!(t.last_step_times(), times);
 }
 
 fn run(t: &mut Trainer, data: &[f32], d: usize, bs: usize, from: usize, to: usize) {

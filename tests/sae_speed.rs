@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use coact::linalg::Compute;
 use coact::rng::SplitMix64;
-use coact::sae::{Ortho, Sae, SaeConfig, SaeKind, Trainer, TrainerConfig};
+use coact::sae::{Ortho, Sae, SaeConfig, SaeKind, StepTimes, Trainer, TrainerConfig};
 
 const D: usize = 640;
 
@@ -40,13 +40,55 @@ fn data(n: usize, seed: u64) -> Vec<f32> {
     x
 }
 
-fn time_steps(t: &mut Trainer, x: &[f32], steps: usize) -> f64 {
+/// Mean seconds per step over `steps` steps after one untimed step; with
+/// `phases`, each step's phase times are added to it.
+fn time_steps(t: &mut Trainer, x: &[f32], steps: usize, mut phases: Option<&mut PhaseSums>) -> f64 {
     t.step(x).unwrap();
     let t0 = Instant::now();
     for _ in 0..steps {
         t.step(x).unwrap();
+        if let Some(p) = phases.as_deref_mut() {
+            p.add(t.last_step_times());
+        }
     }
     t0.elapsed().as_secs_f64() / steps as f64
+}
+
+/// Running sum of the trainer's phase times over the timed steps.
+#[derive(Default)]
+struct PhaseSums {
+    sum: StepTimes,
+    steps: usize,
+}
+
+impl PhaseSums {
+    fn add(&mut self, t: StepTimes) {
+        let s = &mut self.sum;
+        s.encode += t.encode;
+        s.residuals += t.residuals;
+        s.gradients += t.gradients;
+        s.ortho += t.ortho;
+        s.update += t.update;
+        self.steps += 1;
+    }
+
+    /// Mean ms per phase, each with its share of the step.
+    fn line(&self) -> String {
+        let n = self.steps.max(1) as f64;
+        let s = &self.sum;
+        let total = s.total();
+        let part = |name: &str, v: f64| {
+            format!("{name} {:.1} ms ({:.0}%)", v / n * 1e3, 100.0 * v / total)
+        };
+        [
+            part("encode", s.encode),
+            part("residuals", s.residuals),
+            part("gradients", s.gradients),
+            part("ortho", s.ortho),
+            part("update", s.update),
+        ]
+        .join(", ")
+    }
 }
 
 #[test]
@@ -96,16 +138,18 @@ fn step_speed() {
                     cfg.dead_after_tokens = 0;
                 }
                 let mut plain = Trainer::new(cfg.clone(), sae_cfg.clone(), &x[..256 * D]).unwrap();
-                let tp = time_steps(&mut plain, &x, steps);
+                let mut plain_phases = PhaseSums::default();
+                let tp = time_steps(&mut plain, &x, steps, Some(&mut plain_phases));
                 cfg.ortho = Ortho::Guided {
                     lambda: 0.1,
                     tau: 0.1,
                 };
                 let mut guided = Trainer::new(cfg.clone(), sae_cfg.clone(), &x[..256 * D]).unwrap();
-                let tg = time_steps(&mut guided, &x, steps);
+                let mut guided_phases = PhaseSums::default();
+                let tg = time_steps(&mut guided, &x, steps, Some(&mut guided_phases));
                 let st = guided.step(&x).unwrap();
                 // Plain again: the guided extra is measured against the mean of two.
-                let tp2 = time_steps(&mut plain, &x, steps);
+                let tp2 = time_steps(&mut plain, &x, steps, Some(&mut plain_phases));
                 let tp = 0.5 * (tp + tp2);
                 println!(
                     "F {f:5} k {k:2} B {b}{} {compute:4}: plain {:7.1} ms/step ({:7.1} then {:7.1}) {:8.0} tok/s | guided tau 0.1 {:7.1} ms, +{:6.1} ms ({:.3}x, {} pairs)",
@@ -119,6 +163,8 @@ fn step_speed() {
                     tg / tp,
                     st.competing_pairs,
                 );
+                println!("      plain per phase: {}", plain_phases.line());
+                println!("      guided per phase: {}", guided_phases.line());
                 if tau0 {
                     cfg.ortho = Ortho::Guided {
                         lambda: 0.1,
@@ -126,7 +172,7 @@ fn step_speed() {
                     };
                     let mut guided0 =
                         Trainer::new(cfg.clone(), sae_cfg.clone(), &x[..256 * D]).unwrap();
-                    let tg0 = time_steps(&mut guided0, &x, steps);
+                    let tg0 = time_steps(&mut guided0, &x, steps, None);
                     let st0 = guided0.step(&x).unwrap();
                     println!(
                         "      guided tau 0 {:7.1} ms, +{:6.1} ms ({:.3}x, {} pairs)",
@@ -304,6 +350,7 @@ fn real_step_speed() {
     };
     let mut t = Trainer::new(cfg, sae_cfg, &x[..4096 * D]).unwrap();
     let mut timed = 0.0;
+    let mut phases = PhaseSums::default();
     let mut last = None;
     for s in 0..steps {
         let batch = &x[s * b * D..(s + 1) * b * D];
@@ -311,6 +358,7 @@ fn real_step_speed() {
         let st = t.step(batch).unwrap();
         if s >= warm {
             timed += t0.elapsed().as_secs_f64();
+            phases.add(t.last_step_times());
         }
         last = Some(st);
     }
@@ -323,4 +371,5 @@ fn real_step_speed() {
         st.dead_fraction,
         st.aux
     );
+    println!("  per phase: {}", phases.line());
 }

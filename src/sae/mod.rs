@@ -11,7 +11,8 @@
 //!   configuration, SAELens IO and reports.
 //! - [`norm_scaling_factor`] / [`fold_scaling`]: train on `s x` with
 //!   `E ||s x||^2 = 1`, then fold s so the saved SAE takes raw activations.
-//! - [`Trainer`], [`TrainerConfig`], [`Ortho`], [`StepStats`]: the
+//! - [`Trainer`], [`TrainerConfig`], [`Ortho`], [`StepStats`] (and
+//!   [`StepTimes`], each phase's time): the
 //!   dictionary_learning / OpenAI TopK recipe with a hand-written
 //!   forward/backward, the batch selection of the batch kinds
 //!   (`batch_topk`) and their learned threshold, Matryoshka's nested prefix
@@ -39,4 +40,4 @@ pub use model::{
     SparseCodes,
 };
 pub use saelens::{load_saelens, save_saelens, SaelensMeta, CFG_FILE, WEIGHTS_FILE};
-pub use train::{DenseGrads, Ortho, StepStats, Trainer, TrainerConfig};
+pub use train::{DenseGrads, Ortho, StepStats, StepTimes, Trainer, TrainerConfig};

@@ -37,6 +37,8 @@
 //! Nothing depends on thread scheduling: every reduction has a fixed order,
 //! so a seed fixes the run on one machine whatever the number of threads.
 
+use std::time::Instant;
+
 use anyhow::{bail, ensure, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -272,6 +274,29 @@ pub struct StepStats {
     pub threshold: f64,
 }
 
+/// Wall-clock seconds of each phase of the last [`Trainer::step`]: where a
+/// step's time goes (the speed benchmarks, train_log's `*_ms` columns).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepTimes {
+    /// Phase 1: the batch's check, encoder product, selection (and the batch
+    /// kinds' cut).
+    pub encode: f64,
+    /// Phases 2-4: decoder, residuals, AuxK and L1.
+    pub residuals: f64,
+    /// Phase 6a-b: pre-activation gradients, per-latent entry lists, biases.
+    pub gradients: f64,
+    /// Phase 5: the orthogonality penalty and its decoder gradient.
+    pub ortho: f64,
+    /// Phases 6c-8: per-latent gradient sums, Adam, renormalisation.
+    pub update: f64,
+}
+
+impl StepTimes {
+    pub fn total(&self) -> f64 {
+        self.encode + self.residuals + self.gradients + self.ortho + self.update
+    }
+}
+
 /// Dense gradients (for tests and diagnostics): `w_dec` before the parallel
 /// component is removed.
 #[derive(Clone, Debug)]
@@ -309,6 +334,7 @@ struct Prepared {
     /// The batch kinds: the smallest value the batch selection kept.
     batch_min: Option<f32>,
     stats: StepStats,
+    times: StepTimes,
 }
 
 /// Trains one SAE. See the module docs for the step.
@@ -330,6 +356,7 @@ pub struct Trainer {
     /// The latents' gradient rows (decoder then encoder, `[2 f, d]`), kept
     /// between steps so that each step does not fault in fresh pages.
     grad_rows: Vec<f32>,
+    last_times: StepTimes,
     _release: ReleaseBuffers,
 }
 
@@ -605,6 +632,7 @@ impl Trainer {
             since_fired: vec![0; f],
             pool: ScratchPool::default(),
             grad_rows: Vec::new(),
+            last_times: StepTimes::default(),
             _release: ReleaseBuffers,
             sae,
         }
@@ -637,9 +665,25 @@ impl Trainer {
         &self.since_fired
     }
 
+    /// Time per phase of the last successful [`Trainer::step`].
+    pub fn last_step_times(&self) -> StepTimes {
+        self.last_times
+    }
+
     /// The forward and backward of one step, without changing anything: the
     /// phases below in order (see the module docs).
     fn prepare(&self, batch: &[f32]) -> Result<Prepared> {
+        let clock = Instant::now();
+        let mut times = StepTimes::default();
+        let mut lap = {
+            let mut last = 0.0;
+            move || {
+                let now = clock.elapsed().as_secs_f64();
+                let dt = now - last;
+                last = now;
+                dt
+            }
+        };
         let n = self.check_batch(batch)?;
         let f = self.sae.cfg.d_sae;
         let kind = &self.sae.cfg.kind;
@@ -655,6 +699,7 @@ impl Trainer {
         if let Some(k) = kind.batch_k() {
             self.batch_topk(&mut codes, k);
         }
+        times.encode = lap();
         let prefixes = Prefixes::of(kind, f);
         ensure!(
             (prefixes.len() + 1) * n < u32::MAX as usize,
@@ -662,11 +707,13 @@ impl Trainer {
             prefixes.len()
         );
         let res = self.residuals(batch, &codes, l1_coeff, &prefixes);
+        times.residuals = lap();
         let pre = self.pre_activation_grads(&codes, &res.gbuf, res.gpre_main, &prefixes);
         let lists = latent_entries(f, &codes, &pre, &prefixes);
         let grad_b_enc: Vec<f32> = (0..f).map(|j| lists.bias_grad(j)).collect();
         let mut grad_b_dec = pre.b_dec;
         encoder_input_grad(&mut grad_b_dec, &self.sae.w_enc_t, &grad_b_enc);
+        times.gradients = lap();
 
         let mut rng = self.rng.clone();
         let mut stats = StepStats {
@@ -679,6 +726,7 @@ impl Trainer {
             ..Default::default()
         };
         let (ortho, lambda) = self.ortho_penalty(&codes.main, &mut rng, &mut stats);
+        times.ortho = lap();
         stats.ortho = ortho.as_ref().map_or(0.0, |p| p.value);
         stats.loss = res.recon
             + self.cfg.aux_coeff as f64 * res.aux_loss
@@ -697,6 +745,7 @@ impl Trainer {
             rng_after: rng,
             batch_min: codes.batch_min,
             stats,
+            times,
         })
     }
 
@@ -1189,6 +1238,7 @@ impl Trainer {
                 p.stats
             );
         }
+        let clock = Instant::now();
         let lr = p.stats.lr;
         let t = (self.step + 1) as i32;
         let bc1 = 1.0 - (BETA1 as f64).powi(t);
@@ -1204,7 +1254,11 @@ impl Trainer {
             step_size,
             inv_sqrt_bc2,
         );
-        Ok(self.advance(p))
+        let mut times = p.times;
+        let stats = self.advance(p);
+        times.update = clock.elapsed().as_secs_f64();
+        self.last_times = times;
+        Ok(stats)
     }
 
     /// Phase 7, update: one fused pass per chunk of latents computes each
