@@ -980,6 +980,61 @@ fn ortsae_penalty_is_p_for_one_of_the_partitions_and_changes_each_step() {
 }
 
 #[test]
+fn ortsae_in_bf16_charges_the_exact_cosine_of_the_partner_it_picks() {
+    if !coact::linalg::backend_info().cpu.has_bf16() {
+        println!("this CPU has no bf16 products: only the f32 path is tested here");
+        return;
+    }
+    // A dictionary wide enough for near-ties: 512 rows in R^64, 2 chunks.
+    let (d, f, bs) = (64, 512, 256);
+    let x = gauss(bs, d, 21, 1.0);
+    let make = |compute: coact::linalg::Compute| {
+        let mut cfg = TrainerConfig::new(10, bs);
+        cfg.compute = compute;
+        cfg.ortho = Ortho::OrtSae {
+            lambda: 1.0,
+            chunks: 2,
+        };
+        Trainer::new(cfg, batch_cfg(d, f, SaeKind::TopK { k: 8 }), &x).unwrap()
+    };
+    let f32_t = make(coact::linalg::Compute::F32);
+    let mut bf16_t = make(coact::linalg::Compute::Bf16);
+    *bf16_t.sae_mut() = f32_t.sae().clone();
+    let p32 = f32_t.loss_and_grads(&x).unwrap().0.ortho;
+    let p16 = bf16_t.loss_and_grads(&x).unwrap().0.ortho;
+    // The same partition (same seed): bf16 only chooses, so its partners'
+    // exact cos^2 is at most the true maximum's, and a near-tie costs at
+    // most bf16's rounding of the cosine.
+    assert!(p16 <= p32 * (1.0 + 1e-5), "bf16 {p16} above f32 {p32}");
+    assert!(p16 >= p32 * 0.99, "bf16 {p16} against f32 {p32}");
+    bf16_t.step(&x).unwrap();
+
+    // Without near-ties (rows in close pairs, far from every other row) both
+    // pick the same partners, and the charge is the exact cosine, not the
+    // bf16 Gram entry (which is off by ~1e-3).
+    let mut r = SplitMix64::new(3);
+    let mut w = vec![0.0f32; f * d];
+    for pair in w.chunks_mut(2 * d) {
+        let v: Vec<f32> = (0..d).map(|_| r.normal() as f32).collect();
+        for row in pair.chunks_mut(d) {
+            for (o, &b) in row.iter_mut().zip(&v) {
+                *o = b + 0.3 * r.normal() as f32;
+            }
+        }
+    }
+    let mut f32_t = make(coact::linalg::Compute::F32);
+    let mut bf16_t = make(coact::linalg::Compute::Bf16);
+    f32_t.sae_mut().w_dec = w.clone();
+    bf16_t.sae_mut().w_dec = w;
+    let p32 = f32_t.loss_and_grads(&x).unwrap().0.ortho;
+    let p16 = bf16_t.loss_and_grads(&x).unwrap().0.ortho;
+    assert!(
+        (p16 - p32).abs() <= 1e-5 * p32,
+        "bf16 {p16} against f32 {p32}: the bf16 path charged other values"
+    );
+}
+
+#[test]
 fn ortsae_lowers_decoder_cosines_and_rejects_too_many_chunks() {
     let (d, f, k, bs, steps) = (8, 32, 2, 128, 300);
     let x = gauss(bs * 8, d, 13, 1.0);

@@ -298,8 +298,8 @@ fn cofire_speed() {
 /// die: `SAE_SPEED_DATA` is a raw little-endian f32 file of rows of 640
 /// values (scaled to unit mean squared norm, shuffled), for example rows of
 /// `data/extract/<key>/train-*.parquet`. Trains TopK (or, with
-/// `SAE_SPEED_KIND=batchtopk`, BatchTopK; with `SAE_SPEED_ORTHO=guided`,
-/// guided) at F 4096, k 32, B 2048 (the default study) with dead after 48 Ki
+/// `SAE_SPEED_KIND=batchtopk`, BatchTopK; with `SAE_SPEED_ORTHO=guided` or
+/// `ortsae`, that penalty as the default study sets it) at F 4096, k 32, B 2048 (the default study) with dead after 48 Ki
 /// tokens, and times every step after `SAE_SPEED_WARMUP` (100) steps, once
 /// AuxK is running.
 /// `cargo test -p coact --test sae_speed -- --ignored --nocapture real_step_speed`
@@ -329,6 +329,11 @@ fn real_step_speed() {
         Ok("guided") => Ortho::Guided {
             lambda: 0.1,
             tau: 0.1,
+        },
+        // The default study's OrtSAE setting (K 4, chunks of 1024).
+        Ok("ortsae") => Ortho::OrtSae {
+            lambda: 0.25,
+            chunks: 4,
         },
         _ => Ortho::None,
     };

@@ -12,6 +12,12 @@
 //! `max`): `d cos^2 / d d_i = 2 cos (u_j - cos u_i) / |d_i|` with
 //! `u = d / |d|`, on both rows of each charged pair.
 //!
+//! With `compute: bf16` the Gram products take bf16 unit rows and only
+//! choose each row's partner; the chosen pair's cosine is then recomputed
+//! in f32, as the encoder's bf16 products only choose the active latents.
+//! A near-tie (|cos| within bf16 rounding, ~1e-3) may pick the other
+//! partner, whose exact cos^2 is then charged: P never exceeds its f32 value.
+//!
 //! Deterministic: the partition comes from the trainer's seeded RNG, the
 //! Gram products are fixed tiles of single-threaded calls, and each chunk's
 //! gradient rows are summed in a fixed order by one task.
@@ -28,7 +34,8 @@ use crate::rng::SplitMix64;
 const GRAM_ROWS: usize = 128;
 
 /// The penalty and the gradient of `lambda * P` for the decoder `w_dec`
-/// ([f, d]), the partition drawn from `rng` (K = `chunks`, at most f).
+/// ([f, d]), the partition drawn from `rng` (K = `chunks`, at most f); with
+/// `bf16`, the Gram products in bf16 (see the module docs).
 pub(crate) fn chunk_penalty(
     w_dec: &[f32],
     d: usize,
@@ -36,6 +43,7 @@ pub(crate) fn chunk_penalty(
     chunks: usize,
     rng: &mut SplitMix64,
     lambda: f32,
+    bf16: bool,
 ) -> PairPenalty {
     let k = chunks.clamp(1, f.max(1));
     let mut order: Vec<u32> = (0..f as u32).collect();
@@ -53,6 +61,13 @@ pub(crate) fn chunk_penalty(
             *inv = if nn > 0.0 { 1.0 / nn } else { 0.0 };
             u.iter_mut().zip(row).for_each(|(a, &b)| *a = b * *inv);
         });
+    let unit_bf16: Option<Vec<u16>> = bf16.then(|| {
+        let mut b = vec![0u16; f * d];
+        b.par_chunks_mut(GRAM_ROWS * d)
+            .zip(unit.par_chunks(GRAM_ROWS * d))
+            .for_each(|(b, u)| linalg::convert_to_bf16(u, b));
+        b
+    });
     // Each row's closest partner (position within the permuted order) and cosine.
     let tiles: Vec<(usize, usize, usize)> = (0..k)
         .flat_map(|c| {
@@ -68,7 +83,24 @@ pub(crate) fn chunk_penalty(
             let (lo, hi) = (bounds[c], bounds[c + 1]);
             let (m, w) = (r1 - r0, hi - lo);
             let mut gram = vec![0.0f32; m * w];
-            if m > 0 && w > 0 {
+            if m > 0 && w > 0 && unit_bf16.is_some() {
+                let ub = unit_bf16.as_deref().unwrap();
+                linalg::gemm_bf16(
+                    Trans::N,
+                    Trans::T,
+                    m,
+                    w,
+                    d,
+                    1.0,
+                    &ub[r0 * d..r1 * d],
+                    d,
+                    &ub[lo * d..hi * d],
+                    d,
+                    0.0,
+                    &mut gram,
+                    w,
+                );
+            } else if m > 0 && w > 0 {
                 linalg::sgemm(
                     Trans::N,
                     Trans::T,
@@ -94,6 +126,10 @@ pub(crate) fn chunk_penalty(
                         if q != me && (arg.0 == usize::MAX || cv * cv > arg.1 * arg.1) {
                             arg = (lo + q, cv);
                         }
+                    }
+                    if unit_bf16.is_some() && arg.0 != usize::MAX {
+                        let (p, q) = (r0 + r, arg.0);
+                        arg.1 = dot(&unit[p * d..(p + 1) * d], &unit[q * d..(q + 1) * d]);
                     }
                     arg
                 })

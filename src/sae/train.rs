@@ -1180,7 +1180,8 @@ impl Trainer {
                 (Some(pen), lambda)
             }
             Ortho::OrtSae { lambda, chunks } => {
-                let pen = chunk_penalty(w_dec, d, f, chunks, rng, lambda);
+                let bf16 = self.cfg.compute == Compute::Bf16;
+                let pen = chunk_penalty(w_dec, d, f, chunks, rng, lambda, bf16);
                 (Some(pen), lambda)
             }
         }
