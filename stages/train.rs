@@ -135,6 +135,8 @@ impl Stage for Train {
     /// gradient, rounded differently), so the trained bytes change.
     /// 4: with bf16 the batch kinds cut on the bf16 products and refine only
     /// the kept entries to f32 (they refined every candidate first).
+    /// 5: train_log carries each step's time per phase (`*_ms`), and with
+    /// bf16 OrtSAE's Gram products are bf16 (they only choose partners).
     fn format_version(&self) -> u32 {
         5
     }
