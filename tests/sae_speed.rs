@@ -63,12 +63,7 @@ struct PhaseSums {
 
 impl PhaseSums {
     fn add(&mut self, t: StepTimes) {
-        let s = &mut self.sum;
-        s.encode += t.encode;
-        s.residuals += t.residuals;
-        s.gradients += t.gradients;
-        s.ortho += t.ortho;
-        s.update += t.update;
+        self.sum += t;
         self.steps += 1;
     }
 
@@ -299,9 +294,9 @@ fn cofire_speed() {
 /// values (scaled to unit mean squared norm, shuffled), for example rows of
 /// `data/extract/<key>/train-*.parquet`. Trains TopK (or, with
 /// `SAE_SPEED_KIND=batchtopk`, BatchTopK; with `SAE_SPEED_ORTHO=guided` or
-/// `ortsae`, that penalty as the default study sets it) at F 4096, k 32, B 2048 (the default study) with dead after 48 Ki
-/// tokens, and times every step after `SAE_SPEED_WARMUP` (100) steps, once
-/// AuxK is running.
+/// `ortsae`, that penalty as the default study sets it) at F 4096, k 32,
+/// B 2048 (the default study) with dead after 48 Ki tokens, and times every
+/// step after `SAE_SPEED_WARMUP` (100) steps, once AuxK is running.
 /// `cargo test -p coact --test sae_speed -- --ignored --nocapture real_step_speed`
 #[test]
 #[ignore]

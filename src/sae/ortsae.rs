@@ -83,39 +83,39 @@ pub(crate) fn chunk_penalty(
             let (lo, hi) = (bounds[c], bounds[c + 1]);
             let (m, w) = (r1 - r0, hi - lo);
             let mut gram = vec![0.0f32; m * w];
-            if m > 0 && w > 0 && unit_bf16.is_some() {
-                let ub = unit_bf16.as_deref().unwrap();
-                linalg::gemm_bf16(
-                    Trans::N,
-                    Trans::T,
-                    m,
-                    w,
-                    d,
-                    1.0,
-                    &ub[r0 * d..r1 * d],
-                    d,
-                    &ub[lo * d..hi * d],
-                    d,
-                    0.0,
-                    &mut gram,
-                    w,
-                );
-            } else if m > 0 && w > 0 {
-                linalg::sgemm(
-                    Trans::N,
-                    Trans::T,
-                    m,
-                    w,
-                    d,
-                    1.0,
-                    &unit[r0 * d..r1 * d],
-                    d,
-                    &unit[lo * d..hi * d],
-                    d,
-                    0.0,
-                    &mut gram,
-                    w,
-                );
+            if m > 0 && w > 0 {
+                match unit_bf16.as_deref() {
+                    Some(ub) => linalg::gemm_bf16(
+                        Trans::N,
+                        Trans::T,
+                        m,
+                        w,
+                        d,
+                        1.0,
+                        &ub[r0 * d..r1 * d],
+                        d,
+                        &ub[lo * d..hi * d],
+                        d,
+                        0.0,
+                        &mut gram,
+                        w,
+                    ),
+                    None => linalg::sgemm(
+                        Trans::N,
+                        Trans::T,
+                        m,
+                        w,
+                        d,
+                        1.0,
+                        &unit[r0 * d..r1 * d],
+                        d,
+                        &unit[lo * d..hi * d],
+                        d,
+                        0.0,
+                        &mut gram,
+                        w,
+                    ),
+                }
             }
             (0..m)
                 .map(|r| {

@@ -297,6 +297,17 @@ impl StepTimes {
     }
 }
 
+/// Phase by phase (sums over steps).
+impl std::ops::AddAssign for StepTimes {
+    fn add_assign(&mut self, t: StepTimes) {
+        self.encode += t.encode;
+        self.residuals += t.residuals;
+        self.gradients += t.gradients;
+        self.ortho += t.ortho;
+        self.update += t.update;
+    }
+}
+
 /// Dense gradients (for tests and diagnostics): `w_dec` before the parallel
 /// component is removed.
 #[derive(Clone, Debug)]
