@@ -4,16 +4,19 @@ dynamics against the reference implementation on the same activations.
 
     pip install torch einops pyarrow numpy
     pip install --no-deps dictionary-learning   # skips nnsight & co.
-    python scripts/dictionary_learning_reference.py data/extract/<key> [topk|batchtopk]
+    python scripts/dictionary_learning_reference.py data/extract/<key> [topk|batchtopk] [trained|fixed]
 
 Same as `coact run train` for the default study: non-special train tokens
 in a seeded random order, scaled to unit mean squared norm (coact's and
 dictionary_learning's convention), batch 2048, one epoch, 4096 latents,
 k 32, warmup 10% of the steps, linear decay over the last 20%, a latent
 dead after 48 Ki tokens without firing (dictionary_learning also counts
-the current batch, coact does not). Prints the dead fraction on the way
-and, at the end, the eval split's explained variance and the fraction of
-latents that never fire on it, comparable with `bench_core`'s frac_dead.
+the current batch, coact does not). `fixed` keeps b_dec at the geometric
+median it is set to on the first batch (coact's `train.b_dec: fixed`);
+`trained` (the default) is dictionary_learning's own recipe. Prints the
+dead fraction on the way and, at the end, the eval split's explained
+variance, the fraction of latents that never fire on it (comparable with
+`bench_core`'s frac_dead) and how far b_dec ended from the data's mean.
 """
 
 import glob
@@ -58,9 +61,12 @@ def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
     extract, kind = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "topk")
+    b_dec = sys.argv[3] if len(sys.argv) > 3 else "trained"
     classes = trainer_classes()
     if kind not in classes:
         sys.exit(f"kind must be one of {sorted(classes)}, got {kind!r}")
+    if b_dec not in ("trained", "fixed"):
+        sys.exit(f"b_dec must be trained or fixed, got {b_dec!r}")
     train_files = sorted(glob.glob(os.path.join(extract, "train-*.parquet")))
     eval_files = sorted(glob.glob(os.path.join(extract, "eval-*.parquet")))
     if not train_files or not eval_files:
@@ -91,6 +97,10 @@ def main():
         device="cpu",
     )
     trainer.dead_feature_threshold = dead_after
+    if b_dec == "fixed":
+        # Step 0 still sets it to the geometric median; without a gradient
+        # Adam then leaves it there.
+        trainer.ae.b_dec.requires_grad_(False)
     xs, t0 = torch.from_numpy(x), time.time()
     for step in range(steps):
         trainer.update(step, xs[step * batch : (step + 1) * batch])
@@ -103,8 +113,9 @@ def main():
         fvu = ((e - ae.decode(z)) ** 2).sum() / ((e - e.mean(0)) ** 2).sum()
         never = ((z > 0).sum(0) == 0).float().mean().item()
         l0 = (z > 0).sum(1).float().mean().item()
-    print(f"{kind}: eval explained variance {1 - fvu.item():.4f}, L0 {l0:.1f}, "
-          f"never firing on eval {never:.3f}")
+        offset = (xs.mean(0) - ae.b_dec).norm().item()
+    print(f"{kind}, b_dec {b_dec}: eval explained variance {1 - fvu.item():.4f}, L0 {l0:.1f}, "
+          f"never firing on eval {never:.3f}, |mean(x) - b_dec| {offset:.3f} (scaled units)")
 
 
 if __name__ == "__main__":

@@ -722,6 +722,15 @@ fn bad_train_settings_name_the_variant_key() {
         err.contains("train.base.kind") && err.contains("gated"),
         "{err}"
     );
+    s.set_config(&yaml.replace(
+        "  checkpoint_every: 2",
+        "  b_dec: frozen\n  checkpoint_every: 2",
+    ));
+    let err = s.fails(&["status"]);
+    assert!(
+        err.contains("train.b_dec") && err.contains("frozen") && err.contains("`fixed`"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -7,8 +7,8 @@ use coact::sae::cofire::{
     CoFireAccumulator, PARTNER_BLOCK,
 };
 use coact::sae::{
-    fold_scaling, geometric_median, load_saelens, norm_scaling_factor, save_saelens, Ortho, Sae,
-    SaeConfig, SaeKind, SaelensMeta, StepTimes, Trainer, TrainerConfig,
+    fold_scaling, geometric_median, load_saelens, norm_scaling_factor, save_saelens, DecoderBias,
+    Ortho, Sae, SaeConfig, SaeKind, SaelensMeta, StepTimes, Trainer, TrainerConfig,
 };
 
 fn gauss(n: usize, d: usize, seed: u64, scale: f32) -> Vec<f32> {
@@ -420,6 +420,44 @@ fn checkpoint_then_resume_is_bit_identical() {
         assert_eq!(a.sae(), c.sae(), "resumed weights differ");
         assert_eq!(a.since_fired(), c.since_fired());
     }
+}
+
+#[test]
+fn a_fixed_decoder_bias_stays_at_its_init_and_the_rest_still_trains() {
+    let (d, f, bs) = (16, 48, 64);
+    // Off-centre data, so a trained b_dec has somewhere to go.
+    let mut data = gauss(bs * 4, d, 11, 1.0);
+    data.iter_mut()
+        .enumerate()
+        .for_each(|(i, v)| *v += (i % d) as f32 * 0.5);
+    let train = |b_dec: DecoderBias| {
+        let mut cfg = TrainerConfig::new(12, bs);
+        cfg.b_dec = b_dec;
+        cfg.dead_after_tokens = 2 * bs as u64;
+        let mut t = Trainer::new(cfg, topk_cfg(d, f, 4), &data).unwrap();
+        let init = t.sae().clone();
+        run(&mut t, &data, d, bs, 0, 12);
+        (init, t)
+    };
+    let (init, fixed) = train(DecoderBias::Fixed);
+    assert_eq!(fixed.sae().b_dec, init.b_dec, "a fixed b_dec moved");
+    assert_eq!(init.b_dec, geometric_median(&data, d, 100, 1e-5).unwrap());
+    assert_ne!(fixed.sae().w_dec, init.w_dec);
+    assert_ne!(fixed.sae().b_enc, init.b_enc);
+    let (init_t, trained) = train(DecoderBias::Trained);
+    assert_eq!(init_t.b_dec, init.b_dec);
+    assert_ne!(
+        trained.sae().b_dec,
+        init.b_dec,
+        "a trained b_dec did not move"
+    );
+    // The setting survives a checkpoint, so a resumed run keeps it.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckpt.safetensors");
+    fixed.save_checkpoint(&path).unwrap();
+    let back = Trainer::load_checkpoint(&path).unwrap();
+    assert_eq!(back.config().b_dec, DecoderBias::Fixed);
+    assert_eq!(TrainerConfig::new(1, 1).b_dec, DecoderBias::Trained);
 }
 
 #[test]

@@ -40,4 +40,4 @@ pub use model::{
     SparseCodes,
 };
 pub use saelens::{load_saelens, save_saelens, SaelensMeta, CFG_FILE, WEIGHTS_FILE};
-pub use train::{DenseGrads, Ortho, StepStats, StepTimes, Trainer, TrainerConfig};
+pub use train::{DecoderBias, DenseGrads, Ortho, StepStats, StepTimes, Trainer, TrainerConfig};

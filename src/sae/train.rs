@@ -23,7 +23,8 @@
 //!    (in a fixed order of tokens) its W_dec row, W_enc column and b_enc;
 //! 7. the decoder gradient's component along each row is removed, then one
 //!    fused pass per latent applies Adam (no weight decay) to its decoder row,
-//!    encoder column and bias and renormalises the decoder row; b_dec last;
+//!    encoder column and bias and renormalises the decoder row; b_dec last
+//!    (unless [`DecoderBias::Fixed`] keeps it at its init);
 //! 8. the batch kinds move their inference threshold towards the smallest
 //!    activation the batch kept (`TrainerConfig::threshold_lr`).
 //!
@@ -101,6 +102,23 @@ pub enum Ortho {
     },
 }
 
+/// What happens to the decoder bias after its geometric-median init.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecoderBias {
+    /// Adam trains it with the other parameters (dictionary_learning's and
+    /// SAELens's recipe).
+    #[default]
+    Trained,
+    /// It stays at the geometric median of the first batch. On a residual
+    /// stream whose mean dwarfs its spread (gemma-3-270m's: the mean is ~95%
+    /// of a token's norm), a trained b_dec can drift off the data's centre;
+    /// the offset it leaves in every encoder input `x - b_dec` then keeps
+    /// latents far below threshold on every token, where AuxK cannot reach
+    /// them (README, "The decoder bias").
+    Fixed,
+}
+
 /// Training hyper-parameters. [`TrainerConfig::new`] fills the recipe's defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainerConfig {
@@ -131,6 +149,10 @@ pub struct TrainerConfig {
     /// (see `encode_centered`); every other part of the step is f32.
     #[serde(default)]
     pub compute: Compute,
+    /// Trained (the default, and what checkpoints written before this field
+    /// did) or fixed at its init.
+    #[serde(default)]
+    pub b_dec: DecoderBias,
 }
 
 fn default_threshold_lr() -> f32 {
@@ -152,6 +174,7 @@ impl TrainerConfig {
             seed: 0,
             threshold_lr: default_threshold_lr(),
             compute: Compute::F32,
+            b_dec: DecoderBias::Trained,
         }
     }
 
@@ -1258,14 +1281,16 @@ impl Trainer {
         let step_size = (lr as f64 / bc1) as f32;
         let inv_sqrt_bc2 = (1.0 / bc2.sqrt()) as f32;
         self.update_latents(&p, step_size, inv_sqrt_bc2);
-        adam(
-            &mut self.sae.b_dec,
-            &mut self.m_bdec,
-            &mut self.v_bdec,
-            &p.grad_b_dec,
-            step_size,
-            inv_sqrt_bc2,
-        );
+        if self.cfg.b_dec == DecoderBias::Trained {
+            adam(
+                &mut self.sae.b_dec,
+                &mut self.m_bdec,
+                &mut self.v_bdec,
+                &p.grad_b_dec,
+                step_size,
+                inv_sqrt_bc2,
+            );
+        }
         let mut times = p.times;
         let stats = self.advance(p);
         times.update = clock.elapsed().as_secs_f64();
