@@ -71,7 +71,7 @@ pub fn trainer_config(
         },
     };
     tc.compute = t.compute.resolve("train.compute")?;
-    tc.b_dec = t.b_dec;
+    tc.b_dec = s.b_dec;
     Ok(tc)
 }
 
@@ -159,7 +159,6 @@ impl Stage for Train {
             "dead_after_tokens": cfg.train.dead_after_tokens,
             "uniform_pairs": cfg.train.uniform_pairs,
             "compute": cfg.train.compute.resolve("train.compute")?,
-            "b_dec": cfg.train.b_dec,
         });
         Ok(cfg
             .variants()

@@ -722,13 +722,10 @@ fn bad_train_settings_name_the_variant_key() {
         err.contains("train.base.kind") && err.contains("gated"),
         "{err}"
     );
-    s.set_config(&yaml.replace(
-        "  checkpoint_every: 2",
-        "  b_dec: frozen\n  checkpoint_every: 2",
-    ));
+    s.set_config(&yaml.replace("ortho: none}", "ortho: none, b_dec: frozen}"));
     let err = s.fails(&["status"]);
     assert!(
-        err.contains("train.b_dec") && err.contains("frozen") && err.contains("`fixed`"),
+        err.contains("train.base.b_dec") && err.contains("frozen") && err.contains("`fixed`"),
         "{err}"
     );
 }

@@ -1,7 +1,6 @@
 //! train: the schedule every variant shares, the base SAE and the variants.
 
 use super::ComputeSetting;
-use coact::sae::DecoderBias;
 use serde::{Deserialize, Serialize};
 
 /// The train stage: the schedule shared by every variant, the base SAE and
@@ -36,10 +35,6 @@ pub struct TrainConfig {
     /// latents, their values and every gradient stay f32).
     #[serde(default)]
     pub compute: ComputeSetting,
-    /// The decoder bias after its geometric-median init: `trained` (Adam,
-    /// as dictionary_learning and SAELens) or `fixed`.
-    #[serde(default)]
-    pub b_dec: DecoderBias,
     pub base: super::variants::VariantSettings,
     pub variants: Vec<super::variants::VariantSpec>,
 }

@@ -2,7 +2,7 @@
 //! and list-valued fields that expand into sweeps.
 
 use anyhow::{bail, Result};
-use coact::sae::Architecture;
+use coact::sae::{Architecture, DecoderBias};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +47,10 @@ pub struct VariantSettings {
     pub chunks: usize,
     #[serde(default)]
     pub seed: u64,
+    /// The decoder bias after its geometric-median init: trained (the
+    /// reference recipe) or fixed.
+    #[serde(default)]
+    pub b_dec: DecoderBias,
 }
 
 /// A value or a list of values (a sweep).
@@ -91,6 +95,8 @@ pub struct VariantSpec {
     pub chunks: Option<OneOrMany<usize>>,
     #[serde(default)]
     pub seed: Option<OneOrMany<u64>>,
+    #[serde(default)]
+    pub b_dec: Option<DecoderBias>,
 }
 
 /// A fully resolved variant.
@@ -117,6 +123,9 @@ pub fn expand(base: &VariantSettings, specs: &[VariantSpec]) -> Result<Vec<Varia
         }
         if let Some(o) = spec.ortho {
             s.ortho = o;
+        }
+        if let Some(b) = spec.b_dec {
+            s.b_dec = b;
         }
         if let Some(g) = &spec.groups {
             s.groups = g.clone();
@@ -264,6 +273,7 @@ mod tests {
             tau: 0.0,
             chunks: 0,
             seed: 0,
+            b_dec: DecoderBias::Trained,
         }
     }
 
@@ -289,6 +299,18 @@ mod tests {
         assert_eq!(v[3].settings.lambda, 0.1);
         assert_eq!(v[3].settings.ortho, OrthoKind::Guided);
         assert_eq!(v[0].settings, base());
+    }
+
+    #[test]
+    fn a_variant_overrides_the_bases_decoder_bias() {
+        let b = VariantSettings {
+            b_dec: DecoderBias::Fixed,
+            ..base()
+        };
+        let v = expand(&b, &spec("- name: a\n- name: r\n  b_dec: trained")).unwrap();
+        assert_eq!(v[0].settings.b_dec, DecoderBias::Fixed);
+        assert_eq!(v[1].settings.b_dec, DecoderBias::Trained);
+        assert!(serde_yaml::from_str::<Vec<VariantSpec>>("- name: a\n  b_dec: frozen").is_err());
     }
 
     #[test]

@@ -118,6 +118,7 @@ fn external_info(name: &str, m: &Manifest) -> Result<VariantInfo> {
         tau: 0.0,
         chunks: 0,
         seed: 0,
+        b_dec_fixed: false,
         external: true,
     })
 }
@@ -214,6 +215,8 @@ fn variant_info(variant: &str, m: &Manifest) -> Result<VariantInfo> {
         lambda: round6(f("lambda")),
         tau: round6(f("tau")),
         chunks: u("chunks"),
+        // Absent before the setting existed: trained.
+        b_dec_fixed: s["b_dec"].as_str() == Some("fixed"),
         seed: u("seed"),
         external: false,
     })

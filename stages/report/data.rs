@@ -52,6 +52,8 @@ pub struct VariantInfo {
     /// OrtSAE's chunk count (0 otherwise).
     pub chunks: u64,
     pub seed: u64,
+    /// b_dec kept at its init (`b_dec: fixed`) rather than trained.
+    pub b_dec_fixed: bool,
     /// An SAE of bench.external (benchmarked, not trained here).
     pub external: bool,
 }
@@ -81,6 +83,9 @@ impl VariantInfo {
         if self.ortho == "ortsae" {
             s += &format!("|chunks {}", self.chunks);
         }
+        if self.b_dec_fixed {
+            s += "|b_dec fixed";
+        }
         s
     }
 
@@ -105,6 +110,12 @@ impl VariantInfo {
         if self.external {
             return format!("{base}, {} latents, external", self.d_sae);
         }
+        // Trained is the reference recipe; only the other choice is named.
+        let base = if self.b_dec_fixed {
+            format!("{base}, b_dec fixed")
+        } else {
+            base
+        };
         match self.ortho.as_str() {
             "guided" => format!("{base}, guided τ {} λ {}", num(self.tau), num(self.lambda)),
             "uniform" => format!("{base}, uniform λ {}", num(self.lambda)),

@@ -385,6 +385,7 @@ pub(super) mod tests {
             seed,
             groups: Vec::new(),
             chunks: 0,
+            b_dec_fixed: false,
             external: false,
         }
     }

@@ -24,8 +24,30 @@ fn variant(name: &str, kind: &str, ortho: &str, lambda: f64, tau: f64, seed: u64
         seed,
         groups: Vec::new(),
         chunks: 0,
+        b_dec_fixed: false,
         external: false,
     }
+}
+
+#[test]
+fn a_fixed_decoder_bias_is_its_own_setting_and_named() {
+    let trained = variant("g", "topk", "guided", 0.1, 0.1, 0);
+    let fixed = VariantInfo {
+        b_dec_fixed: true,
+        ..trained.clone()
+    };
+    assert_eq!(trained.describe(), "TopK k 4, guided τ 0.1 λ 0.1");
+    assert_eq!(
+        fixed.describe(),
+        "TopK k 4, b_dec fixed, guided τ 0.1 λ 0.1"
+    );
+    // Seeds of one setting share a group; the two b_dec choices do not.
+    assert_ne!(trained.group_key(), fixed.group_key());
+    let other_seed = VariantInfo {
+        seed: 1,
+        ..fixed.clone()
+    };
+    assert_eq!(other_seed.group_key(), fixed.group_key());
 }
 
 /// A study of 11 variants: TopK, uniform and guided tau 0.1 at three seeds,
