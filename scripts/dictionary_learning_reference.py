@@ -12,7 +12,7 @@ dictionary_learning's convention), batch 2048, one epoch, 4096 latents,
 k 32, warmup 10% of the steps, linear decay over the last 20%, a latent
 dead after 48 Ki tokens without firing (dictionary_learning also counts
 the current batch, coact does not). `fixed` keeps b_dec at the geometric
-median it is set to on the first batch (coact's `train.b_dec: fixed`);
+median it is set to on the first batch (coact's `b_dec: fixed`);
 `trained` (the default) is dictionary_learning's own recipe. Prints the
 dead fraction on the way and, at the end, the eval split's explained
 variance, the fraction of latents that never fire on it (comparable with
