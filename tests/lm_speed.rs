@@ -143,10 +143,12 @@ fn lm_extract_throughput() {
         if compute == Compute::F32 {
             early_f32 = early;
         }
-        println!(
-            "coact early exit to layer {layer} ({compute}): {early:.0} tokens/s ({:.2}x f32)",
-            early / early_f32
-        );
+        let vs_f32 = if early_f32.is_nan() {
+            String::new() // f32 not timed (COACT_BENCH_COMPUTE)
+        } else {
+            format!(" ({:.2}x f32)", early / early_f32)
+        };
+        println!("coact early exit to layer {layer} ({compute}): {early:.0} tokens/s{vs_f32}");
         println!("peak RSS so far: {:.0} MB", peak_rss_mb());
         if only_early {
             continue;
@@ -156,13 +158,16 @@ fn lm_extract_throughput() {
         });
         println!("coact full forward with logits ({compute}): {full:.0} tokens/s");
         // Bench core's CE/KL for one SAE: blocks after `layer` from the
-        // original's residual, logits in chunks, reduced to CE and KL
-        // (zero ablation as the patch: the cost does not depend on it).
+        // original's residual, logits streamed by vocabulary slices and
+        // reduced to CE and KL (zero ablation as the patch: the cost does
+        // not depend on it).
         let seqs = tokens.to_vec2::<u32>().unwrap();
         let seqs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
         let mask: Vec<bool> = (0..t).map(|p| p == 0).collect();
         let special: Vec<&[bool]> = vec![&mask; b];
+        let start = Instant::now();
         let original = Original::compute(&dense, layer, &seqs, &special).unwrap();
+        let original_s = start.elapsed().as_secs_f64();
         let patched = rate(n, reps.min(2), || {
             patched_losses(&dense, layer, &seqs, &special, &original, &zero_patch).unwrap();
         });
@@ -171,6 +176,11 @@ fn lm_extract_throughput() {
             "coact bench core's patched forward (blocks {}-, logits, CE and KL; {compute}): {patched:.0} tokens/s ({:.2}x the full forward)",
             layer + 1,
             patched / full
+        );
+        println!(
+            "coact bench core's original forward (once per run; with linear logits, each row's \
+             log-sum-exp and expected unembedding row; {compute}): {:.0} tokens/s",
+            n as f64 / original_s
         );
     }
     if only_early || std::env::var("COACT_BENCH_CANDLE").is_err() {

@@ -40,7 +40,7 @@ pub(crate) mod simd;
 
 pub use config::{Activation, Arch, GemmaConfig};
 pub use load::{LoadOptions, WeightFormat};
-pub use model::{Gemma, Kernels, Splice};
+pub use model::{Gemma, Kernels, Splice, UnembedWeight};
 
 use std::path::PathBuf;
 

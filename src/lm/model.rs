@@ -3,7 +3,8 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::quantized::QMatMul;
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{CpuStorage, DType, Device, Module, Storage, Tensor};
+use half::slice::HalfFloatSliceExt;
 use std::sync::OnceLock;
 
 use super::attention::{self, Spec};
@@ -35,6 +36,15 @@ pub type Splice<'a> = (usize, &'a dyn Fn(&Tensor) -> Result<Tensor>);
 /// the output of a 128-row chunk 8 MB, under the 32 MiB mmap threshold
 /// `coact` sets, so the slices' buffers are reused rather than faulted in.
 const VOCAB_SLICE: usize = 16384;
+
+/// The unembedding weight `[vocab, d_model]`, row v token v's direction, as
+/// the logits product reads it: f32, or bf16 bits with the hidden rows
+/// rounded to bf16 too ([`crate::linalg::to_bf16`]).
+#[derive(Debug, Clone, Copy)]
+pub enum UnembedWeight<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [u16]),
+}
 
 /// A linear map without bias.
 #[derive(Debug, Clone)]
@@ -271,6 +281,41 @@ impl Gemma {
     /// hidden states `[n, d_model]`; callers may pass a few rows at a time.
     pub fn unembed(&self, hidden: &Tensor) -> Result<Tensor> {
         self.final_softcap(self.unembedding()?.forward(hidden)?)
+    }
+
+    /// Calls `f` with the unembedding weight when the logits are exactly
+    /// that linear map of the final hidden state, computed on this CPU (no
+    /// final softcap, a dense weight on a CPU device, with the model's
+    /// compute); `None` otherwise. Statistics of the logits can then be
+    /// streamed over vocabulary slices ([`crate::metrics::logit_stats`]).
+    pub fn with_linear_unembedding<R>(
+        &self,
+        f: impl FnOnce(UnembedWeight<'_>) -> R,
+    ) -> Result<Option<R>> {
+        if self.cfg.final_softcap.is_some() || !self.device.is_cpu() {
+            return Ok(None);
+        }
+        let Proj::DenseT(w) = self.unembedding()? else {
+            return Ok(None);
+        };
+        let (storage, layout) = w.storage_and_layout();
+        let Some((a, b)) = layout.contiguous_offsets() else {
+            return Ok(None);
+        };
+        ensure!(
+            b - a == self.cfg.vocab * self.cfg.d_model,
+            "the unembedding holds {} values, not vocab {} x d_model {}",
+            b - a,
+            self.cfg.vocab,
+            self.cfg.d_model
+        );
+        Ok(match &*storage {
+            Storage::Cpu(CpuStorage::F32(v)) => Some(f(UnembedWeight::F32(&v[a..b]))),
+            Storage::Cpu(CpuStorage::BF16(v)) => {
+                Some(f(UnembedWeight::Bf16(v[a..b].reinterpret_cast())))
+            }
+            _ => None,
+        })
     }
 
     /// The model's final logit softcap, when it has one.

@@ -464,7 +464,7 @@ const LANES: usize = 16;
 multiversion! {
     /// `sum_v e^(x_v - m)`: per block of `SUM_BLOCK` values `LANES` f32
     /// partial sums, added in f64.
-    fn exp_sum(x: &[f32], m: f32) -> f64 {
+    pub(crate) fn exp_sum(x: &[f32], m: f32) -> f64 {
         let mut total = 0.0f64;
         for block in x.chunks(SUM_BLOCK) {
             let mut acc = [0.0f32; LANES];
@@ -515,7 +515,7 @@ multiversion! {
 
 multiversion! {
     /// The largest value of a row (its log-softmax's shift).
-    fn row_max(x: &[f32]) -> f32 {
+    pub(crate) fn row_max(x: &[f32]) -> f32 {
         simd::max(x)
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod absorption;
 pub mod core_eval;
+pub mod logit_stats;
 pub mod probing;
 pub mod splice;
 

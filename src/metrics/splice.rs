@@ -15,15 +15,20 @@
 //! forward gives for them and the residual after block L, so that one
 //! original forward serves many patched ones ([`patched_losses`]), each
 //! running only the blocks after L; [`splice_losses`] does both for a list
-//! of patches. Logits are formed 128 rows at a time and reduced at once,
-//! never as a whole `[B * T, vocab]` matrix. [`sae_patch`] and
-//! [`zero_patch`] are the two splices of the core benchmark. The scores built from these losses (`ce_loss_score`,
+//! of patches. When the logits are linear in the final hidden state (no
+//! final softcap: gemma-3) the losses are streamed over vocabulary slices
+//! ([`super::logit_stats`]) and the original keeps a few KB per token;
+//! otherwise (gemma-2's softcap) it keeps the log-probabilities, formed 128
+//! rows at a time, never as a whole `[B * T, vocab]` matrix. [`sae_patch`]
+//! and [`zero_patch`] are the two splices of the core benchmark. The scores
+//! built from these losses (`ce_loss_score`,
 //! `kl_div_score`) are in [`super::core_eval`].
 
 use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
 
 use super::core_eval as m;
+use super::logit_stats::{expected_rows, logit_stats, LogitStats, ProductRows};
 use crate::lm::Gemma;
 use crate::sae::Sae;
 
@@ -144,20 +149,70 @@ fn ce_in_kl(rows: &CountedRows) -> Vec<(usize, u32)> {
         .collect()
 }
 
+/// What the unspliced forward keeps for `KL(original || patched)`.
+#[derive(Clone, Debug)]
+pub enum Reference {
+    /// Logits linear in the final hidden state
+    /// ([`Gemma::with_linear_unembedding`]): per KL row its log-sum-exp, its
+    /// hidden row as the unembedding reads it and its expected unembedding
+    /// row (`[kl rows, d_model]` each, see [`logit_stats`]). A few KB per
+    /// token.
+    Linear {
+        lse: Vec<f64>,
+        hidden: Vec<f32>,
+        expected: Vec<f32>,
+    },
+    /// Otherwise (a final softcap, a device other than the CPU): the
+    /// log-probabilities `[kl rows, vocab]`, 1 MB per token for gemma-3.
+    LogProbs(Vec<f32>),
+}
+
 /// What the unspliced forward gives for a group of sequences: per-token CE
-/// on the CE rows, the log-probabilities of the KL rows (`[kl rows, vocab]`,
-/// what `KL(original || patched)` needs) and the residual after the
-/// splice's block, which every patched forward starts from.
+/// on the CE rows, what `KL(original || patched)` needs of it, and the
+/// residual after the splice's block, which every patched forward starts
+/// from.
 #[derive(Clone, Debug)]
 pub struct Original {
     /// Per CE row of [`CountedRows`], in order.
     pub ce: Vec<f64>,
-    /// `[kl rows, vocab]`, row-major.
-    pub log_probs: Vec<f32>,
+    pub reference: Reference,
     /// The block whose output `resid` is.
     pub layer: usize,
     /// The residual after block `layer`, `[B, T, d_model]`.
     pub resid: Tensor,
+}
+
+/// The KL rows of the final hidden states as the unembedding reads them and
+/// their logit statistics (the CE rows' targets' logits), when the model's
+/// logits are linear in the hidden state; `None` otherwise.
+fn linear_stats(
+    model: &Gemma,
+    hidden: &Tensor,
+    rows: &CountedRows,
+) -> Result<Option<(ProductRows, LogitStats)>> {
+    let d = model.config().d_model;
+    let ids: Vec<u32> = rows.kl.iter().map(|&r| r as u32).collect();
+    let picked = hidden
+        .index_select(&Tensor::new(ids, hidden.device())?, 0)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let mut targets = vec![None; rows.kl.len()];
+    for (i, target) in ce_in_kl(rows) {
+        targets[i] = Some(target);
+    }
+    model.with_linear_unembedding(|w| {
+        let x = ProductRows::new(w, picked, d);
+        let stats = logit_stats(w, &x, &targets);
+        (x, stats)
+    })
+}
+
+/// Per CE row `lse - z_target`.
+fn streamed_ce(rows: &CountedRows, stats: &LogitStats) -> Vec<f64> {
+    ce_in_kl(rows)
+        .into_iter()
+        .map(|(i, _)| stats.lse[i] - stats.target[i])
+        .collect()
 }
 
 impl Original {
@@ -173,23 +228,61 @@ impl Original {
         let (ids, rows) = counted_rows(sequences, special)?;
         let resid = model.resid_post(&ids, layer)?;
         let hidden = model.final_hidden_from(&resid, layer)?;
-        let log_probs = rows_log_probs(model, &hidden, &rows.kl)?;
-        let ce = ce_in_kl(&rows)
-            .into_iter()
-            .map(|(i, target)| m::cross_entropy(&log_probs[i * vocab..(i + 1) * vocab], target))
-            .collect();
+        let (ce, reference) = match linear_stats(model, &hidden, &rows)? {
+            Some((x, stats)) => {
+                let expected = model
+                    .with_linear_unembedding(|w| expected_rows(w, &x, &stats.lse))?
+                    .context("the unembedding stopped being linear")?;
+                let hidden = (0..x.len()).flat_map(|i| x.row(i).to_vec()).collect();
+                let ce = streamed_ce(&rows, &stats);
+                let lse = stats.lse;
+                (
+                    ce,
+                    Reference::Linear {
+                        lse,
+                        hidden,
+                        expected,
+                    },
+                )
+            }
+            None => {
+                let log_probs = rows_log_probs(model, &hidden, &rows.kl)?;
+                let ce = ce_in_kl(&rows)
+                    .into_iter()
+                    .map(|(i, target)| {
+                        m::cross_entropy(&log_probs[i * vocab..(i + 1) * vocab], target)
+                    })
+                    .collect();
+                (ce, Reference::LogProbs(log_probs))
+            }
+        };
         Ok(Original {
             ce,
-            log_probs,
+            reference,
             layer,
             resid,
         })
     }
 
-    /// The memory it holds, in bytes (f32 log-probabilities and residual,
-    /// f64 CE).
+    /// KL rows it covers.
+    fn kl_rows(&self, vocab: usize) -> usize {
+        match &self.reference {
+            Reference::Linear { lse, .. } => lse.len(),
+            Reference::LogProbs(lp) => lp.len() / vocab,
+        }
+    }
+
+    /// The memory it holds, in bytes.
     pub fn bytes(&self) -> usize {
-        self.log_probs.len() * 4 + self.ce.len() * 8 + self.resid.elem_count() * 4
+        let reference = match &self.reference {
+            Reference::Linear {
+                lse,
+                hidden,
+                expected,
+            } => lse.len() * 8 + (hidden.len() + expected.len()) * 4,
+            Reference::LogProbs(lp) => lp.len() * 4,
+        };
+        reference + self.ce.len() * 8 + self.resid.elem_count() * 4
     }
 }
 
@@ -210,7 +303,7 @@ pub fn patched_losses(
     let (ids, rows) = counted_rows(sequences, special)?;
     ensure!(
         original.ce.len() == rows.ce.len()
-            && original.log_probs.len() == rows.kl.len() * vocab
+            && original.kl_rows(vocab) == rows.kl.len()
             && original.resid.dims()[..2] == *ids.dims(),
         "the original forward was computed on other sequences"
     );
@@ -228,23 +321,51 @@ pub fn patched_losses(
         original.resid.shape()
     );
     let hidden = model.final_hidden_from(&patched, layer)?;
-    let ce_at = ce_in_kl(&rows);
-    let mut ce = vec![0.0f64; ce_at.len()];
-    let mut kl = Vec::with_capacity(rows.kl.len());
-    let mut next_ce = 0;
-    log_prob_chunks(model, &hidden, &rows.kl, |first, lp| {
-        let n = lp.len() / vocab;
-        let orig = &original.log_probs[first * vocab..(first + n) * vocab];
-        kl.extend(m::kl_divergence_rows(orig, lp, vocab)?);
-        while next_ce < ce_at.len() && ce_at[next_ce].0 < first + n {
-            let (i, target) = ce_at[next_ce];
-            ce[next_ce] =
-                m::cross_entropy(&lp[(i - first) * vocab..(i - first + 1) * vocab], target);
-            next_ce += 1;
+    match &original.reference {
+        Reference::Linear {
+            lse,
+            hidden: h_orig,
+            expected,
+        } => {
+            let (x, stats) = linear_stats(model, &hidden, &rows)?
+                .context("the original forward's logits were linear, this model's are not")?;
+            let d = model.config().d_model;
+            // KL = lse(z_q) - lse(z_o) - (h_q - h_o) . u_o (module logit_stats).
+            let kl = (0..x.len())
+                .map(|i| {
+                    let (h_o, u) = (&h_orig[i * d..(i + 1) * d], &expected[i * d..(i + 1) * d]);
+                    let shift: f64 = x
+                        .row(i)
+                        .iter()
+                        .zip(h_o)
+                        .zip(u)
+                        .map(|((&q, &o), &u)| (q as f64 - o as f64) * u as f64)
+                        .sum();
+                    stats.lse[i] - lse[i] - shift
+                })
+                .collect();
+            Ok((streamed_ce(&rows, &stats), kl))
         }
-        Ok(())
-    })?;
-    Ok((ce, kl))
+        Reference::LogProbs(log_probs) => {
+            let ce_at = ce_in_kl(&rows);
+            let mut ce = vec![0.0f64; ce_at.len()];
+            let mut kl = Vec::with_capacity(rows.kl.len());
+            let mut next_ce = 0;
+            log_prob_chunks(model, &hidden, &rows.kl, |first, lp| {
+                let n = lp.len() / vocab;
+                let orig = &log_probs[first * vocab..(first + n) * vocab];
+                kl.extend(m::kl_divergence_rows(orig, lp, vocab)?);
+                while next_ce < ce_at.len() && ce_at[next_ce].0 < first + n {
+                    let (i, target) = ce_at[next_ce];
+                    ce[next_ce] =
+                        m::cross_entropy(&lp[(i - first) * vocab..(i - first + 1) * vocab], target);
+                    next_ce += 1;
+                }
+                Ok(())
+            })?;
+            Ok((ce, kl))
+        }
+    }
 }
 
 /// Per-token losses of a set of sequences: the original forward's CE and,

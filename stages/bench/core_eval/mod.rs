@@ -36,23 +36,27 @@
 //!   every position, BOS included, as SAEBench's zero hook does.
 //!
 //! Cost. The blocks after the layer and the 262k-token unembedding run
-//! ~450 tokens/s on the default study's 2-core CPU (bf16), most of it in the
-//! unembedding, so the forward passes are most of the cost. Per group of CE sequences a unit needs three: the original
-//! (CE_orig, and the distribution KL_sae is measured against), the zero-ablated
-//! one (CE_zero, KL_zero) and the SAE-spliced one. Only the last depends on the
-//! SAE. The core units of one `coact run` run in one process and share, in
-//! memory and never on disk, the zero-ablated forward's per-token CE and KL
-//! (a few KiB) and the original forward's log-probabilities at the counted
-//! positions (127 x 262144 f32 = 127 MiB per 128-token sequence, 1 GiB for
-//! the default 8 sequences; `keep_original_mib` caps it, beyond which the
-//! original forward is recomputed per unit). So the first core unit runs 3
+//! ~700 tokens/s on the default study's 2-core CPU (bf16), most of it in the
+//! unembedding, so the forward passes are most of the cost. Per group of CE
+//! sequences a unit needs three: the original (CE_orig, and the
+//! distribution KL_sae is measured against), the zero-ablated one (CE_zero,
+//! KL_zero) and the SAE-spliced one. Only the last depends on the SAE. The
+//! core units of one `coact run` run in one process and share, in memory and
+//! never on disk, the zero-ablated forward's per-token CE and KL (a few KiB)
+//! and what the original forward leaves for KL. For gemma-3, whose logits
+//! are linear in the final hidden state, that is per counted position its
+//! log-sum-exp, hidden row and expected unembedding row (~5 KiB;
+//! [`coact::metrics::logit_stats`]), and every patched forward streams its
+//! logits by vocabulary slices without a `[rows, vocab]` buffer. For a
+//! softcapped model (gemma-2) it is the log-probabilities at the counted
+//! positions (127 x 256k f32 = 127 MiB per 128-token sequence), reduced 128
+//! rows at a time; `keep_original_mib` caps what is kept, beyond which the
+//! original forward is recomputed per unit. So the first core unit runs 3
 //! forwards per sequence and every later one 1; the last variant's unit
 //! frees the memory. The shared results are those a unit would compute
 //! itself (same sequences, same batches), so a unit run alone gives the same
 //! figures, at 3 forwards per sequence. A patched forward runs only the
-//! blocks after the layer, from the original's residual, and its logits are
-//! reduced to per-token CE and KL 128 rows at a time: besides the kept
-//! log-probabilities, one `[128, vocab]` f32 buffer is alive. A forward pass
+//! blocks after the layer, from the original's residual. A forward pass
 //! takes up to `forward_batch_size` consecutive chosen sequences of equal
 //! length.
 //! The model is loaded once per process.
@@ -95,10 +99,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// The CE / KL arithmetic's version, part of every core key: 3 is the
+/// The CE / KL arithmetic's version, part of every core key: 3 was the
 /// unembedding by row chunks and vocabulary slices with vectorised
-/// log-softmax and KL (their sums' order changed the last bits).
-const CE_KL_VERSION: u32 = 3;
+/// log-softmax and KL; 4 streams linear logits (`CE = lse - z_target`,
+/// `KL = lse_q - lse_o - (h_q - h_o) . u_o`), equal up to float rounding.
+const CE_KL_VERSION: u32 = 4;
 
 /// The part of the config a core artifact's key hashes (all of
 /// `bench.core` but `keep_original_mib`, which changes only the cost) and

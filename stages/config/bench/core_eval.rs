@@ -32,9 +32,9 @@ pub struct CoreConfig {
     #[serde(default)]
     pub seed: u64,
     /// Sequences per forward pass of the CE / KL runs. Memory: the
-    /// original's log-probabilities of those sequences (128 MiB per
-    /// 128-token sequence with a 262k vocabulary, kept anyway within
-    /// `keep_original_mib`) and one 128-row logits buffer.
+    /// activations of those sequences, plus for a softcapped model (gemma-2)
+    /// the original's log-probabilities (128 MiB per 128-token sequence with
+    /// a 256k vocabulary) and one 128-row logits buffer.
     #[serde(default = "default_forward_batch_size")]
     pub forward_batch_size: usize,
     /// SAEBench's `batch_size_prompts`: consecutive eval sequences per batch
@@ -47,11 +47,12 @@ pub struct CoreConfig {
     /// runs); false splices the reconstruction at every position.
     #[serde(default = "default_true")]
     pub exclude_special_tokens_from_reconstruction: bool,
-    /// MiB of the original forward's log-probabilities (the KL rows of the
-    /// CE sequences, 128 MiB per 128-token sequence with a 262k vocabulary)
-    /// kept in memory from one core unit to the next within a run, so that
-    /// later variants skip the unspliced forward; 0 recomputes it per unit.
-    /// Changes the cost, never the results.
+    /// MiB of the original forward's results kept in memory from one core
+    /// unit to the next within a run, so that later variants skip the
+    /// unspliced forward; 0 recomputes it per unit. That is ~5 KiB per
+    /// counted token for a model with linear logits (gemma-3), the
+    /// log-probabilities (1 MiB per token with a 256k vocabulary) for a
+    /// softcapped one (gemma-2). Changes the cost, never the results.
     #[serde(default = "default_keep_original_mib")]
     pub keep_original_mib: usize,
 }
