@@ -5,7 +5,8 @@
 mod lm_support;
 
 use candle_core::{Device, Tensor};
-use coact::lm::{Gemma, ModelSource};
+use coact::linalg::Compute;
+use coact::lm::{Gemma, LoadOptions, ModelSource};
 use coact::metrics::core_eval::mean;
 use coact::metrics::splice::{
     counted_rows, log_probs, patched_losses, sae_patch, splice_losses, zero_patch, CountedRows,
@@ -19,6 +20,28 @@ const LAYER: usize = 1;
 fn tiny_model(dir: &std::path::Path) -> Gemma {
     Tiny::gemma3().write(dir, 21);
     Gemma::load(&ModelSource::Safetensors(dir.into()), &Device::Cpu).unwrap()
+}
+
+/// f32, and bf16 where this CPU has it.
+fn computes() -> Vec<Compute> {
+    let mut modes = vec![Compute::F32];
+    if coact::linalg::backend_info().cpu.has_bf16() {
+        modes.push(Compute::Bf16);
+    }
+    modes
+}
+
+/// The checkpoint in `dir` with its products in `compute`.
+fn load_in(dir: &std::path::Path, compute: Compute) -> Gemma {
+    Gemma::load_with(
+        &ModelSource::Safetensors(dir.into()),
+        &Device::Cpu,
+        &LoadOptions {
+            compute,
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
 
 /// A sequence the clean model itself predicts (greedy from `first`), so
@@ -262,8 +285,6 @@ fn continuing_from_a_blocks_residual_is_the_full_forward_bit_for_bit() {
 /// gemma-2's final softcap applied per slice) gives the one-product logits.
 #[test]
 fn unembedding_by_vocabulary_slices_matches_the_whole_product() {
-    use coact::linalg::Compute;
-    use coact::lm::LoadOptions;
     let dir = tempfile::tempdir().unwrap();
     let tiny = Tiny {
         vocab: 40_000,
@@ -271,20 +292,8 @@ fn unembedding_by_vocabulary_slices_matches_the_whole_product() {
     };
     assert!(tiny.final_softcap.is_some());
     tiny.write(dir.path(), 5);
-    let mut modes = vec![Compute::F32];
-    if coact::linalg::backend_info().cpu.has_bf16() {
-        modes.push(Compute::Bf16);
-    }
-    for compute in modes {
-        let model = Gemma::load_with(
-            &ModelSource::Safetensors(dir.path().into()),
-            &Device::Cpu,
-            &LoadOptions {
-                compute,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    for compute in computes() {
+        let model = load_in(dir.path(), compute);
         let d = model.config().d_model;
         let hidden = Tensor::randn(0f32, 1.0, (37, d), &Device::Cpu).unwrap();
         let whole = model
@@ -341,12 +350,7 @@ fn elementwise_losses(
 /// softcapped logits keep the log-probability path and agree too.
 #[test]
 fn streamed_ce_and_kl_match_the_elementwise_definitions() {
-    use coact::linalg::Compute;
-    use coact::lm::LoadOptions;
-    let mut modes = vec![Compute::F32];
-    if coact::linalg::backend_info().cpu.has_bf16() {
-        modes.push(Compute::Bf16);
-    }
+    let modes = computes();
     let near = |r: &Tensor| -> anyhow::Result<Tensor> { Ok((r * 0.98)?) };
     for (tiny, linear) in [(Tiny::gemma3(), true), (Tiny::gemma2(), false)] {
         let dir = tempfile::tempdir().unwrap();
@@ -356,15 +360,7 @@ fn streamed_ce_and_kl_match_the_elementwise_definitions() {
         };
         tiny.write(dir.path(), 8);
         for &compute in &modes {
-            let model = Gemma::load_with(
-                &ModelSource::Safetensors(dir.path().into()),
-                &Device::Cpu,
-                &LoadOptions {
-                    compute,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+            let model = load_in(dir.path(), compute);
             // 2 x 150 rows: two row blocks of 256; 5000 tokens: three slices.
             let s1: Vec<u32> = (0..150u32).map(|i| (i * 37 + 5) % 5_000).collect();
             let s2: Vec<u32> = (0..150u32).map(|i| (i * 91 + 7) % 5_000).collect();

@@ -84,6 +84,11 @@ impl ProductRows {
     pub fn row(&self, i: usize) -> &[f32] {
         &self.rows[i * self.d..(i + 1) * self.d]
     }
+
+    /// The rows as the product reads them, `[n, d]` row-major f32.
+    pub fn into_rows(self) -> Vec<f32> {
+        self.rows
+    }
 }
 
 /// The vocabulary size of `w` for rows of width d.

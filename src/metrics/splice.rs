@@ -233,14 +233,12 @@ impl Original {
                 let expected = model
                     .with_linear_unembedding(|w| expected_rows(w, &x, &stats.lse))?
                     .context("the unembedding stopped being linear")?;
-                let hidden = (0..x.len()).flat_map(|i| x.row(i).to_vec()).collect();
                 let ce = streamed_ce(&rows, &stats);
-                let lse = stats.lse;
                 (
                     ce,
                     Reference::Linear {
-                        lse,
-                        hidden,
+                        lse: stats.lse,
+                        hidden: x.into_rows(),
                         expected,
                     },
                 )
