@@ -190,21 +190,24 @@ fn linear_stats(
     hidden: &Tensor,
     rows: &CountedRows,
 ) -> Result<Option<(ProductRows, LogitStats)>> {
-    let d = model.config().d_model;
-    let ids: Vec<u32> = rows.kl.iter().map(|&r| r as u32).collect();
-    let picked = hidden
-        .index_select(&Tensor::new(ids, hidden.device())?, 0)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    let mut targets = vec![None; rows.kl.len()];
-    for (i, target) in ce_in_kl(rows) {
-        targets[i] = Some(target);
-    }
-    model.with_linear_unembedding(|w| {
-        let x = ProductRows::new(w, picked, d);
-        let stats = logit_stats(w, &x, &targets);
-        (x, stats)
-    })
+    // The rows are picked only for a linear unembedding: a softcapped model
+    // reduces its logits elsewhere, from the hidden states on the device.
+    model
+        .with_linear_unembedding(|w| -> Result<(ProductRows, LogitStats)> {
+            let ids: Vec<u32> = rows.kl.iter().map(|&r| r as u32).collect();
+            let picked = hidden
+                .index_select(&Tensor::new(ids, hidden.device())?, 0)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let mut targets = vec![None; rows.kl.len()];
+            for (i, target) in ce_in_kl(rows) {
+                targets[i] = Some(target);
+            }
+            let x = ProductRows::new(w, picked, model.config().d_model);
+            let stats = logit_stats(w, &x, &targets);
+            Ok((x, stats))
+        })?
+        .transpose()
 }
 
 /// Per CE row `lse - z_target`.
